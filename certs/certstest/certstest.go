@@ -1,0 +1,106 @@
+// Package certstest builds certificate authorities and leaf certificates for
+// tests, in memory, and turns them into mtls.Sources.
+package certstest
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/palisade-rpc/palisade/certs"
+	"github.com/palisade-rpc/palisade/security/mtls"
+)
+
+// TrustDomain is the trust domain of CAs made by NewCA.
+const TrustDomain = certs.DefaultTrustDomain
+
+// CA is a test certificate authority.
+type CA struct {
+	*certs.CA
+	tb testing.TB
+}
+
+// NewCA returns a fresh CA for TrustDomain, failing the test on error.
+func NewCA(tb testing.TB) *CA {
+	tb.Helper()
+	ca, err := certs.NewCA(TrustDomain, 24*time.Hour)
+	if err != nil {
+		tb.Fatalf("certstest: %v", err)
+	}
+	return &CA{CA: ca, tb: tb}
+}
+
+// Pool returns a pool holding only this CA.
+func (ca *CA) Pool() *x509.CertPool {
+	p := x509.NewCertPool()
+	p.AddCert(ca.Cert)
+	return p
+}
+
+// Issue issues a leaf, failing the test on error.
+func (ca *CA) Issue(l certs.Leaf) *certs.Issued {
+	ca.tb.Helper()
+	issued, err := ca.CA.Issue(l)
+	if err != nil {
+		ca.tb.Fatalf("certstest: %v", err)
+	}
+	return issued
+}
+
+// Server issues a workload certificate for spiffe://palisade.local<path>,
+// valid for localhost and 127.0.0.1.
+func (ca *CA) Server(path string) *certs.Issued {
+	ca.tb.Helper()
+	return ca.Issue(certs.Leaf{
+		SPIFFEID:    "spiffe://" + TrustDomain + path,
+		DNSNames:    []string{"localhost"},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+		Usage:       certs.UsageWorkload,
+	})
+}
+
+// Client issues a client certificate for spiffe://palisade.local<path>.
+func (ca *CA) Client(path string) *certs.Issued {
+	ca.tb.Helper()
+	return ca.Issue(certs.Leaf{SPIFFEID: "spiffe://" + TrustDomain + path, Usage: certs.UsageClient})
+}
+
+// Source returns a static mtls.Source for issued, trusting this CA.
+func (ca *CA) Source(issued *certs.Issued) *mtls.StaticSource {
+	return mtls.NewStaticSource(TLSCertificate(issued), ca.Pool())
+}
+
+// TLSCertificate converts issued to a tls.Certificate.
+func TLSCertificate(issued *certs.Issued) tls.Certificate {
+	return tls.Certificate{Certificate: [][]byte{issued.Cert.Raw}, PrivateKey: issued.Key, Leaf: issued.Cert}
+}
+
+// Files are the PEM files of a leaf and its CA, written by WriteFiles.
+type Files struct {
+	Cert, Key, CA string
+}
+
+// WriteFiles writes issued and the CA as PEM files into dir under name and
+// returns their paths.
+func (ca *CA) WriteFiles(dir, name string, issued *certs.Issued) Files {
+	ca.tb.Helper()
+	key, err := issued.KeyPEM()
+	if err != nil {
+		ca.tb.Fatal(err)
+	}
+	f := Files{
+		Cert: filepath.Join(dir, name+".pem"),
+		Key:  filepath.Join(dir, name+"-key.pem"),
+		CA:   filepath.Join(dir, "ca.pem"),
+	}
+	for path, data := range map[string][]byte{f.Cert: issued.CertPEM(), f.Key: key, f.CA: ca.CertPEM()} {
+		if err := os.WriteFile(path, data, 0o600); err != nil {
+			ca.tb.Fatal(err)
+		}
+	}
+	return f
+}

@@ -1,0 +1,76 @@
+// Package policy authorizes every call. An Authorizer decides on an Input
+// describing the call (procedure, stream type, the calling principal, the
+// request message); NewInterceptor turns it into a connect.Interceptor that
+// covers unary calls and every kind of stream, and fails closed.
+package policy
+
+import (
+	"context"
+	"strings"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/palisade-rpc/palisade/security"
+)
+
+// Input is what a decision is made on. It mirrors the policy input document
+// of DESIGN.md; it never holds a secret (no raw token, no password).
+type Input struct {
+	// DecisionID is the id the decision will be logged and reported under.
+	DecisionID string
+	// Procedure is the full procedure, "/user.v1.UserService/GetUser".
+	Procedure string
+	// Service and Method split Procedure: "user.v1.UserService", "GetUser".
+	Service, Method string
+	// StreamType is "unary", "client_stream", "server_stream" or "bidi_stream".
+	StreamType string
+	// Principal is the caller.
+	Principal *security.Principal
+	// Request is the request message of a unary call, or the received message
+	// when a stream is authorized message by message; nil when a stream opens.
+	Request proto.Message
+	// HTTPMethod is "POST" or "GET"; Protocol is "connect", "grpc" or "grpcweb".
+	HTTPMethod, Protocol string
+}
+
+// Decision is an Authorizer's answer.
+type Decision struct {
+	// ID identifies the decision in logs and in the error a denied caller sees.
+	ID string
+	// Allow is true only when the call may proceed.
+	Allow bool
+	// Reasons explain the decision. They are shown to a denied caller, so a
+	// policy must only put there what a caller may learn.
+	Reasons []string
+}
+
+// Authorizer decides whether a call may proceed. An error means no decision
+// could be made, and the call is denied.
+type Authorizer interface {
+	Decide(ctx context.Context, in *Input) (Decision, error)
+}
+
+// StreamTypeName returns the policy's name for a connect.StreamType.
+func StreamTypeName(t connect.StreamType) string {
+	switch t {
+	case connect.StreamTypeUnary:
+		return "unary"
+	case connect.StreamTypeClient:
+		return "client_stream"
+	case connect.StreamTypeServer:
+		return "server_stream"
+	case connect.StreamTypeBidi:
+		return "bidi_stream"
+	}
+	return "unknown"
+}
+
+// SplitProcedure splits "/pkg.Service/Method" into "pkg.Service" and "Method".
+func SplitProcedure(procedure string) (service, method string) {
+	p := strings.TrimPrefix(procedure, "/")
+	if i := strings.LastIndexByte(p, '/'); i >= 0 {
+		return p[:i], p[i+1:]
+	}
+	return p, ""
+}

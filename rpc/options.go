@@ -1,0 +1,113 @@
+package rpc
+
+import (
+	"log/slog"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"github.com/palisade-rpc/palisade/policy"
+)
+
+// ServerOption configures a Server.
+type ServerOption interface {
+	applyServer(*serverConfig)
+}
+
+type serverConfig struct {
+	trustDomain          string
+	logger               *slog.Logger
+	readMaxBytes         int
+	maxHeaderBytes       int
+	readHeaderTimeout    time.Duration
+	idleTimeout          time.Duration
+	shutdownGrace        time.Duration
+	maxConcurrentStreams int
+	compressMinBytes     int
+	interceptors         []connect.Interceptor
+	authzOptions         []policy.InterceptorOption
+}
+
+func defaultServerConfig() serverConfig {
+	return serverConfig{
+		trustDomain:          DefaultTrustDomain,
+		logger:               slog.Default(),
+		readMaxBytes:         DefaultReadMaxBytes,
+		maxHeaderBytes:       DefaultMaxHeaderBytes,
+		readHeaderTimeout:    DefaultReadHeaderTimeout,
+		idleTimeout:          DefaultIdleTimeout,
+		shutdownGrace:        DefaultShutdownGrace,
+		maxConcurrentStreams: DefaultMaxConcurrentStreams,
+		compressMinBytes:     DefaultCompressMinBytes,
+	}
+}
+
+type serverOptionFunc func(*serverConfig)
+
+func (f serverOptionFunc) applyServer(c *serverConfig) { f(c) }
+
+// WithTrustDomain sets the trust domain whose workloads may call the server
+// (default "palisade.local"). A client certificate whose SPIFFE ID is in
+// another trust domain is refused with unauthenticated.
+func WithTrustDomain(td string) ServerOption {
+	return serverOptionFunc(func(c *serverConfig) { c.trustDomain = td })
+}
+
+// WithLogger sets the server's logger (default slog.Default()).
+func WithLogger(l *slog.Logger) ServerOption {
+	return serverOptionFunc(func(c *serverConfig) {
+		if l != nil {
+			c.logger = l
+		}
+	})
+}
+
+// WithReadMaxBytes caps the size of one request message after decompression
+// (default 4 MiB). Larger messages fail with resource_exhausted.
+func WithReadMaxBytes(n int) ServerOption {
+	return serverOptionFunc(func(c *serverConfig) { c.readMaxBytes = n })
+}
+
+// WithMaxHeaderBytes caps the size of request headers (default 64 KiB).
+func WithMaxHeaderBytes(n int) ServerOption {
+	return serverOptionFunc(func(c *serverConfig) { c.maxHeaderBytes = n })
+}
+
+// WithReadHeaderTimeout bounds how long a client may take to send request
+// headers (default 5s), the defence against slow-loris clients.
+func WithReadHeaderTimeout(d time.Duration) ServerOption {
+	return serverOptionFunc(func(c *serverConfig) { c.readHeaderTimeout = d })
+}
+
+// WithIdleTimeout closes keep-alive connections idle for longer (default 2m).
+func WithIdleTimeout(d time.Duration) ServerOption {
+	return serverOptionFunc(func(c *serverConfig) { c.idleTimeout = d })
+}
+
+// WithShutdownGrace sets how long in-flight calls may run once the server
+// drains (default 10s).
+func WithShutdownGrace(d time.Duration) ServerOption {
+	return serverOptionFunc(func(c *serverConfig) { c.shutdownGrace = d })
+}
+
+// WithMaxConcurrentStreams caps concurrent HTTP/2 streams per connection (default 250).
+func WithMaxConcurrentStreams(n int) ServerOption {
+	return serverOptionFunc(func(c *serverConfig) { c.maxConcurrentStreams = n })
+}
+
+// WithCompressMinBytes sets the smallest reply the server compresses (default 4 KiB).
+func WithCompressMinBytes(n int) ServerOption {
+	return serverOptionFunc(func(c *serverConfig) { c.compressMinBytes = n })
+}
+
+// WithInterceptors adds interceptors to every mounted service. They run inside
+// the security chain: after authentication and authorization.
+func WithInterceptors(interceptors ...connect.Interceptor) ServerOption {
+	return serverOptionFunc(func(c *serverConfig) { c.interceptors = append(c.interceptors, interceptors...) })
+}
+
+// WithAuthorizationOptions configures the authorization interceptor, for
+// example with policy.WithPerMessage.
+func WithAuthorizationOptions(opts ...policy.InterceptorOption) ServerOption {
+	return serverOptionFunc(func(c *serverConfig) { c.authzOptions = append(c.authzOptions, opts...) })
+}

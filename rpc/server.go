@@ -1,0 +1,263 @@
+// Package rpc is Palisade's face: a server that serves Connect, gRPC and
+// gRPC-Web on one mTLS listener with every call passing the security chain,
+// and a client constructor for generated Connect clients.
+//
+// The chain, outermost first:
+//
+//	TLS 1.3 handshake, client certificate verified against the trust bundle
+//	HTTP middleware: the peer's SPIFFE ID, before any message is read   -> security.Principal
+//	interceptor: authorization (policy.Authorizer), failing closed
+//	interceptors added with WithInterceptors
+//	handler
+//
+// Services are mounted with Mount, which hands the server's handler options
+// (the chain, the size limits) to the generated constructor itself, so a
+// mounted service cannot be served without them. The server has no other way
+// to add an RPC handler.
+package rpc
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect"
+	"connectrpc.com/grpchealth"
+	"connectrpc.com/grpcreflect"
+
+	"github.com/palisade-rpc/palisade/policy"
+	"github.com/palisade-rpc/palisade/security/mtls"
+	"github.com/palisade-rpc/palisade/security/spiffeid"
+)
+
+// Defaults for the server's limits. Each has an option to change it.
+const (
+	DefaultTrustDomain          = "palisade.local"
+	DefaultReadMaxBytes         = 4 << 20 // largest request message, after decompression
+	DefaultMaxHeaderBytes       = 64 << 10
+	DefaultReadHeaderTimeout    = 5 * time.Second
+	DefaultIdleTimeout          = 2 * time.Minute
+	DefaultShutdownGrace        = 10 * time.Second
+	DefaultMaxConcurrentStreams = 250
+	// DefaultCompressMinBytes: replies smaller than this are not compressed
+	// even when the client accepts gzip; compressing small messages costs more
+	// CPU than it saves bandwidth.
+	DefaultCompressMinBytes = 4 << 10
+)
+
+// Server serves mounted Connect services over mTLS.
+type Server struct {
+	cfg       serverConfig
+	src       mtls.Source
+	authz     *policy.Interceptor
+	mux       *http.ServeMux
+	health    *grpchealth.StaticChecker
+	http      *http.Server
+	errWriter *connect.ErrorWriter
+
+	mu       sync.Mutex
+	services map[string]bool // mounted service names, for health and reflection
+	serving  bool
+	addr     net.Addr
+}
+
+// NewServer returns a server whose workload certificate and trust bundle come
+// from src and whose every call is decided by authz. Health
+// (grpc.health.v1) and reflection (grpc.reflection.v1 and v1alpha) are
+// mounted through the same chain.
+func NewServer(src mtls.Source, authz policy.Authorizer, opts ...ServerOption) (*Server, error) {
+	if src == nil {
+		return nil, errors.New("rpc: NewServer needs an mtls.Source")
+	}
+	if authz == nil {
+		return nil, errors.New("rpc: NewServer needs a policy.Authorizer: every call is authorized")
+	}
+	cfg := defaultServerConfig()
+	for _, o := range opts {
+		o.applyServer(&cfg)
+	}
+	if err := spiffeid.ValidateTrustDomain(cfg.trustDomain); err != nil {
+		return nil, fmt.Errorf("rpc: %w", err)
+	}
+	s := &Server{
+		cfg:       cfg,
+		src:       src,
+		authz:     policy.NewInterceptor(authz, append([]policy.InterceptorOption{policy.WithLogger(cfg.logger)}, cfg.authzOptions...)...),
+		mux:       http.NewServeMux(),
+		health:    grpchealth.NewStaticChecker(),
+		errWriter: connect.NewErrorWriter(),
+		services:  map[string]bool{},
+	}
+	protocols := new(http.Protocols)
+	protocols.SetHTTP1(true)
+	protocols.SetHTTP2(true)
+	s.http = &http.Server{
+		Handler:           s.authenticate(s.mux),
+		TLSConfig:         mtls.ServerConfig(src, "h2", "http/1.1"),
+		Protocols:         protocols,
+		ReadHeaderTimeout: cfg.readHeaderTimeout,
+		IdleTimeout:       cfg.idleTimeout,
+		MaxHeaderBytes:    cfg.maxHeaderBytes,
+		HTTP2: &http.HTTP2Config{
+			MaxConcurrentStreams: cfg.maxConcurrentStreams,
+		},
+		ErrorLog: slog.NewLogLogger(cfg.logger.Handler(), slog.LevelWarn),
+	}
+
+	if err := Mount(s, grpchealth.NewHandler, grpchealth.Checker(s.health)); err != nil {
+		return nil, err
+	}
+	reflector := grpcreflect.NewReflector(namer{s})
+	if err := Mount(s, grpcreflect.NewHandlerV1, reflector); err != nil {
+		return nil, err
+	}
+	if err := Mount(s, grpcreflect.NewHandlerV1Alpha, reflector); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Mount serves a generated Connect service on s. newHandler is the generated
+// constructor (for example userv1connect.NewUserServiceHandler) and impl the
+// service implementation. The server passes its handler options — the
+// security chain, limits, compression — to newHandler, followed by opts.
+// Interceptors in opts run inside the security chain.
+//
+// Mount fails if the service is already mounted or the server is serving.
+func Mount[T any](s *Server, newHandler func(T, ...connect.HandlerOption) (string, http.Handler), impl T, opts ...connect.HandlerOption) error {
+	path, h := newHandler(impl, append(s.handlerOptions(), opts...)...)
+	return s.register(path, h)
+}
+
+func (s *Server) handlerOptions() []connect.HandlerOption {
+	interceptors := append([]connect.Interceptor{newAccessLog(s.cfg.logger), s.authz}, s.cfg.interceptors...)
+	return []connect.HandlerOption{
+		connect.WithInterceptors(interceptors...),
+		connect.WithReadMaxBytes(s.cfg.readMaxBytes),
+		connect.WithCompressMinBytes(s.cfg.compressMinBytes),
+	}
+}
+
+func (s *Server) register(path string, h http.Handler) error {
+	name := strings.Trim(path, "/")
+	if name == "" || strings.Contains(name, "/") {
+		return fmt.Errorf("rpc: mount: %q is not a service path", path)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.serving {
+		return fmt.Errorf("rpc: mount %s: server is already serving", name)
+	}
+	if s.services[name] {
+		return fmt.Errorf("rpc: mount %s: already mounted", name)
+	}
+	s.services[name] = true
+	s.mux.Handle(path, h)
+	s.health.SetStatus(name, grpchealth.StatusServing)
+	return nil
+}
+
+// HandleHTTP serves a plain HTTP handler (not an RPC) at path, for
+// documents such as a JWKS. path must start with "/.well-known/", so it can
+// never shadow a mounted service. It is still behind the TLS handshake and
+// the peer-identity middleware, but no RPC interceptor runs for it.
+func (s *Server) HandleHTTP(path string, h http.Handler) error {
+	if !strings.HasPrefix(path, "/.well-known/") || strings.ContainsAny(path, " {}") {
+		return fmt.Errorf("rpc: handle %q: plain HTTP paths must start with /.well-known/", path)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.serving {
+		return fmt.Errorf("rpc: handle %s: server is already serving", path)
+	}
+	s.mux.Handle(path, h)
+	return nil
+}
+
+// Services returns the names of the mounted services, sorted.
+func (s *Server) Services() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	names := make([]string, 0, len(s.services))
+	for n := range s.services {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+type namer struct{ s *Server }
+
+func (n namer) Names() []string { return n.s.Services() }
+
+// TLSConfig returns the server's TLS configuration, for tests that dial it.
+func (s *Server) TLSConfig() *tls.Config { return s.http.TLSConfig }
+
+// ListenAndServe listens on addr and calls Serve.
+func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", addr)
+	if err != nil {
+		return fmt.Errorf("rpc: listen: %w", err)
+	}
+	return s.Serve(ctx, ln)
+}
+
+// Serve accepts TLS connections on ln (a plain TCP listener; the server does
+// the handshake) until ctx is done. Then it drains: health reports
+// NOT_SERVING, new connections are refused, in-flight calls get the grace
+// period (WithShutdownGrace) to finish, and what is still running after it is
+// cut off. Serve returns nil after a clean drain.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	s.mu.Lock()
+	if s.serving {
+		s.mu.Unlock()
+		return errors.New("rpc: server is already serving")
+	}
+	s.serving = true
+	s.addr = ln.Addr()
+	s.mu.Unlock()
+
+	errc := make(chan error, 1)
+	go func() { errc <- s.http.ServeTLS(ln, "", "") }()
+	s.cfg.logger.Info("serving", "addr", ln.Addr().String(), "services", s.Services())
+
+	select {
+	case err := <-errc:
+		return fmt.Errorf("rpc: serve: %w", err)
+	case <-ctx.Done():
+	}
+	s.cfg.logger.Info("draining", "grace", s.cfg.shutdownGrace.String())
+	for _, name := range s.Services() {
+		s.health.SetStatus(name, grpchealth.StatusNotServing)
+	}
+	s.health.SetStatus("", grpchealth.StatusNotServing)
+	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.shutdownGrace)
+	defer cancel()
+	err := s.http.Shutdown(shutdownCtx)
+	if err != nil {
+		s.cfg.logger.Warn("grace period over; closing remaining connections", "error", err)
+		_ = s.http.Close()
+	}
+	<-errc // ServeTLS returns http.ErrServerClosed once Shutdown starts
+	s.cfg.logger.Info("stopped")
+	if err != nil {
+		return fmt.Errorf("rpc: drain: %w", err)
+	}
+	return nil
+}
+
+// Addr returns the address the server listens on, or nil before Serve.
+func (s *Server) Addr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.addr
+}

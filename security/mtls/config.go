@@ -1,0 +1,105 @@
+package mtls
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+
+	"github.com/palisade-rpc/palisade/security/spiffeid"
+)
+
+// Authorizer decides whether a peer with a verified certificate and SPIFFE ID
+// may be connected to. It runs during the handshake, after chain verification.
+type Authorizer func(id spiffeid.ID, chain []*x509.Certificate) error
+
+// AuthorizeID accepts only the peer whose SPIFFE ID is exactly id.
+func AuthorizeID(id spiffeid.ID) Authorizer {
+	return func(got spiffeid.ID, _ []*x509.Certificate) error {
+		if got != id {
+			return fmt.Errorf("mtls: peer is %s, want %s", got, id)
+		}
+		return nil
+	}
+}
+
+// AuthorizeMemberOf accepts any peer of trustDomain.
+func AuthorizeMemberOf(trustDomain string) Authorizer {
+	return func(got spiffeid.ID, _ []*x509.Certificate) error {
+		if !got.MemberOf(trustDomain) {
+			return fmt.Errorf("mtls: peer %s is not in trust domain %s", got, trustDomain)
+		}
+		return nil
+	}
+}
+
+// ServerConfig returns the TLS configuration of a Palisade server: TLS 1.3,
+// the server's certificate from src, and a client certificate required and
+// verified against src's trust bundle (for the clientAuth usage). Both are
+// read from src on every handshake. Checking the client's SPIFFE ID is left
+// to HTTP middleware, so that a refusal can be reported as an RPC error
+// (unauthenticated) rather than a bare handshake alert.
+//
+// nextProtos are the ALPN protocols to offer, for example "h2", "http/1.1".
+func ServerConfig(src Source, nextProtos ...string) *tls.Config {
+	protos := append([]string(nil), nextProtos...)
+	return &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		NextProtos: protos,
+		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+			cert, err := src.Certificate()
+			if err != nil {
+				return nil, fmt.Errorf("mtls: server certificate: %w", err)
+			}
+			bundle, err := src.TrustBundle()
+			if err != nil {
+				return nil, fmt.Errorf("mtls: trust bundle: %w", err)
+			}
+			return &tls.Config{
+				MinVersion:   tls.VersionTLS13,
+				NextProtos:   protos,
+				Certificates: []tls.Certificate{*cert},
+				ClientCAs:    bundle,
+				ClientAuth:   tls.RequireAndVerifyClientCert,
+			}, nil
+		},
+	}
+}
+
+// ClientConfig returns a TLS configuration for one connection from a
+// Palisade client: TLS 1.3, the client certificate from src (read at the
+// handshake), the server verified against src's current trust bundle and
+// serverName, and then its SPIFFE ID checked by authorize. A nil authorize
+// is refused: a client must say which servers it expects.
+//
+// Build a new config per dial (the rpc client does) so that a rotated trust
+// bundle applies to new connections.
+func ClientConfig(src Source, serverName string, authorize Authorizer, nextProtos ...string) (*tls.Config, error) {
+	if authorize == nil {
+		return nil, errors.New("mtls: client config needs a server authorizer")
+	}
+	bundle, err := src.TrustBundle()
+	if err != nil {
+		return nil, fmt.Errorf("mtls: trust bundle: %w", err)
+	}
+	return &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		ServerName: serverName,
+		RootCAs:    bundle,
+		NextProtos: append([]string(nil), nextProtos...),
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			return src.Certificate()
+		},
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if len(cs.VerifiedChains) == 0 || len(cs.VerifiedChains[0]) == 0 {
+				return errors.New("mtls: server certificate was not verified")
+			}
+			chain := cs.VerifiedChains[0]
+			id, err := spiffeid.FromCertificate(chain[0])
+			if err != nil {
+				return fmt.Errorf("mtls: server identity: %w", err)
+			}
+			return authorize(id, chain)
+		},
+	}, nil
+}

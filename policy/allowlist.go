@@ -8,24 +8,38 @@ import (
 	"github.com/palisade-rpc/palisade/security/spiffeid"
 )
 
-// AnyWorkload in an AllowList entry admits every workload of the server's
-// trust domain (the server has already refused any other).
+// AnyWorkload in a Rule admits every workload of the server's trust domain
+// (the server has already refused any other).
 const AnyWorkload = "*"
 
-// AllowList is a static Authorizer: for each procedure, the SPIFFE IDs of the
-// workloads that may call it. A procedure it does not name is denied. It is
-// the placeholder that the OPA engine replaces; it knows nothing of users.
-type AllowList struct {
-	rules map[string]map[string]bool
+// Rule says who may call one procedure.
+type Rule struct {
+	// Workloads are the SPIFFE IDs of the workloads that may call, or AnyWorkload.
+	Workloads []string
+	// NeedsUser requires a verified user token with the call.
+	NeedsUser bool
 }
 
-// NewAllowList builds an AllowList from procedure → SPIFFE IDs (or AnyWorkload).
-// Every ID must be a valid SPIFFE ID.
-func NewAllowList(rules map[string][]string) (*AllowList, error) {
-	a := &AllowList{rules: make(map[string]map[string]bool, len(rules))}
-	for proc, ids := range rules {
-		set := make(map[string]bool, len(ids))
-		for _, id := range ids {
+// AllowList is a static Authorizer: for each procedure, a Rule. A procedure
+// it does not name is denied. It is the placeholder that the OPA engine
+// replaces: it knows workloads and whether a user is present, nothing of
+// roles or resources.
+type AllowList struct {
+	rules map[string]allowRule
+}
+
+type allowRule struct {
+	workloads map[string]bool
+	needsUser bool
+}
+
+// NewAllowList builds an AllowList from procedure → Rule. Every workload must
+// be a valid SPIFFE ID or AnyWorkload.
+func NewAllowList(rules map[string]Rule) (*AllowList, error) {
+	a := &AllowList{rules: make(map[string]allowRule, len(rules))}
+	for proc, r := range rules {
+		set := make(map[string]bool, len(r.Workloads))
+		for _, id := range r.Workloads {
 			if id != AnyWorkload {
 				if _, err := spiffeid.Parse(id); err != nil {
 					return nil, fmt.Errorf("policy: allow-list entry for %s: %w", proc, err)
@@ -33,7 +47,7 @@ func NewAllowList(rules map[string][]string) (*AllowList, error) {
 			}
 			set[id] = true
 		}
-		a.rules[proc] = set
+		a.rules[proc] = allowRule{workloads: set, needsUser: r.NeedsUser}
 	}
 	return a, nil
 }
@@ -41,16 +55,17 @@ func NewAllowList(rules map[string][]string) (*AllowList, error) {
 // Decide implements Authorizer.
 func (a *AllowList) Decide(_ context.Context, in *Input) (Decision, error) {
 	d := Decision{ID: in.DecisionID}
-	set, ok := a.rules[in.Procedure]
-	if !ok {
+	r, ok := a.rules[in.Procedure]
+	switch {
+	case !ok:
 		d.Reasons = []string{"procedure is not on the allow-list"}
-		return d, nil
-	}
-	if set[AnyWorkload] || set[in.Principal.Workload.ID.String()] {
+	case !r.workloads[AnyWorkload] && !r.workloads[in.Principal.Workload.ID.String()]:
+		d.Reasons = []string{fmt.Sprintf("workload %s may not call %s", in.Principal.Workload.ID, in.Procedure)}
+	case r.needsUser && in.Principal.User == nil:
+		d.Reasons = []string{in.Procedure + " needs a user token"}
+	default:
 		d.Allow = true
-		return d, nil
 	}
-	d.Reasons = []string{fmt.Sprintf("workload %s may not call %s", in.Principal.Workload.ID, in.Procedure)}
 	return d, nil
 }
 

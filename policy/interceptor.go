@@ -153,6 +153,13 @@ func (i *Interceptor) authorize(ctx context.Context, spec connect.Spec, peer con
 	}
 	i.log.InfoContext(ctx, "call denied",
 		"decision_id", id, "procedure", spec.Procedure, "peer", principal.Workload.ID.String(), "reasons", d.Reasons)
+	if principal.User == nil {
+		// The caller presented no token: report that a user must authenticate
+		// (401) rather than that this user may not (403).
+		err := connect.NewError(connect.CodeUnauthenticated, errors.New(DenialMessage(id, d.Reasons)))
+		err.Meta().Set("WWW-Authenticate", "Bearer")
+		return err
+	}
 	return connect.NewError(connect.CodePermissionDenied, errors.New(DenialMessage(id, d.Reasons)))
 }
 

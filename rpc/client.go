@@ -16,7 +16,7 @@ import (
 	"github.com/palisade-rpc/palisade/security/spiffeid"
 )
 
-// DefaultCallTimeout is the deadline given to a unary call whose context has none.
+// DefaultCallTimeout bounds every unary call a client makes.
 const DefaultCallTimeout = 10 * time.Second
 
 // Protocol selects the wire protocol a client speaks.
@@ -62,9 +62,9 @@ func WithClientTrustDomain(td string) ClientOption {
 	return clientOptionFunc(func(c *clientConfig) { c.trustDomain = td })
 }
 
-// WithCallTimeout sets the deadline of unary calls whose context has none
-// (default 10s; 0 leaves such calls without a deadline). Streams are not
-// given one: they are long-lived by design.
+// WithCallTimeout bounds every unary call: its deadline is the earlier of
+// its context's and now+d (default 10s; 0 adds none). Streams are not given
+// one: they are long-lived by design.
 func WithCallTimeout(d time.Duration) ClientOption {
 	return clientOptionFunc(func(c *clientConfig) { c.callTimeout = d })
 }
@@ -174,12 +174,12 @@ func newHTTPClient(src mtls.Source, cfg clientConfig) (*http.Client, error) {
 	return &http.Client{Transport: transport}, nil
 }
 
-// callTimeout gives unary calls without a deadline the configured one.
+// callTimeout bounds unary calls by the configured timeout.
 type callTimeout time.Duration
 
 func (d callTimeout) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
-		if _, ok := ctx.Deadline(); !ok && d > 0 {
+		if d > 0 {
 			var cancel context.CancelFunc
 			ctx, cancel = context.WithTimeout(ctx, time.Duration(d))
 			defer cancel()

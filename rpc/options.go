@@ -25,6 +25,7 @@ type serverConfig struct {
 	maxConcurrentStreams int
 	compressMinBytes     int
 	interceptors         []connect.Interceptor
+	tokens               TokenVerifier
 	authzOptions         []policy.InterceptorOption
 }
 
@@ -110,4 +111,12 @@ func WithInterceptors(interceptors ...connect.Interceptor) ServerOption {
 // example with policy.WithPerMessage.
 func WithAuthorizationOptions(opts ...policy.InterceptorOption) ServerOption {
 	return serverOptionFunc(func(c *serverConfig) { c.authzOptions = append(c.authzOptions, opts...) })
+}
+
+// WithTokenVerifier makes the server verify bearer tokens: a request with an
+// Authorization header is refused with unauthenticated unless v verifies the
+// token, and a verified token's user joins the Principal. Without a verifier
+// the server refuses every request that carries a token.
+func WithTokenVerifier(v TokenVerifier) ServerOption {
+	return serverOptionFunc(func(c *serverConfig) { c.tokens = v })
 }

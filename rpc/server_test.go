@@ -4,11 +4,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"errors"
 	"io"
 	"net/http"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -26,31 +24,14 @@ import (
 	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
 	"github.com/palisade-rpc/palisade/rpc"
 	"github.com/palisade-rpc/palisade/rpc/rpctest"
-	"github.com/palisade-rpc/palisade/security"
 	"github.com/palisade-rpc/palisade/security/mtls"
 	"github.com/palisade-rpc/palisade/security/spiffeid"
 )
 
-// echoUsers answers GetUser with a user whose display name is the caller's
-// SPIFFE ID, and counts the calls that reached it.
-type echoUsers struct {
-	userv1connect.UnimplementedUserServiceHandler
-	calls atomic.Int64
-}
-
-func (e *echoUsers) GetUser(ctx context.Context, req *userv1.GetUserRequest) (*userv1.GetUserResponse, error) {
-	e.calls.Add(1)
-	p, ok := security.FromContext(ctx)
-	if !ok {
-		return nil, connect.NewError(connect.CodeInternal, errors.New("no principal"))
-	}
-	return &userv1.GetUserResponse{User: &userv1.User{Id: req.GetId(), DisplayName: p.Workload.ID.String()}}, nil
-}
-
 type fixture struct {
 	ca     *certstest.CA
 	srv    *rpctest.Server
-	users  *echoUsers
+	users  *rpctest.Users
 	client *certs.Issued
 }
 
@@ -58,10 +39,11 @@ const clientID = "spiffe://palisade.local/client/cli"
 
 func allowAll(t testing.TB) policy.Authorizer {
 	t.Helper()
-	a, err := policy.NewAllowList(map[string][]string{
-		userv1connect.UserServiceGetUserProcedure:                   {policy.AnyWorkload},
-		"/grpc.health.v1.Health/Check":                              {policy.AnyWorkload},
-		"/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": {policy.AnyWorkload},
+	anyone := policy.Rule{Workloads: []string{policy.AnyWorkload}}
+	a, err := policy.NewAllowList(map[string]policy.Rule{
+		userv1connect.UserServiceGetUserProcedure: anyone,
+		rpc.HealthCheckProcedure:                  anyone,
+		rpc.ReflectionV1Procedure:                 anyone,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -72,10 +54,8 @@ func allowAll(t testing.TB) policy.Authorizer {
 func newFixture(t *testing.T, authz policy.Authorizer) *fixture {
 	t.Helper()
 	ca := certstest.NewCA(t)
-	users := &echoUsers{}
-	srv := rpctest.Start(t, ca.Source(ca.Server("/svc/user")), authz, func(s *rpc.Server) error {
-		return rpc.Mount(s, userv1connect.NewUserServiceHandler, userv1connect.UserServiceHandler(users))
-	})
+	users := &rpctest.Users{}
+	srv := rpctest.Start(t, ca.Source(ca.Server("/svc/user")), authz, users.Mount)
 	return &fixture{ca: ca, srv: srv, users: users, client: ca.Client("/client/cli")}
 }
 
@@ -126,10 +106,11 @@ func TestProtocolsInteroperate(t *testing.T) {
 		if err != nil || hc.GetStatus() != healthpb.HealthCheckResponse_SERVING {
 			t.Fatalf("health: %v %v", hc, err)
 		}
-		// A procedure the allow-list does not name is denied through grpc-go too.
+		// A procedure the allow-list does not name is denied through grpc-go
+		// too; the caller presented no token, so the denial is unauthenticated.
 		err = conn.Invoke(ctx, userv1connect.UserServiceListUsersProcedure, &userv1.ListUsersRequest{}, &userv1.ListUsersResponse{})
-		if status.Code(err) != codes.PermissionDenied {
-			t.Fatalf("ListUsers: %v, want PermissionDenied", err)
+		if status.Code(err) != codes.Unauthenticated {
+			t.Fatalf("ListUsers: %v, want Unauthenticated", err)
 		}
 	})
 
@@ -173,43 +154,52 @@ func TestRefusedPeers(t *testing.T) {
 
 	type tc struct {
 		tlsConfig func(t *testing.T) *tls.Config
-		// wantAlert is a substring of the handshake error; empty means the
-		// handshake succeeds and the call must fail with unauthenticated.
-		wantAlert string
+		// serverLog is what the server logs about the refused handshake; empty
+		// means the handshake succeeds and the call must fail with
+		// unauthenticated, logged with reason.
+		serverLog []string
+		reason    string
 	}
 	withCert := func(issued *certs.Issued) func(t *testing.T) *tls.Config {
 		return func(t *testing.T) *tls.Config {
 			return &tls.Config{RootCAs: f.ca.Pool(), Certificates: []tls.Certificate{certstest.TLSCertificate(issued)}}
 		}
 	}
+	notBefore := f.ca.Issue(certs.Leaf{
+		SPIFFEID: "spiffe://" + td + "/client/cli", Usage: certs.UsageClient,
+		NotBefore: now.Add(time.Hour), NotAfter: now.Add(48 * time.Hour),
+	})
+	expired := f.ca.Issue(certs.Leaf{
+		SPIFFEID: "spiffe://" + td + "/client/cli", Usage: certs.UsageClient,
+		NotBefore: now.Add(-48 * time.Hour), NotAfter: now.Add(-time.Hour),
+	})
 	cases := map[string]tc{
 		"no client certificate": {tlsConfig: func(t *testing.T) *tls.Config {
 			return &tls.Config{RootCAs: f.ca.Pool()}
-		}, wantAlert: "certificate required"},
-		"certificate from another CA": {tlsConfig: withCert(otherCA.Client("/client/cli")), wantAlert: "unknown certificate authority"},
-		"expired certificate": {tlsConfig: withCert(f.ca.Issue(certs.Leaf{
-			SPIFFEID: "spiffe://" + td + "/client/cli", Usage: certs.UsageClient,
-			NotBefore: now.Add(-48 * time.Hour), NotAfter: now.Add(-time.Hour),
-		})), wantAlert: "expired certificate"},
-		"not yet valid certificate": {tlsConfig: withCert(f.ca.Issue(certs.Leaf{
-			SPIFFEID: "spiffe://" + td + "/client/cli", Usage: certs.UsageClient,
-			NotBefore: now.Add(time.Hour), NotAfter: now.Add(48 * time.Hour),
-		})), wantAlert: "expired certificate"}, // crypto/tls sends one alert for both ends of the validity window
+		}, serverLog: []string{"TLS handshake error", "client didn't provide a certificate"}},
+		"certificate from another CA": {tlsConfig: withCert(otherCA.Client("/client/cli")),
+			serverLog: []string{"TLS handshake error", "certificate signed by unknown authority"}},
+		"expired certificate": {tlsConfig: withCert(expired),
+			serverLog: []string{"TLS handshake error", "is after " + expired.Cert.NotAfter.UTC().Format(time.RFC3339)}},
+		"not yet valid certificate": {tlsConfig: withCert(notBefore),
+			serverLog: []string{"TLS handshake error", "is before " + notBefore.Cert.NotBefore.UTC().Format(time.RFC3339)}},
 		"serverAuth-only certificate": {tlsConfig: withCert(f.ca.Issue(certs.Leaf{
 			SPIFFEID: "spiffe://" + td + "/client/cli", Usage: certs.UsageServer,
-		})), wantAlert: "bad certificate"},
+		})), serverLog: []string{"TLS handshake error", "incompatible key usage"}},
 		"TLS 1.1 client": {tlsConfig: func(t *testing.T) *tls.Config {
 			cfg := withCert(f.client)(t)
 			cfg.MinVersion, cfg.MaxVersion = tls.VersionTLS10, tls.VersionTLS11
 			return cfg
-		}, wantAlert: "protocol version not supported"},
+		}, serverLog: []string{"TLS handshake error", "unsupported versions: [302 301]"}},
 		"TLS 1.2 client": {tlsConfig: func(t *testing.T) *tls.Config {
 			cfg := withCert(f.client)(t)
 			cfg.MaxVersion = tls.VersionTLS12
 			return cfg
-		}, wantAlert: "protocol version not supported"},
-		"certificate without SPIFFE ID":     {tlsConfig: withCert(f.ca.Issue(certs.Leaf{Usage: certs.UsageClient}))},
-		"SPIFFE ID of another trust domain": {tlsConfig: withCert(f.ca.Issue(certs.Leaf{SPIFFEID: "spiffe://evil.example/client/cli", Usage: certs.UsageClient}))},
+		}, serverLog: []string{"TLS handshake error", "unsupported versions: [303]"}},
+		"certificate without SPIFFE ID": {tlsConfig: withCert(f.ca.Issue(certs.Leaf{Usage: certs.UsageClient})),
+			reason: "certificate has no URI SAN"},
+		"SPIFFE ID of another trust domain": {tlsConfig: withCert(f.ca.Issue(certs.Leaf{SPIFFEID: "spiffe://evil.example/client/cli", Usage: certs.UsageClient})),
+			reason: "spiffe://evil.example/client/cli is not in trust domain palisade.local"},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -224,17 +214,23 @@ func TestRefusedPeers(t *testing.T) {
 			if err == nil {
 				t.Fatal("call succeeded")
 			}
-			if c.wantAlert != "" {
-				if !strings.Contains(err.Error(), c.wantAlert) {
-					t.Fatalf("error %q does not name %q", err, c.wantAlert)
+			if c.serverLog != nil {
+				// The client sees a TLS alert or, when the server closes first,
+				// a broken connection; never an RPC answer.
+				if code := connect.CodeOf(err); code == connect.CodeUnauthenticated || code == connect.CodePermissionDenied {
+					t.Fatalf("handshake should have failed, got RPC error %v", err)
 				}
-			} else if connect.CodeOf(err) != connect.CodeUnauthenticated {
+				f.srv.WaitForLog(t, c.serverLog...)
+				return
+			}
+			if connect.CodeOf(err) != connect.CodeUnauthenticated {
 				t.Fatalf("code %v (%v), want unauthenticated", connect.CodeOf(err), err)
 			}
+			f.srv.WaitForLog(t, "request refused: unauthenticated", c.reason)
 		})
 	}
 	t.Cleanup(func() {
-		if n := f.users.calls.Load(); n != 0 {
+		if n := f.users.Calls(); n != 0 {
 			t.Errorf("%d refused calls reached the handler", n)
 		}
 	})

@@ -14,14 +14,50 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
+	"time"
 
 	"github.com/palisade-rpc/palisade/security/spiffeid"
 )
 
-// Principal is who is making a call.
+// Principal is who is making a call. It is shared by the whole call and must
+// not be modified.
 type Principal struct {
 	// Workload is the calling workload, from its verified client certificate.
 	Workload Workload
+	// User is the user the call is made for, from a verified bearer token; nil
+	// when no token came with the call.
+	User *User
+	// Token is the bearer token User was verified from, for a service that
+	// must exchange it to call another on the user's behalf. It never prints.
+	Token Secret
+}
+
+// User is a user identity proven by a verified access token.
+type User struct {
+	// Subject is the token's sub: the user id.
+	Subject string
+	// Roles and Scope are what the issuer granted.
+	Roles []string
+	Scope string
+	// Issuer and Audience are the token's iss and aud.
+	Issuer   string
+	Audience []string
+	// TokenID is the token's jti.
+	TokenID string
+	// IssuedAt and ExpiresAt are the token's iat and exp.
+	IssuedAt, ExpiresAt time.Time
+	// Actor is the SPIFFE ID of the workload acting on the user's behalf (the
+	// token's act.sub, RFC 8693), empty for a token the user holds directly.
+	Actor string
+	// CertBound is true when the token was bound to a client certificate
+	// (cnf x5t#S256, RFC 8705) and that certificate is the connection's.
+	CertBound bool
+}
+
+// HasRole reports whether the user has role.
+func (u *User) HasRole(role string) bool {
+	return u != nil && slices.Contains(u.Roles, role)
 }
 
 // Workload is a workload identity proven by an mTLS client certificate.

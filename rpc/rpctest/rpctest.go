@@ -7,8 +7,10 @@ import (
 	"log/slog"
 	"net"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/palisade-rpc/palisade/policy"
 	"github.com/palisade-rpc/palisade/rpc"
@@ -24,6 +26,7 @@ type Server struct {
 	Addr string
 	stop context.CancelFunc
 	done chan error
+	logs *testWriter
 }
 
 // Start builds a server with rpc.NewServer, lets mount add services, and
@@ -47,7 +50,7 @@ func Start(tb testing.TB, src mtls.Source, authz policy.Authorizer, mount func(*
 		tb.Fatalf("rpctest: listen: %v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Server{Server: srv, URL: "https://" + ln.Addr().String(), Addr: ln.Addr().String(), stop: cancel, done: make(chan error, 1)}
+	s := &Server{Server: srv, URL: "https://" + ln.Addr().String(), Addr: ln.Addr().String(), stop: cancel, done: make(chan error, 1), logs: w}
 	go func() { s.done <- srv.Serve(ctx, ln) }()
 	tb.Cleanup(func() {
 		if err := s.Stop(); err != nil {
@@ -74,14 +77,63 @@ func (s *Server) Stop() error {
 
 // testWriter sends log output to the test's log, shown only on failure or with -v.
 // Output after the test has finished is dropped (testing panics on it).
+// Every line is also kept, for Server.WaitForLog.
 type testWriter struct {
 	tb   testing.TB
 	done atomic.Bool
+
+	mu    sync.Mutex
+	lines []string
 }
 
 func (w *testWriter) Write(p []byte) (int, error) {
+	line := strings.TrimSuffix(string(p), "\n")
+	w.mu.Lock()
+	w.lines = append(w.lines, line)
+	w.mu.Unlock()
 	if !w.done.Load() {
-		w.tb.Log(strings.TrimSuffix(string(p), "\n"))
+		w.tb.Log(line)
 	}
 	return len(p), nil
+}
+
+func (w *testWriter) find(substrs []string) (string, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+next:
+	for _, l := range w.lines {
+		for _, s := range substrs {
+			if !strings.Contains(l, s) {
+				continue next
+			}
+		}
+		return l, true
+	}
+	return "", false
+}
+
+// WaitForLog waits up to 5 seconds for a server log line containing every
+// one of substrs and returns it; it fails the test if none appears. Server
+// logs of a refused handshake are written asynchronously to the client's
+// error, hence the wait.
+func (s *Server) WaitForLog(tb testing.TB, substrs ...string) string {
+	tb.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if line, ok := s.logs.find(substrs); ok {
+			return line
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("rpctest: no server log line contains all of %q", substrs)
+			return ""
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Logs returns the server's log lines so far.
+func (s *Server) Logs() []string {
+	s.logs.mu.Lock()
+	defer s.logs.mu.Unlock()
+	return append([]string(nil), s.logs.lines...)
 }

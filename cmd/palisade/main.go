@@ -1,0 +1,83 @@
+// Command palisade is the operator's tool for a Palisade deployment: it mints
+// the development PKI and, as the project grows, tokens, keys and policy
+// checks.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+)
+
+// command is one subcommand: `palisade <name> ...`, or a group of them.
+type command struct {
+	summary string
+	run     func(args []string) error // nil for a group
+	sub     map[string]command
+}
+
+func commands() map[string]command {
+	return map[string]command{
+		"certs": {summary: "development PKI", sub: map[string]command{
+			"init": {summary: "create a CA and the demo's workload and client certificates", run: certsInit},
+		}},
+	}
+}
+
+func main() {
+	err := dispatch(os.Stderr, "palisade", commands(), os.Args[1:])
+	if errors.Is(err, flag.ErrHelp) {
+		return
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "palisade:", err)
+		os.Exit(1)
+	}
+}
+
+func dispatch(w io.Writer, prefix string, cmds map[string]command, args []string) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		usage(w, prefix, cmds)
+		if len(args) == 0 {
+			return errors.New("missing command")
+		}
+		return flag.ErrHelp
+	}
+	cmd, ok := cmds[args[0]]
+	if !ok {
+		usage(w, prefix, cmds)
+		return fmt.Errorf("unknown command %q", strings.Join(append([]string{prefix}, args[0]), " "))
+	}
+	if cmd.run != nil {
+		return cmd.run(args[1:])
+	}
+	return dispatch(w, prefix+" "+args[0], cmd.sub, args[1:])
+}
+
+func usage(w io.Writer, prefix string, cmds map[string]command) {
+	fmt.Fprintf(w, "Usage: %s <command> [flags]\n\nCommands:\n", prefix)
+	names := make([]string, 0, len(cmds))
+	for n := range cmds {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		fmt.Fprintf(w, "  %-10s %s\n", n, cmds[n].summary)
+	}
+	fmt.Fprintf(w, "\nRun '%s <command> --help' for a command's flags.\n", prefix)
+}
+
+// newFlagSet returns a FlagSet for a subcommand whose --help prints the
+// description and the flags.
+func newFlagSet(name, description string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "%s\n\nUsage: %s [flags]\n\nFlags:\n", strings.TrimSpace(description), name)
+		fs.PrintDefaults()
+	}
+	return fs
+}

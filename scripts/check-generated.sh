@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Fails when the Go code committed beside proto/ differs from what buf
+# generates from the .proto files now (a changed .proto without
+# `make generate`, or a hand-edited generated file). Generates into a
+# temporary directory; the tree is not modified.
+#
+# Usage: scripts/check-generated.sh [ROOT]   (ROOT defaults to the repository)
+set -euo pipefail
+root=${1:-$(dirname "$0")/..}
+cd "$root"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+go tool -modfile=tools/go.mod buf generate --output "$tmp"
+if ! diff -rq -x '*.proto' -x '*_test.go' proto "$tmp/proto"; then
+	echo "generated code is stale: run 'make generate' and commit the result" >&2
+	exit 1
+fi
+echo "generated code is up to date"

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# The Palisade demo: start both services, play a scripted scenario with curl,
+# print each step with its result, stop the services. Exits non-zero when
+# any step's result is not the expected one.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+. scripts/env.sh
+
+FOREIGN=$PALISADE_HOME/foreign-certs
+tmp=$(mktemp -d)
+trap 'scripts/down.sh >/dev/null; rm -rf "$tmp"' EXIT
+
+scripts/up.sh || exit 1
+if [ ! -f "$FOREIGN/cli.pem" ]; then
+	"$BIN/palisade" certs init --dir "$FOREIGN" >/dev/null || exit 1
+fi
+
+passed=0
+failed=0
+if [ -t 1 ]; then bold=$'\033[1m' green=$'\033[32m' red=$'\033[31m' off=$'\033[0m'; else bold= green= red= off=; fi
+
+# shellquote ARGS...: the arguments as a person would type them.
+shellquote() {
+	local a out=
+	for a in "$@"; do
+		if [[ $a =~ ^[A-Za-z0-9_./:=@%+-]+$ ]]; then out+=" $a"; else out+=" '${a//\'/\'\\\'\'}'"; fi
+	done
+	printf '%s' "${out# }"
+}
+
+# serverlog SERVICE PATTERN: the service's last log line matching PATTERN.
+serverlog() {
+	grep -F -- "$2" "$PALISADE_HOME/logs/$1.log" | tail -n 1
+}
+
+# step TITLE WANT CURL-ARGS...
+# WANT is an HTTP status, optionally followed by ":text" that the body must
+# contain, or "refused" for a connection the TLS handshake must refuse.
+step() {
+	local title=$1 want=$2
+	shift 2
+	printf '\n%s▶ %s%s\n  $ curl %s\n' "$bold" "$title" "$off" "$(shellquote "$@")"
+	local code rc
+	code=$(curl -sS -o "$tmp/body" -w '%{http_code}' "$@" 2>"$tmp/err")
+	rc=$?
+	local got ok=0
+	if [ "$rc" -ne 0 ]; then
+		got="refused (curl exit $rc: $(tr -d '\n' <"$tmp/err" | sed 's/^curl: ([0-9]*) //'))"
+		[ "$want" = refused ] && ok=1
+	else
+		got="HTTP $code $(head -c 400 "$tmp/body")"
+		local want_code=${want%%:*} want_text=""
+		[[ $want == *:* ]] && want_text=${want#*:}
+		if [ "$code" = "$want_code" ] && { [ -z "$want_text" ] || grep -qF -- "$want_text" "$tmp/body"; }; then
+			ok=1
+		fi
+	fi
+	printf '  → %s\n' "$got"
+	if [ "$ok" = 1 ]; then
+		printf '  %sPASS%s (expected %s)\n' "$green" "$off" "$want"
+		passed=$((passed + 1))
+	else
+		printf '  %sFAIL%s (expected %s)\n' "$red" "$off" "$want"
+		failed=$((failed + 1))
+	fi
+}
+
+CLI=(--cacert "$CERTS/ca.pem" --cert "$CERTS/cli.pem" --key "$CERTS/cli-key.pem")
+
+step "GetUser: the CLI workload reads alice from the user service" '200:"id":"alice"' \
+	"${CLI[@]}" --json '{"id":"alice"}' "$USER_URL/user.v1.UserService/GetUser"
+
+step "CreateOrder: the order service asks the user service about alice, then stores the order" \
+	'200:"status":"ORDER_STATUS_ACCEPTED"' \
+	"${CLI[@]}" --json '{"userId":"alice","items":[{"sku":"book-1","quantity":2}]}' "$ORDER_URL/order.v1.OrderService/CreateOrder"
+printf '  usersvc log: %s\n' "$(serverlog usersvc '"caller":"spiffe://palisade.local/svc/order"')"
+
+step "CreateOrder for an unknown user: refused, nothing stored" '400:does not exist' \
+	"${CLI[@]}" --json '{"userId":"zed","items":[{"sku":"book-1","quantity":1}]}' "$ORDER_URL/order.v1.OrderService/CreateOrder"
+
+step "A caller without a client certificate: the TLS handshake refuses it" refused \
+	--cacert "$CERTS/ca.pem" --json '{"id":"alice"}' "$USER_URL/user.v1.UserService/GetUser"
+sleep 0.2 # the server logs the refused handshake after the client gives up
+printf '  usersvc log: %s\n' "$(serverlog usersvc "client didn't provide a certificate")"
+
+step "A caller whose certificate comes from another CA: refused" refused \
+	--cacert "$CERTS/ca.pem" --cert "$FOREIGN/cli.pem" --key "$FOREIGN/cli-key.pem" \
+	--json '{"id":"alice"}' "$USER_URL/user.v1.UserService/GetUser"
+sleep 0.2
+printf '  usersvc log: %s\n' "$(serverlog usersvc "certificate signed by unknown authority")"
+
+printf '\n%d steps passed, %d failed\n' "$passed" "$failed"
+[ "$failed" -eq 0 ]

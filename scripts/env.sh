@@ -1,0 +1,19 @@
+# Shared settings of the demo scripts; sourced, not run. Every value can be
+# overridden from the environment, e.g. PALISADE_HOME=/tmp/p USER_ADDR=127.0.0.1:18443.
+PALISADE_HOME=${PALISADE_HOME:-.palisade}
+CERTS=$PALISADE_HOME/certs
+USER_ADDR=${USER_ADDR:-127.0.0.1:8443}
+ORDER_ADDR=${ORDER_ADDR:-127.0.0.1:9443}
+BIN=${BIN:-bin}
+USER_URL=https://$USER_ADDR
+ORDER_URL=https://$ORDER_ADDR
+
+# curl as the demo's command-line client: its certificate is spiffe://palisade.local/client/cli.
+pcurl() {
+	curl -sS --cacert "$CERTS/ca.pem" --cert "$CERTS/cli.pem" --key "$CERTS/cli-key.pem" "$@"
+}
+
+# healthy URL: true when the service at URL reports SERVING.
+healthy() {
+	pcurl --max-time 2 --json '{}' "$1/grpc.health.v1.Health/Check" 2>/dev/null | grep -q '"status":"SERVING_STATUS_SERVING"'
+}

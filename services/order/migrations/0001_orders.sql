@@ -1,0 +1,23 @@
+-- Orders of the sample system and their line items.
+CREATE TABLE orders (
+    id                TEXT    NOT NULL PRIMARY KEY,
+    user_id           TEXT    NOT NULL,
+    -- status is the OrderStatus enum value name, e.g. ORDER_STATUS_ACCEPTED.
+    status            TEXT    NOT NULL,
+    -- create_time is Unix time in nanoseconds (UTC).
+    create_time       INTEGER NOT NULL,
+    -- user_display_name is what the user service reported when the order was accepted.
+    user_display_name TEXT    NOT NULL DEFAULT ''
+) STRICT;
+
+-- ListOrders: one user's orders, newest first, keyset-paginated.
+CREATE INDEX orders_by_user_newest ON orders (user_id, create_time DESC, id DESC);
+
+CREATE TABLE order_items (
+    order_id TEXT    NOT NULL REFERENCES orders (id) ON DELETE CASCADE,
+    -- position keeps the items in the order they were sent.
+    position INTEGER NOT NULL,
+    sku      TEXT    NOT NULL,
+    quantity INTEGER NOT NULL CHECK (quantity > 0),
+    PRIMARY KEY (order_id, position)
+) STRICT;

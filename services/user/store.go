@@ -1,0 +1,357 @@
+package user
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"slices"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
+	"github.com/palisade-rpc/palisade/services/internal/sqlitedb"
+)
+
+// Errors the Store's methods wrap; test for them with errors.Is.
+var (
+	// ErrNotFound: no user has the id.
+	ErrNotFound = errors.New("user not found")
+	// ErrExists: a user with the id already exists.
+	ErrExists = errors.New("user already exists")
+	// ErrBadPageToken: the page token was not one List returned.
+	ErrBadPageToken = errors.New("malformed page token")
+	// ErrBadField: an update path does not name an updatable field.
+	ErrBadField = errors.New("unknown or read-only field")
+)
+
+// Page sizes of List.
+const (
+	// DefaultPageSize is the page size List uses when asked for 0 or fewer users.
+	DefaultPageSize = 50
+	// MaxPageSize is the largest page List returns; larger requests are clamped to it.
+	MaxPageSize = 500
+)
+
+//go:embed migrations/*.sql
+var migrationFiles embed.FS
+
+// Store keeps users in a SQLite database file. It is safe for concurrent use.
+type Store struct {
+	db  *sql.DB
+	now func() time.Time
+}
+
+// OpenStore opens the user database at path, creating the file and its
+// directory when missing, and brings its schema up to date (the files in
+// migrations/, tracked with PRAGMA user_version; see package sqlitedb).
+func OpenStore(ctx context.Context, path string) (*Store, error) {
+	migrations, err := fs.Sub(migrationFiles, "migrations")
+	if err != nil {
+		return nil, fmt.Errorf("user store: %w", err)
+	}
+	db, err := sqlitedb.Open(ctx, path, migrations)
+	if err != nil {
+		return nil, fmt.Errorf("user store: %w", err)
+	}
+	return &Store{db: db, now: time.Now}, nil
+}
+
+// Close closes the database.
+func (s *Store) Close() error {
+	if err := s.db.Close(); err != nil {
+		return fmt.Errorf("user store: close: %w", err)
+	}
+	return nil
+}
+
+// demoUsers are the users of DESIGN.md's demo.
+func demoUsers() []*userv1.User {
+	return []*userv1.User{
+		{Id: "alice", DisplayName: "Alice", Email: "alice@example.com", Roles: []string{"customer"}, Active: true},
+		{Id: "bob", DisplayName: "Bob", Email: "bob@example.com", Roles: []string{"customer"}, Active: true},
+		{Id: "admin", DisplayName: "Admin", Email: "admin@example.com", Roles: []string{"admin"}, Active: true},
+	}
+}
+
+// SeedDemoUsers adds the demo users — alice and bob (role customer) and
+// admin (role admin), all active — when the users table is empty, and
+// reports whether it added them. A database that has any user is left alone,
+// so seeding on every start is safe.
+func (s *Store) SeedDemoUsers(ctx context.Context) (bool, error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return false, fmt.Errorf("user store: seed: %w", err)
+	}
+	defer func() { _ = tx.Rollback() }()
+	var n int
+	if err := tx.QueryRowContext(ctx, "SELECT COUNT(*) FROM users").Scan(&n); err != nil {
+		return false, fmt.Errorf("user store: seed: %w", err)
+	}
+	if n > 0 {
+		return false, nil
+	}
+	now := s.now()
+	for _, u := range demoUsers() {
+		if _, err := insert(ctx, tx, u, now); err != nil {
+			return false, fmt.Errorf("user store: seed %s: %w", u.GetId(), err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return false, fmt.Errorf("user store: seed: %w", err)
+	}
+	return true, nil
+}
+
+const userColumns = "id, display_name, email, roles, active, create_time"
+
+type rowScanner interface {
+	Scan(dest ...any) error
+}
+
+func scanUser(r rowScanner) (*userv1.User, error) {
+	var (
+		u       userv1.User
+		roles   string
+		active  bool
+		created int64
+	)
+	if err := r.Scan(&u.Id, &u.DisplayName, &u.Email, &roles, &active, &created); err != nil {
+		return nil, err
+	}
+	if err := json.Unmarshal([]byte(roles), &u.Roles); err != nil {
+		return nil, fmt.Errorf("roles of %s: %w", u.Id, err)
+	}
+	u.Active = active
+	u.CreateTime = timestamppb.New(time.Unix(0, created).UTC())
+	return &u, nil
+}
+
+type queryer interface {
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+func get(ctx context.Context, q queryer, id string) (*userv1.User, error) {
+	u, err := scanUser(q.QueryRowContext(ctx, "SELECT "+userColumns+" FROM users WHERE id = ?", id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("user %q: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get user %q: %w", id, err)
+	}
+	return u, nil
+}
+
+// Get returns the user with id, or an error wrapping ErrNotFound.
+func (s *Store) Get(ctx context.Context, id string) (*userv1.User, error) {
+	u, err := get(ctx, s.db, id)
+	if err != nil {
+		return nil, fmt.Errorf("user store: %w", err)
+	}
+	return u, nil
+}
+
+// List returns up to pageSize users ordered by id, starting after the
+// position pageToken encodes ("" for the first page). nextPageToken is ""
+// on the last page. pageSize ≤ 0 means DefaultPageSize, and sizes above
+// MaxPageSize are clamped to it. A token List did not return yields an error
+// wrapping ErrBadPageToken.
+//
+// Pagination is by key, not offset: users added or removed between pages
+// neither repeat nor shift the others.
+func (s *Store) List(ctx context.Context, pageSize int, pageToken string) (users []*userv1.User, nextPageToken string, err error) {
+	pageSize = clampPageSize(pageSize)
+	after := ""
+	if pageToken != "" {
+		if after, err = decodePageToken(pageToken); err != nil {
+			return nil, "", fmt.Errorf("user store: list: %w", err)
+		}
+	}
+	// Ask for one more than a page to learn whether another page follows.
+	rows, err := s.db.QueryContext(ctx,
+		"SELECT "+userColumns+" FROM users WHERE id > ? ORDER BY id LIMIT ?", after, pageSize+1)
+	if err != nil {
+		return nil, "", fmt.Errorf("user store: list: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		u, err := scanUser(rows)
+		if err != nil {
+			return nil, "", fmt.Errorf("user store: list: %w", err)
+		}
+		users = append(users, u)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, "", fmt.Errorf("user store: list: %w", err)
+	}
+	if len(users) > pageSize {
+		users = users[:pageSize]
+		nextPageToken = encodePageToken(users[pageSize-1].GetId())
+	}
+	return users, nextPageToken, nil
+}
+
+func clampPageSize(n int) int {
+	switch {
+	case n <= 0:
+		return DefaultPageSize
+	case n > MaxPageSize:
+		return MaxPageSize
+	}
+	return n
+}
+
+// pageTokenPrefix versions the token format and keeps other tokens (an
+// order listing's, say) from being taken for a user id.
+const pageTokenPrefix = "u1:"
+
+func encodePageToken(lastID string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(pageTokenPrefix + lastID))
+}
+
+func decodePageToken(token string) (string, error) {
+	b, err := base64.RawURLEncoding.DecodeString(token)
+	if err != nil {
+		return "", ErrBadPageToken
+	}
+	id, ok := strings.CutPrefix(string(b), pageTokenPrefix)
+	if !ok || id == "" || !utf8.ValidString(id) {
+		return "", ErrBadPageToken
+	}
+	return id, nil
+}
+
+type execer interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+}
+
+// insert adds u with create time now, or reports ErrExists.
+func insert(ctx context.Context, db execer, u *userv1.User, now time.Time) (*userv1.User, error) {
+	out := proto.CloneOf(u)
+	out.CreateTime = timestamppb.New(now.UTC())
+	roles, err := marshalRoles(out.GetRoles())
+	if err != nil {
+		return nil, err
+	}
+	res, err := db.ExecContext(ctx,
+		"INSERT INTO users ("+userColumns+") VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+		out.GetId(), out.GetDisplayName(), out.GetEmail(), roles, out.GetActive(), now.UnixNano())
+	if err != nil {
+		return nil, err
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return nil, err
+	}
+	if n == 0 {
+		return nil, fmt.Errorf("user %q: %w", out.GetId(), ErrExists)
+	}
+	return out, nil
+}
+
+func marshalRoles(roles []string) (string, error) {
+	if roles == nil {
+		roles = []string{}
+	}
+	b, err := json.Marshal(roles)
+	if err != nil {
+		return "", fmt.Errorf("encode roles: %w", err)
+	}
+	return string(b), nil
+}
+
+// Create adds u and returns it with its create time set. The caller has
+// validated u; an existing id yields an error wrapping ErrExists.
+func (s *Store) Create(ctx context.Context, u *userv1.User) (*userv1.User, error) {
+	if u.GetId() == "" {
+		return nil, errors.New("user store: create: empty id")
+	}
+	out, err := insert(ctx, s.db, u, s.now())
+	if err != nil {
+		return nil, fmt.Errorf("user store: create: %w", err)
+	}
+	return out, nil
+}
+
+// UpdatableFields returns the field paths Update accepts, in the order it
+// applies them.
+func UpdatableFields() []string { return []string{"display_name", "email", "roles", "active"} }
+
+// Update sets the fields of the user u.Id named in paths (display_name,
+// email, roles, active) to their values in u, in one transaction, and
+// returns the updated user. Other fields of u are ignored. An unknown path,
+// or no path at all, yields an error wrapping ErrBadField; a missing user
+// one wrapping ErrNotFound.
+func (s *Store) Update(ctx context.Context, u *userv1.User, paths []string) (*userv1.User, error) {
+	if len(paths) == 0 {
+		return nil, fmt.Errorf("user store: update: no fields named: %w", ErrBadField)
+	}
+	fields := UpdatableFields()
+	set := map[string]bool{}
+	for _, p := range paths {
+		if !slices.Contains(fields, p) {
+			return nil, fmt.Errorf("user store: update: field %q: %w", p, ErrBadField)
+		}
+		set[p] = true
+	}
+	// The statement is built from the fixed column names above only; values
+	// are bound.
+	var (
+		assignments []string
+		args        []any
+	)
+	for _, f := range fields {
+		if !set[f] {
+			continue
+		}
+		assignments = append(assignments, f+" = ?")
+		switch f {
+		case "display_name":
+			args = append(args, u.GetDisplayName())
+		case "email":
+			args = append(args, u.GetEmail())
+		case "roles":
+			roles, err := marshalRoles(u.GetRoles())
+			if err != nil {
+				return nil, fmt.Errorf("user store: update: %w", err)
+			}
+			args = append(args, roles)
+		case "active":
+			args = append(args, u.GetActive())
+		}
+	}
+	args = append(args, u.GetId())
+
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, fmt.Errorf("user store: update: %w", err)
+	}
+	defer func() { _ = tx.Rollback() }()
+	res, err := tx.ExecContext(ctx, "UPDATE users SET "+strings.Join(assignments, ", ")+" WHERE id = ?", args...)
+	if err != nil {
+		return nil, fmt.Errorf("user store: update %q: %w", u.GetId(), err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return nil, fmt.Errorf("user store: update %q: %w", u.GetId(), err)
+	}
+	if n == 0 {
+		return nil, fmt.Errorf("user store: update: user %q: %w", u.GetId(), ErrNotFound)
+	}
+	out, err := get(ctx, tx, u.GetId())
+	if err != nil {
+		return nil, fmt.Errorf("user store: update: %w", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, fmt.Errorf("user store: update %q: %w", u.GetId(), err)
+	}
+	return out, nil
+}

@@ -1,0 +1,9 @@
+package token_test
+
+import (
+	"errors"
+
+	"connectrpc.com/connect"
+)
+
+func asConnectError(err error, target **connect.Error) bool { return errors.As(err, target) }

@@ -1,0 +1,241 @@
+package token
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// ErrUnknownKey is returned by a KeySource that has no key with the asked ID.
+var ErrUnknownKey = errors.New("token: unknown key id")
+
+// KeySource supplies verification keys by ID.
+type KeySource interface {
+	// Key returns the key with the given ID, or an error wrapping ErrUnknownKey.
+	// The ID is only ever looked up, never used as a path or URL.
+	Key(ctx context.Context, kid string) (*PublicKey, error)
+	// Generation changes whenever the set of keys changes; the verifier
+	// clears its cache of verified tokens when it does.
+	Generation() uint64
+}
+
+// keyMap is an immutable set of keys by ID.
+type keyMap map[string]*PublicKey
+
+func newKeyMap(keys []*PublicKey) keyMap {
+	m := make(keyMap, len(keys))
+	for _, k := range keys {
+		m[k.ID] = k
+	}
+	return m
+}
+
+func (m keyMap) sameIDs(other keyMap) bool {
+	if len(m) != len(other) {
+		return false
+	}
+	for id := range m {
+		if _, ok := other[id]; !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// StaticKeys is a KeySource whose keys are set by its owner: the issuer's own
+// service (which sets them from its key set on every reload) or a JWKS file.
+type StaticKeys struct {
+	keys atomic.Pointer[keyMap]
+	gen  atomic.Uint64
+}
+
+// NewStaticKeys returns a StaticKeys holding keys.
+func NewStaticKeys(keys []*PublicKey) *StaticKeys {
+	s := &StaticKeys{}
+	s.Set(keys)
+	return s
+}
+
+// Set replaces the keys. The generation changes when the key IDs do.
+func (s *StaticKeys) Set(keys []*PublicKey) {
+	m := newKeyMap(keys)
+	if old := s.keys.Swap(&m); old == nil || !old.sameIDs(m) {
+		s.gen.Add(1)
+	}
+}
+
+// Key implements KeySource.
+func (s *StaticKeys) Key(_ context.Context, kid string) (*PublicKey, error) {
+	if k, ok := (*s.keys.Load())[kid]; ok {
+		return k, nil
+	}
+	return nil, ErrUnknownKey
+}
+
+// Generation implements KeySource.
+func (s *StaticKeys) Generation() uint64 { return s.gen.Load() }
+
+// LoadJWKSFile reads a JWKS document from a file into a StaticKeys.
+func LoadJWKSFile(path string) (*StaticKeys, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("token: read JWKS: %w", err)
+	}
+	keys, err := ParseJWKS(data)
+	if err != nil {
+		return nil, err
+	}
+	return NewStaticKeys(keys), nil
+}
+
+// RemoteKeysOptions configures NewRemoteKeys.
+type RemoteKeysOptions struct {
+	// MinRefreshInterval is the shortest time between two fetches caused by
+	// tokens with unknown key IDs (default 30s), so a flood of forged kids
+	// costs at most one fetch per interval.
+	MinRefreshInterval time.Duration
+	// RefreshInterval is how often Run refetches the set (default 5m), so
+	// retired keys stop verifying.
+	RefreshInterval time.Duration
+	// Timeout bounds one fetch (default 5s).
+	Timeout time.Duration
+	Logger  *slog.Logger
+}
+
+// RemoteKeys is a KeySource fetched from a JWKS URL with an HTTP client (a
+// Palisade mTLS client, so the key set comes from the authenticated issuer).
+// Keys are cached; an unknown kid triggers a refetch at most once per
+// MinRefreshInterval; a failed fetch keeps the last good set.
+type RemoteKeys struct {
+	url    string
+	client *http.Client
+	opts   RemoteKeysOptions
+
+	keys atomic.Pointer[keyMap]
+	gen  atomic.Uint64
+
+	mu        sync.Mutex // serializes fetches
+	lastFetch time.Time
+}
+
+// NewRemoteKeys returns a RemoteKeys for url. It does not fetch: the first
+// lookup (or Run) does, so a service can start before its issuer.
+func NewRemoteKeys(url string, client *http.Client, opts RemoteKeysOptions) *RemoteKeys {
+	if opts.MinRefreshInterval <= 0 {
+		opts.MinRefreshInterval = 30 * time.Second
+	}
+	if opts.RefreshInterval <= 0 {
+		opts.RefreshInterval = 5 * time.Minute
+	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = 5 * time.Second
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	r := &RemoteKeys{url: url, client: client, opts: opts}
+	empty := keyMap{}
+	r.keys.Store(&empty)
+	return r
+}
+
+// Key implements KeySource.
+func (r *RemoteKeys) Key(ctx context.Context, kid string) (*PublicKey, error) {
+	if k, ok := (*r.keys.Load())[kid]; ok {
+		return k, nil
+	}
+	if !r.refresh(ctx, false) {
+		return nil, ErrUnknownKey
+	}
+	if k, ok := (*r.keys.Load())[kid]; ok {
+		return k, nil
+	}
+	return nil, ErrUnknownKey
+}
+
+// Generation implements KeySource.
+func (r *RemoteKeys) Generation() uint64 { return r.gen.Load() }
+
+// Refresh fetches the key set now.
+func (r *RemoteKeys) Refresh(ctx context.Context) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.fetchLocked(ctx)
+}
+
+// refresh fetches unless one happened within MinRefreshInterval (or, with
+// force, regardless); it reports whether it fetched successfully.
+func (r *RemoteKeys) refresh(ctx context.Context, force bool) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !force && time.Since(r.lastFetch) < r.opts.MinRefreshInterval {
+		return false
+	}
+	return r.fetchLocked(ctx) == nil
+}
+
+func (r *RemoteKeys) fetchLocked(ctx context.Context) error {
+	r.lastFetch = time.Now()
+	keys, err := r.fetch(ctx)
+	if err != nil {
+		r.opts.Logger.WarnContext(ctx, "JWKS fetch failed; keeping the last good key set", "url", r.url, "error", err)
+		return err
+	}
+	m := newKeyMap(keys)
+	if old := r.keys.Swap(&m); !old.sameIDs(m) {
+		r.gen.Add(1)
+		ids := make([]string, 0, len(m))
+		for id := range m {
+			ids = append(ids, id)
+		}
+		slices.Sort(ids)
+		r.opts.Logger.InfoContext(ctx, "JWKS key set changed", "url", r.url, "kids", ids)
+	}
+	return nil
+}
+
+func (r *RemoteKeys) fetch(ctx context.Context) ([]*PublicKey, error) {
+	ctx, cancel := context.WithTimeout(ctx, r.opts.Timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.url, nil)
+	if err != nil {
+		return nil, fmt.Errorf("token: JWKS request: %w", err)
+	}
+	req.Header.Set("Accept", "application/json")
+	res, err := r.client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("token: JWKS fetch: %w", err)
+	}
+	defer res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("token: JWKS fetch: HTTP %d", res.StatusCode)
+	}
+	body, err := io.ReadAll(io.LimitReader(res.Body, maxJWKSBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("token: JWKS read: %w", err)
+	}
+	return ParseJWKS(body)
+}
+
+// Run refetches the key set every RefreshInterval until ctx is done.
+func (r *RemoteKeys) Run(ctx context.Context) error {
+	_ = r.Refresh(ctx)
+	t := time.NewTicker(r.opts.RefreshInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+			_ = r.Refresh(ctx)
+		}
+	}
+}

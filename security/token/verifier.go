@@ -1,0 +1,212 @@
+package token
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/palisade-rpc/palisade/security"
+)
+
+// Defaults of VerifierOptions.
+const (
+	DefaultLeeway       = 30 * time.Second
+	DefaultCacheSize    = 10000
+	DefaultMaxTokenSize = 8 << 10
+)
+
+// VerifierOptions configures a Verifier. Issuer, Audience and Keys are required.
+type VerifierOptions struct {
+	// Issuer is the only accepted iss.
+	Issuer string
+	// Audience is this service's name; aud must contain it.
+	Audience string
+	// Keys supplies the verification keys.
+	Keys KeySource
+	// Leeway absorbs clock skew for exp, nbf and iat (default 30s).
+	Leeway time.Duration
+	// CacheSize bounds the cache of verified tokens (default 10000; negative
+	// disables the cache).
+	CacheSize int
+	// MaxTokenSize refuses longer tokens before any parsing (default 8 KiB).
+	MaxTokenSize int
+	// Now replaces time.Now in tests.
+	Now func() time.Time
+}
+
+// Verifier verifies access tokens. It is safe for concurrent use.
+type Verifier struct {
+	opts   VerifierOptions
+	parser *jwt.Parser
+	cache  *cache
+}
+
+// NewVerifier returns a Verifier.
+func NewVerifier(opts VerifierOptions) (*Verifier, error) {
+	if opts.Issuer == "" || opts.Audience == "" || opts.Keys == nil {
+		return nil, errors.New("token: verifier needs an issuer, an audience and a key source")
+	}
+	if opts.Leeway == 0 {
+		opts.Leeway = DefaultLeeway
+	}
+	if opts.CacheSize == 0 {
+		opts.CacheSize = DefaultCacheSize
+	}
+	if opts.MaxTokenSize <= 0 {
+		opts.MaxTokenSize = DefaultMaxTokenSize
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	return &Verifier{
+		opts: opts,
+		parser: jwt.NewParser(
+			jwt.WithValidMethods([]string{AlgEdDSA, AlgES256}),
+			jwt.WithStrictDecoding(),
+			jwt.WithIssuer(opts.Issuer),
+			jwt.WithAudience(opts.Audience),
+			jwt.WithExpirationRequired(),
+			jwt.WithIssuedAt(),
+			jwt.WithLeeway(opts.Leeway),
+			jwt.WithTimeFunc(opts.Now),
+		),
+		cache: newCache(opts.CacheSize),
+	}, nil
+}
+
+// Verify checks raw, presented by workload, and returns the user it proves.
+// A token bound to a certificate (cnf) must be presented over a connection
+// with that client certificate; a token with act must be presented by the
+// workload it names. Errors are *Error values that never include the token.
+func (v *Verifier) Verify(ctx context.Context, raw string, workload security.Workload) (*security.User, error) {
+	if len(raw) > v.opts.MaxTokenSize {
+		return nil, fail(ReasonTooLarge, fmt.Sprintf("token longer than %d bytes", v.opts.MaxTokenSize))
+	}
+	now := v.opts.Now()
+	gen := v.opts.Keys.Generation()
+	key := sha256.Sum256([]byte(raw))
+	e, ok := v.cache.get(key, gen, now)
+	if !ok {
+		var err error
+		if e, err = v.verify(ctx, raw); err != nil {
+			return nil, err
+		}
+		v.cache.put(key, gen, e)
+	}
+	if e.bound && subtle.ConstantTimeCompare(e.cnf[:], workload.CertSHA256[:]) != 1 {
+		return nil, fail(ReasonBinding, "token is bound to another client certificate")
+	}
+	if e.actor != "" && e.actor != workload.ID.String() {
+		return nil, fail(ReasonActor, "token's actor "+e.actor+" is not the presenting workload "+workload.ID.String())
+	}
+	return e.user, nil
+}
+
+// verify does the full check of a token not in the cache.
+func (v *Verifier) verify(ctx context.Context, raw string) (*cacheEntry, error) {
+	segs := strings.Split(raw, ".")
+	if len(segs) != 3 || segs[0] == "" || segs[1] == "" || segs[2] == "" {
+		return nil, fail(ReasonMalformed, "not a compact JWS of three segments")
+	}
+	h, err := parseHeader(segs[0])
+	if err != nil {
+		return nil, err
+	}
+	if err := checkPayload(segs[1]); err != nil {
+		return nil, err
+	}
+	if _, err := strictB64.DecodeString(segs[2]); err != nil {
+		return nil, fail(ReasonMalformed, "signature is not canonical base64url")
+	}
+	pub, err := v.opts.Keys.Key(ctx, h.Kid)
+	if err != nil {
+		return nil, fail(ReasonUnknownKey, "kid not in the key set")
+	}
+	if h.Alg != pub.Alg {
+		return nil, fail(ReasonAlgorithm, fmt.Sprintf("alg %s is not the key's %s", h.Alg, pub.Alg))
+	}
+	var claims Claims
+	_, err = v.parser.ParseWithClaims(raw, &claims, func(t *jwt.Token) (any, error) {
+		if t.Method.Alg() != pub.Alg {
+			return nil, errors.New("algorithm mismatch")
+		}
+		return pub.Key, nil
+	})
+	if err != nil {
+		return nil, classify(err)
+	}
+	if claims.Subject == "" {
+		return nil, fail(ReasonClaims, "sub missing")
+	}
+	e := &cacheEntry{expires: claims.ExpiresAt.Time}
+	user := &security.User{
+		Subject:   claims.Subject,
+		Roles:     claims.Roles,
+		Scope:     claims.Scope,
+		Issuer:    claims.Issuer,
+		Audience:  claims.Audience,
+		TokenID:   claims.ID,
+		ExpiresAt: claims.ExpiresAt.Time,
+	}
+	if claims.IssuedAt != nil {
+		user.IssuedAt = claims.IssuedAt.Time
+	}
+	if claims.Cnf != nil {
+		thumb, err := strictB64.DecodeString(claims.Cnf.X5tS256)
+		if err != nil || len(thumb) != sha256.Size {
+			return nil, fail(ReasonClaims, "cnf x5t#S256 is not a base64url SHA-256")
+		}
+		copy(e.cnf[:], thumb)
+		e.bound = true
+		user.CertBound = true
+	}
+	if claims.Act != nil {
+		if claims.Act.Sub == "" {
+			return nil, fail(ReasonClaims, "act without sub")
+		}
+		if claims.Cnf == nil {
+			// A delegated token that is not bound could be replayed by anyone
+			// who reads it; Palisade only issues bound ones.
+			return nil, fail(ReasonClaims, "delegated token is not certificate-bound")
+		}
+		e.actor = claims.Act.Sub
+		user.Actor = claims.Act.Sub
+	}
+	e.user = user
+	return e, nil
+}
+
+// classify maps golang-jwt's errors to reasons.
+func classify(err error) error {
+	switch {
+	case errors.Is(err, jwt.ErrTokenExpired):
+		return fail(ReasonExpired, "token has expired")
+	case errors.Is(err, jwt.ErrTokenNotValidYet), errors.Is(err, jwt.ErrTokenUsedBeforeIssued):
+		return fail(ReasonNotYet, "token is not valid yet")
+	case errors.Is(err, jwt.ErrTokenInvalidIssuer):
+		return fail(ReasonIssuer, "wrong issuer")
+	case errors.Is(err, jwt.ErrTokenInvalidAudience):
+		return fail(ReasonAudience, "audience does not name this service")
+	case errors.Is(err, jwt.ErrTokenRequiredClaimMissing):
+		return fail(ReasonClaims, "required claim missing")
+	case errors.Is(err, jwt.ErrTokenSignatureInvalid):
+		return fail(ReasonSignature, "signature does not verify")
+	case errors.Is(err, jwt.ErrTokenUnverifiable):
+		return fail(ReasonAlgorithm, "token cannot be verified with the key")
+	case errors.Is(err, jwt.ErrTokenMalformed):
+		return fail(ReasonMalformed, "malformed token")
+	}
+	return fail(ReasonClaims, "invalid token")
+}
+
+// Thumbprint256 returns the cnf x5t#S256 value of a certificate's SHA-256.
+func Thumbprint256(certSHA256 [32]byte) string {
+	return base64.RawURLEncoding.EncodeToString(certSHA256[:])
+}

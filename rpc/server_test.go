@@ -235,3 +235,49 @@ func TestRefusedPeers(t *testing.T) {
 		}
 	})
 }
+
+// TestDrainFinishesInFlightCalls stops a server while a call is in its
+// handler: the call completes, a call made during the drain is refused, and
+// Serve returns nil.
+func TestDrainFinishesInFlightCalls(t *testing.T) {
+	t.Parallel()
+	ca := certstest.NewCA(t)
+	users := &rpctest.Users{Hold: make(chan struct{})}
+	srv := rpctest.Start(t, ca.Source(ca.Server("/svc/user")), allowAll(t), users.Mount, rpc.WithShutdownGrace(30*time.Second))
+	client, err := rpc.NewClient(userv1connect.NewUserServiceClient, srv.URL, ca.Source(ca.Client("/client/cli")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	inFlight := make(chan error, 1)
+	go func() {
+		_, err := client.GetUser(context.Background(), &userv1.GetUserRequest{Id: "alice"})
+		inFlight <- err
+	}()
+	for users.Calls() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	stopped := make(chan error, 1)
+	go func() { stopped <- srv.Stop() }()
+	srv.WaitForLog(t, "draining")
+
+	// A new connection is refused while the drain waits for the held call.
+	late, err := rpc.NewClient(userv1connect.NewUserServiceClient, srv.URL, ca.Source(ca.Client("/client/cli")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := late.GetUser(context.Background(), &userv1.GetUserRequest{Id: "bob"}); connect.CodeOf(err) != connect.CodeUnavailable {
+		t.Fatalf("call during drain: %v, want unavailable", err)
+	}
+	select {
+	case err := <-stopped:
+		t.Fatalf("server stopped with a call in flight: %v", err)
+	default:
+	}
+	close(users.Hold)
+	if err := <-inFlight; err != nil {
+		t.Fatalf("in-flight call failed: %v", err)
+	}
+	if err := <-stopped; err != nil {
+		t.Fatalf("Serve after drain: %v", err)
+	}
+}

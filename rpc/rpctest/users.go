@@ -20,6 +20,9 @@ import (
 // unimplemented.
 type Users struct {
 	userv1connect.UnimplementedUserServiceHandler
+	// Hold, when set, makes GetUser wait until it is closed (or the call's
+	// context ends) before answering, to keep a call in flight.
+	Hold  chan struct{}
 	calls atomic.Int64
 }
 
@@ -29,6 +32,13 @@ func (u *Users) Calls() int64 { return u.calls.Load() }
 // GetUser implements userv1connect.UserServiceHandler.
 func (u *Users) GetUser(ctx context.Context, req *userv1.GetUserRequest) (*userv1.GetUserResponse, error) {
 	u.calls.Add(1)
+	if u.Hold != nil {
+		select {
+		case <-u.Hold:
+		case <-ctx.Done():
+			return nil, connect.NewError(connect.CodeCanceled, ctx.Err())
+		}
+	}
 	p, ok := security.FromContext(ctx)
 	if !ok {
 		return nil, connect.NewError(connect.CodeInternal, errors.New("no principal"))

@@ -7,7 +7,13 @@ BUF := $(GO) tool -modfile=tools/go.mod buf
 TEST_DEMO_ENV := USER_ADDR=127.0.0.1:18443 ORDER_ADDR=127.0.0.1:19443
 
 .DEFAULT_GOAL := help
-.PHONY: help generate check-generate build test test-go test-demo vet demo up down
+# Fuzz targets: package and function. `make test` runs each briefly, `make
+# fuzz` longer (FUZZTIME=1m make fuzz).
+FUZZ_TARGETS := ./security/token:FuzzVerify ./security/spiffeid:FuzzParse \
+	./security/password:FuzzVerify ./rpc:FuzzBearer
+FUZZTIME ?= 30s
+
+.PHONY: help generate check-generate build test test-go test-demo test-fuzz fuzz vet demo up down
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -29,11 +35,21 @@ vet: ## go vet and a gofmt check
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
-test: vet check-generate test-go test-demo ## the whole suite: vet, generated-code check, go test -race, the demo
+test: vet check-generate test-go test-fuzz test-demo ## the whole suite: vet, generated-code check, go test -race, short fuzzing, the demo
 	@echo "make test: all passed"
 
 test-go: ## go test -race ./...
 	$(GO) test -race -count=1 ./...
+
+test-fuzz: ## a 5-second run of every fuzz target (seeds are committed in the tests)
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=5s
+
+fuzz: ## run every fuzz target for FUZZTIME (default 30s)
+	@for t in $(FUZZ_TARGETS); do \
+	  pkg=$${t%%:*}; fn=$${t##*:}; echo "fuzz $$pkg $$fn ($(FUZZTIME))"; \
+	  $(GO) test -run='^$$' -fuzz="^$$fn$$" -fuzztime=$(FUZZTIME) $$pkg >/tmp/palisade-fuzz.$$$$ 2>&1 || { cat /tmp/palisade-fuzz.$$$$; rm -f /tmp/palisade-fuzz.$$$$; exit 1; }; \
+	  tail -n 3 /tmp/palisade-fuzz.$$$$ | grep -E '^fuzz: elapsed' | tail -n 1; rm -f /tmp/palisade-fuzz.$$$$; \
+	done
 
 test-demo: build ## the demo on its own ports and a temporary state directory
 	@home=$$(mktemp -d); trap 'rm -rf "$$home"' EXIT; \

@@ -156,7 +156,7 @@ func (i *Interceptor) authorize(ctx context.Context, spec connect.Spec, peer con
 	if principal.User == nil {
 		// The caller presented no token: report that a user must authenticate
 		// (401) rather than that this user may not (403).
-		err := connect.NewError(connect.CodeUnauthenticated, errors.New(DenialMessage(id, d.Reasons)))
+		err := connect.NewError(connect.CodeUnauthenticated, errors.New(authenticationMessage(id, d.Reasons)))
 		err.Meta().Set("WWW-Authenticate", "Bearer")
 		return err
 	}
@@ -170,6 +170,15 @@ func DenialMessage(decisionID string, reasons []string) string {
 		return "permission denied (decision " + decisionID + ")"
 	}
 	return "permission denied (decision " + decisionID + "): " + strings.Join(reasons, "; ")
+}
+
+// authenticationMessage is what a caller without a token sees on denial.
+func authenticationMessage(decisionID string, reasons []string) string {
+	msg := "authentication required: call with a user token (decision " + decisionID + ")"
+	if len(reasons) > 0 {
+		msg += ": " + strings.Join(reasons, "; ")
+	}
+	return msg
 }
 
 // idSource hands out decision ids: a random per-process prefix and a counter,

@@ -43,6 +43,19 @@ type clientConfig struct {
 	dialTimeout    time.Duration
 	protocol       Protocol
 	connectOptions []connect.ClientOption
+	tokenSource    TokenSource
+}
+
+// TokenSource returns the bearer token to send with a call made in ctx, or
+// "" to send none.
+type TokenSource func(ctx context.Context) (string, error)
+
+// WithTokenSource makes the client send the token src returns as
+// "Authorization: Bearer …" on every call, unary and streaming. If src fails
+// the call fails with unauthenticated and is not sent. A service acting for
+// the user of the call it serves passes (*token.Delegator).Token.
+func WithTokenSource(src TokenSource) ClientOption {
+	return clientOptionFunc(func(c *clientConfig) { c.tokenSource = src })
 }
 
 type clientOptionFunc func(*clientConfig)
@@ -113,7 +126,11 @@ func NewClient[T any](newClient func(connect.HTTPClient, string, ...connect.Clie
 	if err != nil {
 		return zero, err
 	}
-	connectOpts := []connect.ClientOption{connect.WithInterceptors(callTimeout(cfg.callTimeout))}
+	interceptors := []connect.Interceptor{callTimeout(cfg.callTimeout)}
+	if cfg.tokenSource != nil {
+		interceptors = append(interceptors, bearerInterceptor(cfg.tokenSource))
+	}
+	connectOpts := []connect.ClientOption{connect.WithInterceptors(interceptors...)}
 	switch cfg.protocol {
 	case ProtocolGRPC:
 		connectOpts = append(connectOpts, connect.WithGRPC())
@@ -195,3 +212,51 @@ func (d callTimeout) WrapStreamingClient(next connect.StreamingClientFunc) conne
 func (d callTimeout) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
 	return next
 }
+
+// bearerInterceptor adds the token from a TokenSource to outgoing calls.
+type bearerInterceptor TokenSource
+
+func (b bearerInterceptor) token(ctx context.Context, header http.Header) error {
+	tok, err := b(ctx)
+	if err != nil {
+		return connect.NewError(connect.CodeUnauthenticated, fmt.Errorf("obtain a token for the call: %w", err))
+	}
+	if tok != "" {
+		header.Set("Authorization", "Bearer "+tok)
+	}
+	return nil
+}
+
+func (b bearerInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		if err := b.token(ctx, req.Header()); err != nil {
+			return nil, err
+		}
+		return next(ctx, req)
+	}
+}
+
+func (b bearerInterceptor) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return func(ctx context.Context, spec connect.Spec) connect.StreamingClientConn {
+		conn := next(ctx, spec)
+		if err := b.token(ctx, conn.RequestHeader()); err != nil {
+			return &failedConn{StreamingClientConn: conn, err: err}
+		}
+		return conn
+	}
+}
+
+func (b bearerInterceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return next
+}
+
+// failedConn is a client stream that fails every operation with err.
+type failedConn struct {
+	connect.StreamingClientConn
+	err error
+}
+
+func (c *failedConn) Send(any) error       { return c.err }
+func (c *failedConn) Receive(any) error    { return c.err }
+func (c *failedConn) CloseRequest() error  { return c.StreamingClientConn.CloseRequest() }
+func (c *failedConn) CloseResponse() error { return c.StreamingClientConn.CloseResponse() }

@@ -39,7 +39,12 @@ serverlog() {
 step() {
 	local title=$1 want=$2
 	shift 2
-	printf '\n%s▶ %s%s\n  $ curl %s\n' "$bold" "$title" "$off" "$(shellquote "$@")"
+	local shown
+	shown=$(shellquote "$@")
+	# Show tokens by the variable that holds them, as a person would type it.
+	[ -n "${ALICE:-}" ] && shown=${shown//$ALICE/\$ALICE}
+	[ -n "${ADMIN:-}" ] && shown=${shown//$ADMIN/\$ADMIN}
+	printf '\n%s▶ %s%s\n  $ curl %s\n' "$bold" "$title" "$off" "$shown"
 	local code rc
 	code=$(curl -sS -o "$tmp/body" -w '%{http_code}' "$@" 2>"$tmp/err")
 	rc=$?
@@ -66,17 +71,46 @@ step() {
 }
 
 CLI=(--cacert "$CERTS/ca.pem" --cert "$CERTS/cli.pem" --key "$CERTS/cli-key.pem")
+OTHER=(--cacert "$CERTS/ca.pem" --cert "$CERTS/other.pem" --key "$CERTS/other-key.pem")
 
-step "GetUser: the CLI workload reads alice from the user service" '200:"id":"alice"' \
+# login TITLE VAR USER: log in with bin/palisade token and keep the token in VAR.
+login() {
+	printf '\n%s▶ %s%s\n  $ %s=$(%s/palisade token --user %s)\n' "$bold" "$1" "$off" "$2" "$BIN" "$3"
+	local tok
+	if tok=$("$BIN/palisade" token --home "$PALISADE_HOME" --addr "$USER_URL" --user "$3" 2>"$tmp/err"); then
+		printf -v "$2" '%s' "$tok"
+		printf '  → %s…%s (%d bytes, EdDSA, bound to cli.pem)\n  %sPASS%s\n' "${tok:0:24}" "${tok: -8}" "${#tok}" "$green" "$off"
+		passed=$((passed + 1))
+	else
+		printf '  → %s\n  %sFAIL%s\n' "$(cat "$tmp/err")" "$red" "$off"
+		failed=$((failed + 1))
+	fi
+}
+
+login "Login: alice gets an access token (argon2id password check, JWT signed by the user service)" ALICE alice
+login "Login: admin gets one too" ADMIN admin
+
+step "GetUser with alice's token: the chain verifies her token and the cli workload" '200:"id":"alice"' \
+	"${CLI[@]}" -H "Authorization: Bearer $ALICE" --json '{"id":"alice"}' "$USER_URL/user.v1.UserService/GetUser"
+
+step "The same call without a token: 401, the procedure needs a user" '401:"code":"unauthenticated"' \
 	"${CLI[@]}" --json '{"id":"alice"}' "$USER_URL/user.v1.UserService/GetUser"
 
-step "CreateOrder: the order service asks the user service about alice, then stores the order" \
-	'200:"status":"ORDER_STATUS_ACCEPTED"' \
-	"${CLI[@]}" --json '{"userId":"alice","items":[{"sku":"book-1","quantity":2}]}' "$ORDER_URL/order.v1.OrderService/CreateOrder"
-printf '  usersvc log: %s\n' "$(serverlog usersvc '"caller":"spiffe://palisade.local/svc/order"')"
+step "alice's token replayed with another client certificate (other.pem): 401, the token is bound to cli.pem" \
+	'401:invalid token' \
+	"${OTHER[@]}" -H "Authorization: Bearer $ALICE" --json '{"id":"alice"}' "$USER_URL/user.v1.UserService/GetUser"
+printf '  usersvc log: %s\n' "$(serverlog usersvc 'token: binding')"
 
-step "CreateOrder for an unknown user: refused, nothing stored" '400:does not exist' \
-	"${CLI[@]}" --json '{"userId":"zed","items":[{"sku":"book-1","quantity":1}]}' "$ORDER_URL/order.v1.OrderService/CreateOrder"
+step "CreateOrder: the order service exchanges alice's token for a delegated one and asks the user service about her" \
+	'200:"status":"ORDER_STATUS_ACCEPTED"' \
+	"${CLI[@]}" -H "Authorization: Bearer $ALICE" --json '{"userId":"alice","items":[{"sku":"book-1","quantity":2}]}' \
+	"$ORDER_URL/order.v1.OrderService/CreateOrder"
+printf '  usersvc log: %s\n' "$(serverlog usersvc '"msg":"token exchanged"')"
+printf '  usersvc log: %s\n' "$(serverlog usersvc '"actor":"spiffe://palisade.local/svc/order"')"
+
+step "CreateOrder for an unknown user (as admin): refused, nothing stored" '400:does not exist' \
+	"${CLI[@]}" -H "Authorization: Bearer $ADMIN" --json '{"userId":"zed","items":[{"sku":"book-1","quantity":1}]}' \
+	"$ORDER_URL/order.v1.OrderService/CreateOrder"
 
 step "A caller without a client certificate: the TLS handshake refuses it" refused \
 	--cacert "$CERTS/ca.pem" --json '{"id":"alice"}' "$USER_URL/user.v1.UserService/GetUser"

@@ -1,6 +1,5 @@
 // Command palisade is the operator's tool for a Palisade deployment: it mints
-// the development PKI and, as the project grows, tokens, keys and policy
-// checks.
+// the development PKI, rotates token signing keys and gets tokens for people.
 package main
 
 import (
@@ -25,6 +24,11 @@ func commands() map[string]command {
 		"certs": {summary: "development PKI", sub: map[string]command{
 			"init": {summary: "create a CA and the demo's workload and client certificates", run: certsInit},
 		}},
+		"keys": {summary: "token signing keys", sub: map[string]command{
+			"rotate": {summary: "add a signing key; retire the oldest", run: keysRotate},
+			"list":   {summary: "list the signing keys", run: keysList},
+		}},
+		"token": {summary: "print an access token for a user (logs in over mTLS)", run: tokenCmd},
 	}
 }
 

@@ -23,6 +23,7 @@ import (
 	"sync/atomic"
 
 	"github.com/palisade-rpc/palisade/certs"
+	"github.com/palisade-rpc/palisade/security/spiffeid"
 )
 
 // Source supplies a workload's certificate and the bundle of CAs it trusts.
@@ -123,4 +124,27 @@ func PoolFromPEM(pemData []byte) (*x509.CertPool, error) {
 		pool.AddCert(ca)
 	}
 	return pool, nil
+}
+
+// IdentityOf returns the SPIFFE ID of src's current certificate: the
+// workload's own identity, used for example as its token audience.
+func IdentityOf(src Source) (spiffeid.ID, error) {
+	cert, err := src.Certificate()
+	if err != nil {
+		return spiffeid.ID{}, fmt.Errorf("mtls: own certificate: %w", err)
+	}
+	leaf := cert.Leaf
+	if leaf == nil {
+		if len(cert.Certificate) == 0 {
+			return spiffeid.ID{}, errors.New("mtls: own certificate is empty")
+		}
+		if leaf, err = x509.ParseCertificate(cert.Certificate[0]); err != nil {
+			return spiffeid.ID{}, fmt.Errorf("mtls: own certificate: %w", err)
+		}
+	}
+	id, err := spiffeid.FromCertificate(leaf)
+	if err != nil {
+		return spiffeid.ID{}, fmt.Errorf("mtls: own certificate: %w", err)
+	}
+	return id, nil
 }

@@ -67,6 +67,9 @@ func (i *Issuer) SetKeys(ks *KeySet) error {
 // Keys returns the current key set.
 func (i *Issuer) Keys() *KeySet { return i.keys.Load() }
 
+// TTL returns the default lifetime of access tokens.
+func (i *Issuer) TTL() time.Duration { return i.opts.TTL }
+
 // Name returns the issuer name (iss).
 func (i *Issuer) Name() string { return i.opts.Issuer }
 

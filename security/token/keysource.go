@@ -124,7 +124,17 @@ type RemoteKeys struct {
 
 	mu        sync.Mutex // serializes fetches
 	lastFetch time.Time
+	failing   bool // the last fetch failed
 }
+
+// After a failed fetch, a lookup may refetch after retryAfterFailure rather
+// than MinRefreshInterval (an issuer that was down when the verifier started
+// must not leave it keyless for a whole interval); Run retries from
+// runRetryAfterFailure, backing off.
+const (
+	retryAfterFailure    = 100 * time.Millisecond
+	runRetryAfterFailure = time.Second
+)
 
 // NewRemoteKeys returns a RemoteKeys for url. It does not fetch: the first
 // lookup (or Run) does, so a service can start before its issuer.
@@ -176,7 +186,11 @@ func (r *RemoteKeys) Refresh(ctx context.Context) error {
 func (r *RemoteKeys) refresh(ctx context.Context, force bool) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if !force && time.Since(r.lastFetch) < r.opts.MinRefreshInterval {
+	interval := r.opts.MinRefreshInterval
+	if r.failing {
+		interval = min(interval, retryAfterFailure)
+	}
+	if !force && time.Since(r.lastFetch) < interval {
 		return false
 	}
 	return r.fetchLocked(ctx) == nil
@@ -185,6 +199,7 @@ func (r *RemoteKeys) refresh(ctx context.Context, force bool) bool {
 func (r *RemoteKeys) fetchLocked(ctx context.Context) error {
 	r.lastFetch = time.Now()
 	keys, err := r.fetch(ctx)
+	r.failing = err != nil
 	if err != nil {
 		r.opts.Logger.WarnContext(ctx, "JWKS fetch failed; keeping the last good key set", "url", r.url, "error", err)
 		return err
@@ -225,17 +240,24 @@ func (r *RemoteKeys) fetch(ctx context.Context) ([]*PublicKey, error) {
 	return ParseJWKS(body)
 }
 
-// Run refetches the key set every RefreshInterval until ctx is done.
+// Run fetches the key set now and then every RefreshInterval until ctx is
+// done; after a failed fetch it retries sooner, backing off from one second.
 func (r *RemoteKeys) Run(ctx context.Context) error {
-	_ = r.Refresh(ctx)
-	t := time.NewTicker(r.opts.RefreshInterval)
-	defer t.Stop()
+	backoff := runRetryAfterFailure
 	for {
+		wait := r.opts.RefreshInterval
+		if err := r.Refresh(ctx); err != nil {
+			wait = min(backoff, r.opts.RefreshInterval)
+			backoff *= 2
+		} else {
+			backoff = runRetryAfterFailure
+		}
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
+			t.Stop()
 			return ctx.Err()
 		case <-t.C:
-			_ = r.Refresh(ctx)
 		}
 	}
 }

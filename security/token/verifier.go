@@ -65,20 +65,43 @@ func NewVerifier(opts VerifierOptions) (*Verifier, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	return &Verifier{
-		opts: opts,
-		parser: jwt.NewParser(
-			jwt.WithValidMethods([]string{AlgEdDSA, AlgES256}),
-			jwt.WithStrictDecoding(),
-			jwt.WithIssuer(opts.Issuer),
-			jwt.WithAudience(opts.Audience),
-			jwt.WithExpirationRequired(),
-			jwt.WithIssuedAt(),
-			jwt.WithLeeway(opts.Leeway),
-			jwt.WithTimeFunc(opts.Now),
-		),
-		cache: newCache(opts.CacheSize),
-	}, nil
+	v := &Verifier{opts: opts, cache: newCache(opts.CacheSize)}
+	v.parser = v.newParser(opts.Audience)
+	return v, nil
+}
+
+func (v *Verifier) newParser(audience string) *jwt.Parser {
+	return jwt.NewParser(
+		jwt.WithValidMethods([]string{AlgEdDSA, AlgES256}),
+		jwt.WithStrictDecoding(),
+		jwt.WithIssuer(v.opts.Issuer),
+		jwt.WithAudience(audience),
+		jwt.WithExpirationRequired(),
+		jwt.WithIssuedAt(),
+		jwt.WithLeeway(v.opts.Leeway),
+		jwt.WithTimeFunc(v.opts.Now),
+	)
+}
+
+// VerifySubjectToken verifies a user's token that a workload received and now
+// presents to exchange it (RFC 8693): fully, except that it is not checked
+// against the presenter's certificate — the token was bound to the user's
+// client, and the workload checked that binding when the user called it.
+// audience is the presenting workload's name: the token must have been
+// issued for it. A token that is itself delegated (has act) is refused, so
+// delegation does not chain. The cache is not used.
+func (v *Verifier) VerifySubjectToken(ctx context.Context, raw, audience string) (*security.User, error) {
+	if len(raw) > v.opts.MaxTokenSize {
+		return nil, fail(ReasonTooLarge, fmt.Sprintf("token longer than %d bytes", v.opts.MaxTokenSize))
+	}
+	e, err := v.verify(ctx, raw, v.newParser(audience))
+	if err != nil {
+		return nil, err
+	}
+	if e.actor != "" {
+		return nil, fail(ReasonActor, "a delegated token cannot be exchanged again")
+	}
+	return e.user, nil
 }
 
 // Verify checks raw, presented by workload, and returns the user it proves.
@@ -95,7 +118,7 @@ func (v *Verifier) Verify(ctx context.Context, raw string, workload security.Wor
 	e, ok := v.cache.get(key, gen, now)
 	if !ok {
 		var err error
-		if e, err = v.verify(ctx, raw); err != nil {
+		if e, err = v.verify(ctx, raw, v.parser); err != nil {
 			return nil, err
 		}
 		v.cache.put(key, gen, e)
@@ -110,7 +133,7 @@ func (v *Verifier) Verify(ctx context.Context, raw string, workload security.Wor
 }
 
 // verify does the full check of a token not in the cache.
-func (v *Verifier) verify(ctx context.Context, raw string) (*cacheEntry, error) {
+func (v *Verifier) verify(ctx context.Context, raw string, parser *jwt.Parser) (*cacheEntry, error) {
 	segs := strings.Split(raw, ".")
 	if len(segs) != 3 || segs[0] == "" || segs[1] == "" || segs[2] == "" {
 		return nil, fail(ReasonMalformed, "not a compact JWS of three segments")
@@ -133,7 +156,7 @@ func (v *Verifier) verify(ctx context.Context, raw string) (*cacheEntry, error) 
 		return nil, fail(ReasonAlgorithm, fmt.Sprintf("alg %s is not the key's %s", h.Alg, pub.Alg))
 	}
 	var claims Claims
-	_, err = v.parser.ParseWithClaims(raw, &claims, func(t *jwt.Token) (any, error) {
+	_, err = parser.ParseWithClaims(raw, &claims, func(t *jwt.Token) (any, error) {
 		if t.Method.Alg() != pub.Alg {
 			return nil, errors.New("algorithm mismatch")
 		}

@@ -65,7 +65,8 @@ func NewService(store *Store, logger *slog.Logger) *Service {
 }
 
 // GetUser returns one user. Every successful read is logged at Info level as
-// "user read" with the user's id and the SPIFFE ID of the calling workload.
+// "user read" with the user's id, the SPIFFE ID of the calling workload and,
+// when a token came, its subject and actor.
 func (s *Service) GetUser(ctx context.Context, req *userv1.GetUserRequest) (*userv1.GetUserResponse, error) {
 	if req.GetId() == "" {
 		return nil, invalidArgument("id", "required")
@@ -74,10 +75,14 @@ func (s *Service) GetUser(ctx context.Context, req *userv1.GetUserRequest) (*use
 	if err != nil {
 		return nil, s.storeError(ctx, "GetUser", req.GetId(), err)
 	}
-	s.log.LogAttrs(ctx, slog.LevelInfo, "user read",
-		slog.String("user_id", u.GetId()),
-		slog.String("caller", caller(ctx)),
-	)
+	attrs := []slog.Attr{slog.String("user_id", u.GetId()), slog.String("caller", caller(ctx))}
+	if p, ok := security.FromContext(ctx); ok && p.User != nil {
+		attrs = append(attrs, slog.String("subject", p.User.Subject))
+		if p.User.Actor != "" {
+			attrs = append(attrs, slog.String("actor", p.User.Actor))
+		}
+	}
+	s.log.LogAttrs(ctx, slog.LevelInfo, "user read", attrs...)
 	return &userv1.GetUserResponse{User: u}, nil
 }
 

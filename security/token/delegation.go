@@ -1,0 +1,97 @@
+package token
+
+import (
+	"context"
+	"crypto/sha256"
+	"sync"
+	"time"
+
+	"github.com/palisade-rpc/palisade/security"
+)
+
+// ExchangeFunc trades a user's token for a delegated one (it calls the
+// issuer's ExchangeToken) and returns the new token and its expiry.
+type ExchangeFunc func(ctx context.Context, subjectToken string) (token string, expires time.Time, err error)
+
+// Delegator gives a workload the token to send when it calls another
+// service on behalf of the user whose call it is serving: the caller's token,
+// exchanged once and cached until shortly before the exchanged token expires.
+type Delegator struct {
+	exchange ExchangeFunc
+	margin   time.Duration
+	max      int
+	now      func() time.Time
+
+	mu      sync.Mutex
+	entries map[[32]byte]delegated
+}
+
+type delegated struct {
+	token   string
+	expires time.Time
+}
+
+// DelegatorOptions configures NewDelegator.
+type DelegatorOptions struct {
+	// Margin: a cached token is not reused within Margin of its expiry
+	// (default 30s), so it does not expire in flight.
+	Margin time.Duration
+	// CacheSize bounds the cache (default 10000).
+	CacheSize int
+	// Now replaces time.Now in tests.
+	Now func() time.Time
+}
+
+// NewDelegator returns a Delegator that exchanges with exchange.
+func NewDelegator(exchange ExchangeFunc, opts DelegatorOptions) *Delegator {
+	if opts.Margin <= 0 {
+		opts.Margin = 30 * time.Second
+	}
+	if opts.CacheSize <= 0 {
+		opts.CacheSize = DefaultCacheSize
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	return &Delegator{exchange: exchange, margin: opts.Margin, max: opts.CacheSize, now: opts.Now, entries: map[[32]byte]delegated{}}
+}
+
+// Token returns the delegated token for the call in ctx, or "" when the call
+// carries no user token (the outgoing call then goes as the workload alone).
+func (d *Delegator) Token(ctx context.Context) (string, error) {
+	p, ok := security.FromContext(ctx)
+	if !ok || p.Token.IsZero() {
+		return "", nil
+	}
+	subject := p.Token.Reveal()
+	key := sha256.Sum256([]byte(subject))
+	now := d.now()
+	d.mu.Lock()
+	e, ok := d.entries[key]
+	d.mu.Unlock()
+	if ok && now.Add(d.margin).Before(e.expires) {
+		return e.token, nil
+	}
+	tok, exp, err := d.exchange(ctx, subject)
+	if err != nil {
+		return "", err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.entries) >= d.max {
+		// Full: drop what has expired, then arbitrary entries until there is room.
+		for k, old := range d.entries {
+			if !now.Before(old.expires) {
+				delete(d.entries, k)
+			}
+		}
+		for k := range d.entries {
+			if len(d.entries) < d.max {
+				break
+			}
+			delete(d.entries, k)
+		}
+	}
+	d.entries[key] = delegated{token: tok, expires: exp}
+	return tok, nil
+}

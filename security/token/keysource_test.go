@@ -1,0 +1,185 @@
+package token_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/palisade-rpc/palisade/certs/certstest"
+	"github.com/palisade-rpc/palisade/policy"
+	"github.com/palisade-rpc/palisade/rpc"
+	"github.com/palisade-rpc/palisade/rpc/rpctest"
+	"github.com/palisade-rpc/palisade/security/token"
+)
+
+// jwksServer serves a JWKS over mTLS from a Palisade server; broken makes
+// it answer 500 instead; fetches counts requests.
+type jwksServer struct {
+	srv     *rpctest.Server
+	jwks    token.JWKSHandler
+	broken  atomic.Bool
+	fetches atomic.Int64
+}
+
+func newJWKSServer(t *testing.T, ca *certstest.CA) *jwksServer {
+	t.Helper()
+	j := &jwksServer{}
+	none, err := policy.NewAllowList(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j.srv = rpctest.Start(t, ca.Source(ca.Server("/svc/user")), none, func(s *rpc.Server) error {
+		return s.HandleHTTP(token.JWKSPath, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			j.fetches.Add(1)
+			if j.broken.Load() {
+				http.Error(w, "broken", http.StatusInternalServerError)
+				return
+			}
+			j.jwks.ServeHTTP(w, r)
+		}))
+	})
+	return j
+}
+
+func publicKeys(t *testing.T, ks *token.KeySet) []*token.PublicKey {
+	t.Helper()
+	pubs, err := ks.PublicKeys()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pubs
+}
+
+func TestRemoteKeys(t *testing.T) {
+	t.Parallel()
+	ca := certstest.NewCA(t)
+	j := newJWKSServer(t, ca)
+	ks, _ := token.NewKeySet(token.AlgEdDSA)
+	if err := j.jwks.Set(publicKeys(t, ks)); err != nil {
+		t.Fatal(err)
+	}
+	client, err := rpc.NewHTTPClient(ca.Source(ca.Server("/svc/order")), rpc.WithServerID("spiffe://palisade.local/svc/user"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := token.NewRemoteKeys(j.srv.URL+token.JWKSPath, client, token.RemoteKeysOptions{MinRefreshInterval: time.Hour, Logger: slog.New(slog.DiscardHandler)})
+	ctx := context.Background()
+
+	first := ks.Active
+	if k, err := keys.Key(ctx, first); err != nil || k.ID != first {
+		t.Fatalf("first lookup: %v %v", k, err)
+	}
+	gen := keys.Generation()
+
+	// An unknown kid refetches once; within MinRefreshInterval it does not
+	// again, however many forged kids arrive.
+	before := j.fetches.Load()
+	for i := 0; i < 20; i++ {
+		if _, err := keys.Key(ctx, "forged"); !errors.Is(err, token.ErrUnknownKey) {
+			t.Fatalf("forged kid: %v", err)
+		}
+	}
+	if n := j.fetches.Load() - before; n != 0 {
+		t.Fatalf("%d fetches for forged kids within the interval", n)
+	}
+
+	// A rotated-in key is found after an explicit refresh; the generation moves.
+	if _, _, err := ks.Rotate(token.AlgES256, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := j.jwks.Set(publicKeys(t, ks)); err != nil {
+		t.Fatal(err)
+	}
+	if err := keys.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := keys.Key(ctx, ks.Active); err != nil || keys.Generation() == gen {
+		t.Fatalf("after rotation: %v, generation %d (was %d)", err, keys.Generation(), gen)
+	}
+
+	// A failing issuer keeps the last good set.
+	j.broken.Store(true)
+	if err := keys.Refresh(ctx); err == nil {
+		t.Fatal("refresh from a broken issuer succeeded")
+	}
+	if _, err := keys.Key(ctx, first); err != nil {
+		t.Fatalf("last good set lost: %v", err)
+	}
+}
+
+func TestRemoteKeysRunStops(t *testing.T) {
+	t.Parallel()
+	ca := certstest.NewCA(t)
+	j := newJWKSServer(t, ca)
+	ks, _ := token.NewKeySet(token.AlgEdDSA)
+	_ = j.jwks.Set(publicKeys(t, ks))
+	client, _ := rpc.NewHTTPClient(ca.Source(ca.Server("/svc/order")))
+	keys := token.NewRemoteKeys(j.srv.URL+token.JWKSPath, client, token.RemoteKeysOptions{RefreshInterval: 20 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- keys.Run(ctx) }()
+	for j.fetches.Load() < 3 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("Run returned %v", err)
+	}
+	n := j.fetches.Load()
+	time.Sleep(60 * time.Millisecond)
+	if j.fetches.Load() != n {
+		t.Fatal("Run kept fetching after it returned")
+	}
+}
+
+func TestWatchKeySet(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "signing-keys.json")
+	ks, _, err := token.LoadOrCreateKeySet(path, token.AlgEdDSA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	applied := make(chan *token.KeySet, 4)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- token.WatchKeySet(ctx, path, 5*time.Millisecond, slog.New(slog.DiscardHandler), func(ks *token.KeySet) { applied <- ks })
+	}()
+
+	// A broken file is ignored...
+	if err := os.WriteFile(path, []byte("{not json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(30 * time.Millisecond)
+	select {
+	case got := <-applied:
+		t.Fatalf("a broken file was applied: %+v", got)
+	default:
+	}
+	// ...and a rotation is picked up.
+	newID, _, err := ks.Rotate(token.AlgEdDSA, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ks.Save(path); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case got := <-applied:
+		if got.Active != newID {
+			t.Fatalf("applied active %s, want %s", got.Active, newID)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("rotation not picked up")
+	}
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("WatchKeySet returned %v", err)
+	}
+}

@@ -21,9 +21,10 @@ type Rule struct {
 }
 
 // AllowList is a static Authorizer: for each procedure, a Rule. A procedure
-// it does not name is denied. It is the placeholder that the OPA engine
-// replaces: it knows workloads and whether a user is present, nothing of
-// roles or resources.
+// it does not name is denied. It knows workloads and whether a user is
+// present, nothing of roles or resources (a resource-level decision is
+// decided by the procedure's rule alone); the sample services use the OPA
+// Engine, tests and small deployments this.
 type AllowList struct {
 	rules map[string]allowRule
 }

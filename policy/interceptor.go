@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/proto"
@@ -26,6 +27,7 @@ import (
 type Interceptor struct {
 	authz      Authorizer
 	log        *slog.Logger
+	decisions  *slog.Logger
 	perMessage map[string]bool
 	ids        *idSource
 }
@@ -41,9 +43,17 @@ type interceptorOptionFunc func(*Interceptor)
 
 func (f interceptorOptionFunc) apply(i *Interceptor) { f(i) }
 
-// WithLogger sets the logger denials and evaluation errors go to.
+// WithLogger sets the logger evaluation errors go to (and decisions, unless
+// WithDecisionLogger names another).
 func WithLogger(l *slog.Logger) InterceptorOption {
 	return interceptorOptionFunc(func(i *Interceptor) { i.log = l })
+}
+
+// WithDecisionLogger sets the logger of the decision log: one line per
+// decision ("decision") with its id, the procedure, the peer, the subject and
+// actor, allow, the reasons, the evaluation time and the policy revision.
+func WithDecisionLogger(l *slog.Logger) InterceptorOption {
+	return interceptorOptionFunc(func(i *Interceptor) { i.decisions = l })
 }
 
 // WithPerMessage makes the client- and bidi-streaming procedures named
@@ -63,6 +73,9 @@ func NewInterceptor(authz Authorizer, opts ...InterceptorOption) *Interceptor {
 	for _, o := range opts {
 		o.apply(i)
 	}
+	if i.decisions == nil {
+		i.decisions = i.log
+	}
 	return i
 }
 
@@ -76,7 +89,7 @@ func (i *Interceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 		if err := i.authorize(ctx, req.Spec(), req.Peer(), req.HTTPMethod(), msg); err != nil {
 			return nil, err
 		}
-		return next(ctx, req)
+		return next(i.withCall(ctx, req.Spec(), req.Peer(), req.HTTPMethod()), req)
 	}
 }
 
@@ -93,11 +106,30 @@ func (i *Interceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) co
 		if err := i.authorize(ctx, spec, conn.Peer(), method, nil); err != nil {
 			return err
 		}
+		ctx = i.withCall(ctx, spec, conn.Peer(), method)
 		if i.perMessage[spec.Procedure] && (spec.StreamType == connect.StreamTypeClient || spec.StreamType == connect.StreamTypeBidi) {
 			conn = &authorizingConn{StreamingHandlerConn: conn, ctx: ctx, i: i, method: method}
 		}
 		return next(ctx, conn)
 	}
+}
+
+// NewCallContext returns ctx carrying a call of procedure (unary) decided by
+// authz, for code that calls a handler directly — tests, in-process
+// composition — so that the handler's AuthorizeResource works. The caller
+// is the Principal in ctx.
+func NewCallContext(ctx context.Context, authz Authorizer, procedure string, opts ...InterceptorOption) context.Context {
+	return NewInterceptor(authz, opts...).withCall(ctx, connect.Spec{Procedure: procedure, StreamType: connect.StreamTypeUnary}, connect.Peer{}, "POST")
+}
+
+// withCall records the call in ctx for AuthorizeResource.
+func (i *Interceptor) withCall(ctx context.Context, spec connect.Spec, peer connect.Peer, method string) context.Context {
+	principal, _ := security.FromContext(ctx)
+	service, m := SplitProcedure(spec.Procedure)
+	return context.WithValue(ctx, callKey{}, &call{i: i, input: Input{
+		Procedure: spec.Procedure, Service: service, Method: m, StreamType: StreamTypeName(spec.StreamType),
+		Principal: principal, HTTPMethod: method, Protocol: peer.Protocol,
+	}})
 }
 
 func httpMethod(ctx context.Context) string {
@@ -123,16 +155,14 @@ func (c *authorizingConn) Receive(msg any) error {
 }
 
 func (i *Interceptor) authorize(ctx context.Context, spec connect.Spec, peer connect.Peer, method string, msg proto.Message) error {
-	id := i.ids.next()
 	principal, ok := security.FromContext(ctx)
 	if !ok {
 		// Unreachable behind a Palisade server; deny rather than guess.
-		i.log.ErrorContext(ctx, "authorization without a principal", "decision_id", id, "procedure", spec.Procedure)
+		i.log.ErrorContext(ctx, "authorization without a principal", "procedure", spec.Procedure)
 		return connect.NewError(connect.CodeUnauthenticated, errors.New("unauthenticated"))
 	}
 	service, m := SplitProcedure(spec.Procedure)
 	in := &Input{
-		DecisionID: id,
 		Procedure:  spec.Procedure,
 		Service:    service,
 		Method:     m,
@@ -142,25 +172,100 @@ func (i *Interceptor) authorize(ctx context.Context, spec connect.Spec, peer con
 		HTTPMethod: method,
 		Protocol:   peer.Protocol,
 	}
+	return i.decide(ctx, in)
+}
+
+// decide asks the authorizer, logs the decision and turns a denial into the
+// error the caller sees.
+func (i *Interceptor) decide(ctx context.Context, in *Input) error {
+	in.DecisionID = i.ids.next()
+	start := time.Now()
 	d, err := i.authz.Decide(ctx, in)
+	elapsed := time.Since(start)
 	if err != nil {
 		i.log.ErrorContext(ctx, "authorization failed; denying",
-			"decision_id", id, "procedure", spec.Procedure, "peer", principal.Workload.ID.String(), "error", err)
-		return connect.NewError(connect.CodePermissionDenied, fmt.Errorf("permission denied (decision %s)", id))
+			"decision_id", in.DecisionID, "procedure", in.Procedure, "peer", in.Principal.Workload.ID.String(), "error", err)
+		d = Decision{Allow: false, Revision: d.Revision}
 	}
+	i.logDecision(ctx, in, d, elapsed, err)
 	if d.Allow {
 		return nil
 	}
-	i.log.InfoContext(ctx, "call denied",
-		"decision_id", id, "procedure", spec.Procedure, "peer", principal.Workload.ID.String(), "reasons", d.Reasons)
-	if principal.User == nil {
+	if err != nil {
+		return connect.NewError(connect.CodePermissionDenied, fmt.Errorf("permission denied (decision %s)", in.DecisionID))
+	}
+	if in.Principal.User == nil {
 		// The caller presented no token: report that a user must authenticate
 		// (401) rather than that this user may not (403).
-		err := connect.NewError(connect.CodeUnauthenticated, errors.New(authenticationMessage(id, d.Reasons)))
+		err := connect.NewError(connect.CodeUnauthenticated, errors.New(authenticationMessage(in.DecisionID, d.Reasons)))
 		err.Meta().Set("WWW-Authenticate", "Bearer")
 		return err
 	}
-	return connect.NewError(connect.CodePermissionDenied, errors.New(DenialMessage(id, d.Reasons)))
+	return connect.NewError(connect.CodePermissionDenied, errors.New(DenialMessage(in.DecisionID, d.Reasons)))
+}
+
+// logDecision writes the decision log line: who asked for what, the answer
+// and why, how long it took, and which policy gave it. Never a token.
+func (i *Interceptor) logDecision(ctx context.Context, in *Input, d Decision, elapsed time.Duration, evalErr error) {
+	level := slog.LevelInfo
+	if evalErr != nil {
+		level = slog.LevelError
+	}
+	if !i.decisions.Enabled(ctx, level) {
+		return
+	}
+	attrs := make([]slog.Attr, 0, 12)
+	attrs = append(attrs,
+		slog.String("decision_id", in.DecisionID),
+		slog.String("procedure", in.Procedure),
+		slog.String("peer", in.Principal.Workload.ID.String()),
+	)
+	if u := in.Principal.User; u != nil {
+		attrs = append(attrs, slog.String("subject", u.Subject))
+		if u.Actor != "" {
+			attrs = append(attrs, slog.String("act", u.Actor))
+		}
+	}
+	if in.Resource != nil {
+		attrs = append(attrs, slog.String("resource", in.Resource.Kind+"/"+in.Resource.ID))
+	}
+	if in.Request != nil && in.StreamType != "unary" {
+		attrs = append(attrs, slog.Bool("message", true))
+	}
+	attrs = append(attrs,
+		slog.Bool("allow", d.Allow),
+		slog.Any("reasons", d.Reasons),
+		slog.Int64("eval_us", elapsed.Microseconds()),
+		slog.String("policy_revision", d.Revision),
+	)
+	if evalErr != nil {
+		attrs = append(attrs, slog.String("error", evalErr.Error()))
+	}
+	i.decisions.LogAttrs(ctx, level, "decision", attrs...)
+}
+
+type callKey struct{}
+
+// call is what a resource-level decision needs of the call in progress.
+type call struct {
+	i     *Interceptor
+	input Input // the call-level input, without the request message
+}
+
+// AuthorizeResource asks the authorizer of the call in ctx whether its
+// caller may act on r, for decisions that need a stored resource (an
+// order's owner) that the call-level decision could not see. It returns
+// nil when allowed, and otherwise the permission_denied (or, without a
+// token, unauthenticated) error to return. Outside a call authorized by an
+// Interceptor it denies.
+func AuthorizeResource(ctx context.Context, r Resource) error {
+	c, ok := ctx.Value(callKey{}).(*call)
+	if !ok || c.input.Principal == nil {
+		return connect.NewError(connect.CodePermissionDenied, errors.New("permission denied: no authorizer for this call"))
+	}
+	in := c.input
+	in.Resource = &r
+	return c.i.decide(ctx, &in)
 }
 
 // DenialMessage is the message a denied caller sees: the decision id and the

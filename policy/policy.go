@@ -1,7 +1,19 @@
 // Package policy authorizes every call. An Authorizer decides on an Input
 // describing the call (procedure, stream type, the calling principal, the
 // request message); NewInterceptor turns it into a connect.Interceptor that
-// covers unary calls and every kind of stream, and fails closed.
+// covers unary calls and every kind of stream, fails closed, and writes the
+// decision log.
+//
+// Engine is the Authorizer the services use: Open Policy Agent, embedded,
+// evaluating data.palisade.authz.decision against the rego in policy/rego
+// (or a directory or an OPA bundle), reloaded only after a new policy
+// compiles and passes its own tests.
+//
+// Decisions that need a stored resource: the call-level decision sees the
+// request, not the database. A handler that must know, say, an order's
+// owner loads the resource and calls AuthorizeResource, which asks the same
+// authorizer again with input.resource = {kind, id, owner}; the default
+// policy's GetOrder rules use it.
 package policy
 
 import (
@@ -30,6 +42,8 @@ type Input struct {
 	// Request is the request message of a unary call, or the received message
 	// when a stream is authorized message by message; nil when a stream opens.
 	Request proto.Message
+	// Resource is set in a resource-level decision (AuthorizeResource).
+	Resource *Resource
 	// HTTPMethod is "POST" or "GET"; Protocol is "connect", "grpc" or "grpcweb".
 	HTTPMethod, Protocol string
 }
@@ -43,6 +57,8 @@ type Decision struct {
 	// Reasons explain the decision. They are shown to a denied caller, so a
 	// policy must only put there what a caller may learn.
 	Reasons []string
+	// Revision identifies the policy that decided, for the decision log.
+	Revision string
 }
 
 // Authorizer decides whether a call may proceed. An error means no decision
@@ -50,6 +66,12 @@ type Decision struct {
 type Authorizer interface {
 	Decide(ctx context.Context, in *Input) (Decision, error)
 }
+
+// AuthorizerFunc adapts a function to the Authorizer interface.
+type AuthorizerFunc func(ctx context.Context, in *Input) (Decision, error)
+
+// Decide implements Authorizer.
+func (f AuthorizerFunc) Decide(ctx context.Context, in *Input) (Decision, error) { return f(ctx, in) }
 
 // StreamTypeName returns the policy's name for a connect.StreamType.
 func StreamTypeName(t connect.StreamType) string {

@@ -44,6 +44,7 @@ step() {
 	# Show tokens by the variable that holds them, as a person would type it.
 	[ -n "${ALICE:-}" ] && shown=${shown//$ALICE/\$ALICE}
 	[ -n "${ADMIN:-}" ] && shown=${shown//$ADMIN/\$ADMIN}
+	[ -n "${BOB:-}" ] && shown=${shown//$BOB/\$BOB}
 	printf '\n%s▶ %s%s\n  $ curl %s\n' "$bold" "$title" "$off" "$shown"
 	local code rc
 	code=$(curl -sS -o "$tmp/body" -w '%{http_code}' "$@" 2>"$tmp/err")
@@ -75,7 +76,8 @@ OTHER=(--cacert "$CERTS/ca.pem" --cert "$CERTS/other.pem" --key "$CERTS/other-ke
 
 # login TITLE VAR USER: log in with bin/palisade token and keep the token in VAR.
 login() {
-	printf '\n%s▶ %s%s\n  $ %s=$(%s/palisade token --user %s)\n' "$bold" "$1" "$off" "$2" "$BIN" "$3"
+	[ -n "$1" ] && printf '\n%s▶ %s%s\n' "$bold" "$1" "$off"
+	printf '  $ %s=$(%s/palisade token --user %s)\n' "$2" "$BIN" "$3"
 	local tok
 	if tok=$("$BIN/palisade" token --home "$PALISADE_HOME" --addr "$USER_URL" --user "$3" 2>"$tmp/err"); then
 		printf -v "$2" '%s' "$tok"
@@ -88,10 +90,19 @@ login() {
 }
 
 login "Login: alice gets an access token (argon2id password check, JWT signed by the user service)" ALICE alice
-login "Login: admin gets one too" ADMIN admin
+login "Login: bob and admin get theirs" BOB bob
+login "" ADMIN admin
 
 step "GetUser with alice's token: the chain verifies her token and the cli workload" '200:"id":"alice"' \
 	"${CLI[@]}" -H "Authorization: Bearer $ALICE" --json '{"id":"alice"}' "$USER_URL/user.v1.UserService/GetUser"
+
+step "alice reads bob: 403, the policy says why and names its decision" '403:customers may only read their own user record' \
+	"${CLI[@]}" -H "Authorization: Bearer $ALICE" --json '{"id":"bob"}' "$USER_URL/user.v1.UserService/GetUser"
+decision=$(grep -o 'decision [0-9a-f]*-[0-9]*' "$tmp/body" | head -n 1 | cut -d' ' -f2)
+printf '  usersvc decision log: %s\n' "$(serverlog usersvc "\"decision_id\":\"$decision\"")"
+
+step "admin reads bob: 200" '200:"id":"bob"' \
+	"${CLI[@]}" -H "Authorization: Bearer $ADMIN" --json '{"id":"bob"}' "$USER_URL/user.v1.UserService/GetUser"
 
 step "The same call without a token: 401, the procedure needs a user" '401:"code":"unauthenticated"' \
 	"${CLI[@]}" --json '{"id":"alice"}' "$USER_URL/user.v1.UserService/GetUser"
@@ -107,6 +118,19 @@ step "CreateOrder: the order service exchanges alice's token for a delegated one
 	"$ORDER_URL/order.v1.OrderService/CreateOrder"
 printf '  usersvc log: %s\n' "$(serverlog usersvc '"msg":"token exchanged"')"
 printf '  usersvc log: %s\n' "$(serverlog usersvc '"actor":"spiffe://palisade.local/svc/order"')"
+order_id=$(grep -o '"id":"ord_[a-z0-9]*"' "$tmp/body" | head -n 1 | cut -d'"' -f4)
+
+step "alice creates an order for bob: 403, customers order for themselves only" \
+	'403:customers may only create orders for themselves' \
+	"${CLI[@]}" -H "Authorization: Bearer $ALICE" --json '{"userId":"bob","items":[{"sku":"book-1","quantity":1}]}' \
+	"$ORDER_URL/order.v1.OrderService/CreateOrder"
+
+step "bob reads alice's order: 403 (the handler asks the policy again with the stored order's owner)" \
+	'403:customers may only read their own orders' \
+	"${CLI[@]}" -H "Authorization: Bearer $BOB" --json "{\"id\":\"$order_id\"}" "$ORDER_URL/order.v1.OrderService/GetOrder"
+
+step "alice reads her order: 200" '200:"userId":"alice"' \
+	"${CLI[@]}" -H "Authorization: Bearer $ALICE" --json "{\"id\":\"$order_id\"}" "$ORDER_URL/order.v1.OrderService/GetOrder"
 
 step "CreateOrder for an unknown user (as admin): refused, nothing stored" '400:does not exist' \
 	"${CLI[@]}" -H "Authorization: Bearer $ADMIN" --json '{"userId":"zed","items":[{"sku":"book-1","quantity":1}]}' \

@@ -39,10 +39,14 @@ start() {
 	exit 1
 }
 
-start usersvc "$USER_URL" --addr "$USER_ADDR" \
+# POLICY_DIR=dir make up: both services take their policies from dir (watched).
+policy=()
+[ -n "${POLICY_DIR:-}" ] && policy=(--policy-dir "$POLICY_DIR")
+
+start usersvc "$USER_URL" --addr "$USER_ADDR" "${policy[@]}" \
 	--ca "$CERTS/ca.pem" --cert "$CERTS/usersvc.pem" --key "$CERTS/usersvc-key.pem" \
 	--db "$PALISADE_HOME/users.db" --keys "$PALISADE_HOME/keys/signing-keys.json" \
 	--demo-passwords "$PALISADE_HOME/demo-passwords.json"
-start ordersvc "$ORDER_URL" --addr "$ORDER_ADDR" \
+start ordersvc "$ORDER_URL" --addr "$ORDER_ADDR" "${policy[@]}" \
 	--ca "$CERTS/ca.pem" --cert "$CERTS/ordersvc.pem" --key "$CERTS/ordersvc-key.pem" \
 	--db "$PALISADE_HOME/orders.db" --user-service "$USER_URL"

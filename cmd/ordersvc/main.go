@@ -1,34 +1,26 @@
 // Command ordersvc serves the sample order service (order.v1.OrderService)
 // over mTLS. Before it accepts an order it asks the user service, with its
-// own workload certificate, whether the user exists and is active.
+// own workload certificate and a token delegated by the caller's user,
+// whether the user exists and is active.
 package main
 
 import (
-	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/palisade-rpc/palisade/cmd/internal/svcmain"
-	"github.com/palisade-rpc/palisade/policy"
-	"github.com/palisade-rpc/palisade/proto/order/v1/orderv1connect"
-	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
-	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
-	"github.com/palisade-rpc/palisade/rpc"
-	"github.com/palisade-rpc/palisade/security/mtls"
-	"github.com/palisade-rpc/palisade/security/token"
 	"github.com/palisade-rpc/palisade/services/order"
 )
 
 const description = `ordersvc serves order.v1.OrderService on one TLS port (Connect, gRPC, gRPC-Web).
 Every call needs a client certificate signed by --ca whose SPIFFE ID is in
 --trust-domain; a bearer token, when present, must verify against the
-issuer's keys (fetched from --jwks-url over mTLS); then the call passes the
-authorization chain.
+issuer's keys (fetched from --jwks-url over mTLS); then the OPA policy decides
+(embedded defaults, --policy-dir or --policy-bundle).
 
 CreateOrder calls the user service (--user-service) with this service's own
 certificate and, for the user of the call, a delegated token: the caller's
@@ -68,19 +60,6 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	if *userID == "" {
-		*userID = "spiffe://" + common.TrustDomain + "/svc/user"
-	}
-	if *jwksURL == "" {
-		*jwksURL = strings.TrimRight(*userURL, "/") + token.JWKSPath
-	}
-	if *issuer == "" {
-		*issuer = *userID
-	}
-	self, err := mtls.IdentityOf(src)
-	if err != nil {
-		return err
-	}
 	ctx, stop := svcmain.SignalContext()
 	defer stop()
 
@@ -89,69 +68,25 @@ func run(args []string) error {
 		return err
 	}
 	defer store.Close()
-
-	upstream := []rpc.ClientOption{
-		rpc.WithServerID(*userID),
-		rpc.WithClientTrustDomain(common.TrustDomain),
-		rpc.WithCallTimeout(*upstreamTimeout),
-	}
-	// Tokens: verified with the issuer's keys, fetched over mTLS from the
-	// user service and refreshed in the background until shutdown.
-	jwksClient, err := rpc.NewHTTPClient(src, upstream...)
+	authz, err := common.Authorizer(ctx, logger, src)
 	if err != nil {
 		return err
 	}
-	keys := token.NewRemoteKeys(*jwksURL, jwksClient, token.RemoteKeysOptions{MinRefreshInterval: *jwksRefresh, Logger: logger})
-	go func() { _ = keys.Run(ctx) }()
-	verifier, err := token.NewVerifier(token.VerifierOptions{Issuer: *issuer, Audience: self.String(), Keys: keys})
+	srv, err := order.NewServer(ctx, order.Config{
+		Source:          src,
+		Store:           store,
+		Authorizer:      authz,
+		UserURL:         *userURL,
+		UserID:          *userID,
+		JWKSURL:         *jwksURL,
+		TokenIssuer:     *issuer,
+		JWKSMinRefresh:  *jwksRefresh,
+		UpstreamTimeout: *upstreamTimeout,
+		Logger:          logger,
+		ServerOptions:   common.ServerOptions(logger),
+	})
 	if err != nil {
-		return err
-	}
-
-	// The user service is called for the user of the incoming call, with
-	// that user's token exchanged for a delegated one.
-	auth, err := rpc.NewClient(userv1connect.NewAuthServiceClient, *userURL, src, upstream...)
-	if err != nil {
-		return err
-	}
-	delegator := token.NewDelegator(func(ctx context.Context, subject string) (string, time.Time, error) {
-		res, err := auth.ExchangeToken(ctx, &userv1.ExchangeTokenRequest{SubjectToken: subject, Audience: *userID})
-		if err != nil {
-			return "", time.Time{}, err
-		}
-		return res.GetAccessToken(), time.Now().Add(time.Duration(res.GetExpiresIn()) * time.Second), nil
-	}, token.DelegatorOptions{})
-	users, err := rpc.NewClient(userv1connect.NewUserServiceClient, *userURL, src, append(upstream, rpc.WithTokenSource(delegator.Token))...)
-	if err != nil {
-		return err
-	}
-
-	authz, err := allowList(common.TrustDomain)
-	if err != nil {
-		return err
-	}
-	srv, err := rpc.NewServer(src, authz, append(common.ServerOptions(logger), rpc.WithTokenVerifier(verifier))...)
-	if err != nil {
-		return err
-	}
-	if err := rpc.Mount(srv, orderv1connect.NewOrderServiceHandler, orderv1connect.OrderServiceHandler(order.NewService(store, users, logger))); err != nil {
 		return err
 	}
 	return srv.ListenAndServe(ctx, common.Addr)
-}
-
-// allowList is the placeholder authorization: which workloads may call which
-// procedure, and which procedures need a user token. The OPA policy engine
-// replaces it.
-func allowList(td string) (*policy.AllowList, error) {
-	clients := policy.Rule{Workloads: []string{"spiffe://" + td + "/client/cli", "spiffe://" + td + "/client/other"}, NeedsUser: true}
-	rules := map[string]policy.Rule{
-		orderv1connect.OrderServiceCreateOrderProcedure: clients,
-		orderv1connect.OrderServiceGetOrderProcedure:    clients,
-		orderv1connect.OrderServiceListOrdersProcedure:  clients,
-	}
-	for _, p := range rpc.BuiltinProcedures() {
-		rules[p] = policy.Rule{Workloads: []string{policy.AnyWorkload}}
-	}
-	return policy.NewAllowList(rules)
 }

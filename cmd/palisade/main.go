@@ -28,6 +28,10 @@ func commands() map[string]command {
 			"rotate": {summary: "add a signing key; retire the oldest", run: keysRotate},
 			"list":   {summary: "list the signing keys", run: keysList},
 		}},
+		"policy": {summary: "authorization policies", sub: map[string]command{
+			"eval": {summary: "evaluate a decision for an input document and explain it", run: policyEval},
+			"test": {summary: "run a policy directory's rego tests with coverage", run: policyTest},
+		}},
 		"token": {summary: "print an access token for a user (logs in over mTLS)", run: tokenCmd},
 	}
 }

@@ -20,22 +20,21 @@ import (
 // Server is a running test server.
 type Server struct {
 	*rpc.Server
+	*Logs
 	// URL is the base URL, "https://127.0.0.1:<port>".
 	URL string
 	// Addr is "127.0.0.1:<port>".
 	Addr string
 	stop context.CancelFunc
 	done chan error
-	logs *testWriter
 }
 
-// Start builds a server with rpc.NewServer, lets mount add services, and
-// serves it on 127.0.0.1 on a free port until the test ends.
+// Start builds a server with rpc.NewServer (logging to a NewLogger), lets
+// mount add services, and serves it on 127.0.0.1 on a free port until the
+// test ends.
 func Start(tb testing.TB, src mtls.Source, authz policy.Authorizer, mount func(*rpc.Server) error, opts ...rpc.ServerOption) *Server {
 	tb.Helper()
-	w := &testWriter{tb: tb}
-	tb.Cleanup(func() { w.done.Store(true) }) // runs after Stop: cleanups run last-in first-out
-	logger := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	logger, logs := NewLogger(tb)
 	srv, err := rpc.NewServer(src, authz, append([]rpc.ServerOption{rpc.WithLogger(logger)}, opts...)...)
 	if err != nil {
 		tb.Fatalf("rpctest: new server: %v", err)
@@ -45,12 +44,22 @@ func Start(tb testing.TB, src mtls.Source, authz policy.Authorizer, mount func(*
 			tb.Fatalf("rpctest: mount: %v", err)
 		}
 	}
+	return Serve(tb, srv, logs)
+}
+
+// Serve serves srv on 127.0.0.1 on a free port until the test ends. logs
+// are the lines of the logger srv was built with (from NewLogger), or nil.
+func Serve(tb testing.TB, srv *rpc.Server, logs *Logs) *Server {
+	tb.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatalf("rpctest: listen: %v", err)
 	}
+	if logs == nil {
+		logs = &Logs{tb: tb}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Server{Server: srv, URL: "https://" + ln.Addr().String(), Addr: ln.Addr().String(), stop: cancel, done: make(chan error, 1), logs: w}
+	s := &Server{Server: srv, Logs: logs, URL: "https://" + ln.Addr().String(), Addr: ln.Addr().String(), stop: cancel, done: make(chan error, 1)}
 	go func() { s.done <- srv.Serve(ctx, ln) }()
 	tb.Cleanup(func() {
 		if err := s.Stop(); err != nil {
@@ -75,10 +84,18 @@ func (s *Server) Stop() error {
 	return err
 }
 
-// testWriter sends log output to the test's log, shown only on failure or with -v.
-// Output after the test has finished is dropped (testing panics on it).
-// Every line is also kept, for Server.WaitForLog.
-type testWriter struct {
+// NewLogger returns a debug-level text logger that writes to the test's log
+// (shown on failure or with -v) and keeps every line in the returned Logs.
+func NewLogger(tb testing.TB) (*slog.Logger, *Logs) {
+	logs := &Logs{tb: tb}
+	tb.Cleanup(func() { logs.done.Store(true) }) // after servers stop: cleanups run last-in first-out
+	return slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), logs
+}
+
+// Logs keeps the lines a NewLogger logger wrote. Lines written after the
+// test has finished are kept but not sent to the test log (testing panics
+// on that).
+type Logs struct {
 	tb   testing.TB
 	done atomic.Bool
 
@@ -86,54 +103,55 @@ type testWriter struct {
 	lines []string
 }
 
-func (w *testWriter) Write(p []byte) (int, error) {
+// Write implements io.Writer.
+func (l *Logs) Write(p []byte) (int, error) {
 	line := strings.TrimSuffix(string(p), "\n")
-	w.mu.Lock()
-	w.lines = append(w.lines, line)
-	w.mu.Unlock()
-	if !w.done.Load() {
-		w.tb.Log(line)
+	l.mu.Lock()
+	l.lines = append(l.lines, line)
+	l.mu.Unlock()
+	if !l.done.Load() {
+		l.tb.Log(line)
 	}
 	return len(p), nil
 }
 
-func (w *testWriter) find(substrs []string) (string, bool) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
+func (l *Logs) find(substrs []string) (string, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
 next:
-	for _, l := range w.lines {
+	for _, line := range l.lines {
 		for _, s := range substrs {
-			if !strings.Contains(l, s) {
+			if !strings.Contains(line, s) {
 				continue next
 			}
 		}
-		return l, true
+		return line, true
 	}
 	return "", false
 }
 
-// WaitForLog waits up to 5 seconds for a server log line containing every
-// one of substrs and returns it; it fails the test if none appears. Server
-// logs of a refused handshake are written asynchronously to the client's
-// error, hence the wait.
-func (s *Server) WaitForLog(tb testing.TB, substrs ...string) string {
+// WaitForLog waits up to 5 seconds for a log line containing every one of
+// substrs and returns it; it fails the test if none appears. Server logs of
+// a refused handshake are written asynchronously to the client's error,
+// hence the wait.
+func (l *Logs) WaitForLog(tb testing.TB, substrs ...string) string {
 	tb.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		if line, ok := s.logs.find(substrs); ok {
+		if line, ok := l.find(substrs); ok {
 			return line
 		}
 		if time.Now().After(deadline) {
-			tb.Fatalf("rpctest: no server log line contains all of %q", substrs)
+			tb.Fatalf("rpctest: no log line contains all of %q", substrs)
 			return ""
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
 }
 
-// Logs returns the server's log lines so far.
-func (s *Server) Logs() []string {
-	s.logs.mu.Lock()
-	defer s.logs.mu.Unlock()
-	return append([]string(nil), s.logs.lines...)
+// Lines returns the lines so far.
+func (l *Logs) Lines() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]string(nil), l.lines...)
 }

@@ -26,6 +26,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/palisade-rpc/palisade/policy"
 	orderv1 "github.com/palisade-rpc/palisade/proto/order/v1"
 	"github.com/palisade-rpc/palisade/proto/order/v1/orderv1connect"
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
@@ -198,6 +199,11 @@ func (s *Service) GetOrder(ctx context.Context, req *orderv1.GetOrderRequest) (*
 	o, err := s.store.Get(ctx, req.GetId())
 	if err != nil {
 		return nil, s.storeError(ctx, "GetOrder", req.GetId(), err)
+	}
+	// Whether the caller may read this order depends on its owner, which the
+	// call-level decision could not see: ask again with the resource.
+	if err := policy.AuthorizeResource(ctx, policy.Resource{Kind: "order", ID: o.GetId(), Owner: o.GetUserId()}); err != nil {
+		return nil, err
 	}
 	return &orderv1.GetOrderResponse{Order: o}, nil
 }

@@ -11,8 +11,11 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/palisade-rpc/palisade/policy"
 	orderv1 "github.com/palisade-rpc/palisade/proto/order/v1"
+	"github.com/palisade-rpc/palisade/proto/order/v1/orderv1connect"
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
+	"github.com/palisade-rpc/palisade/security"
 	"github.com/palisade-rpc/palisade/services/internal/logrecorder"
 	"github.com/palisade-rpc/palisade/services/order"
 )
@@ -246,11 +249,29 @@ func TestGetAndListOrders(t *testing.T) {
 		}
 		ids = append(ids, res.GetOrder().GetId())
 	}
+	// GetOrder asks a resource-level decision with the order's owner; this
+	// authorizer lets only the owner read.
+	ownerOnly := policy.AuthorizerFunc(func(_ context.Context, in *policy.Input) (policy.Decision, error) {
+		return policy.Decision{Allow: in.Resource != nil && in.Resource.Owner == in.Principal.User.Subject}, nil
+	})
+	as := func(sub string) context.Context {
+		p := &security.Principal{User: &security.User{Subject: sub}}
+		return policy.NewCallContext(security.NewContext(ctx, p), ownerOnly, orderv1connect.OrderServiceGetOrderProcedure, policy.WithLogger(slog.New(slog.DiscardHandler)))
+	}
 	t.Run("get", func(t *testing.T) {
 		t.Parallel()
-		res, err := svc.GetOrder(ctx, &orderv1.GetOrderRequest{Id: ids[0]})
+		res, err := svc.GetOrder(as("alice"), &orderv1.GetOrderRequest{Id: ids[0]})
 		if err != nil || res.GetOrder().GetId() != ids[0] || len(res.GetOrder().GetItems()) != 1 {
 			t.Fatalf("%v %v", res, err)
+		}
+	})
+	t.Run("get someone else's order", func(t *testing.T) {
+		t.Parallel()
+		if _, err := svc.GetOrder(as("bob"), &orderv1.GetOrderRequest{Id: ids[0]}); connect.CodeOf(err) != connect.CodePermissionDenied {
+			t.Fatalf("bob reading alice's order: %v", err)
+		}
+		if _, err := svc.GetOrder(ctx, &orderv1.GetOrderRequest{Id: ids[0]}); connect.CodeOf(err) != connect.CodePermissionDenied {
+			t.Fatalf("a call without an authorizer: %v, want denied", err)
 		}
 	})
 	errCases := map[string]struct {

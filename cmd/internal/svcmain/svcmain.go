@@ -6,6 +6,7 @@ package svcmain
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -16,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/palisade-rpc/palisade/policy"
 	"github.com/palisade-rpc/palisade/rpc"
 	"github.com/palisade-rpc/palisade/security/mtls"
 )
@@ -25,14 +27,17 @@ const DefaultHome = ".palisade"
 
 // Flags are the flags common to every service binary.
 type Flags struct {
-	Addr          string
-	CA            string
-	Cert          string
-	Key           string
-	TrustDomain   string
-	LogLevel      string
-	LogFormat     string
-	ShutdownGrace time.Duration
+	Addr           string
+	CA             string
+	Cert           string
+	Key            string
+	TrustDomain    string
+	LogLevel       string
+	LogFormat      string
+	ShutdownGrace  time.Duration
+	PolicyDir      string
+	PolicyBundle   string
+	PolicyInterval time.Duration
 }
 
 // Register defines the common flags on fs. name is the service's file name in
@@ -47,6 +52,9 @@ func (f *Flags) Register(fs *flag.FlagSet, name, defaultAddr string) {
 	fs.StringVar(&f.LogLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	fs.StringVar(&f.LogFormat, "log-format", "json", "log `format`: json or text")
 	fs.DurationVar(&f.ShutdownGrace, "shutdown-grace", rpc.DefaultShutdownGrace, "on SIGINT/SIGTERM, the `duration` in-flight calls may still run before they are cut off")
+	fs.StringVar(&f.PolicyDir, "policy-dir", "", "`directory` of rego policies (and their *_test.rego tests) to use instead of the embedded ones; watched, and a changed policy is swapped in only if it compiles and its tests pass")
+	fs.StringVar(&f.PolicyBundle, "policy-bundle", "", "OPA bundle (tar.gz) `path or URL` to take policies from, polled with the same tests-before-swap rule; a URL is fetched over mTLS with this service's certificate")
+	fs.DurationVar(&f.PolicyInterval, "policy-reload-interval", 2*time.Second, "how often to check --policy-dir or --policy-bundle for changes (`duration`)")
 }
 
 // Logger returns the logger the flags ask for, writing to stderr.
@@ -84,6 +92,40 @@ func (f *Flags) ServerOptions(logger *slog.Logger) []rpc.ServerOption {
 		rpc.WithTrustDomain(f.TrustDomain),
 		rpc.WithShutdownGrace(f.ShutdownGrace),
 	}
+}
+
+// Authorizer returns the OPA policy engine the flags ask for — the embedded
+// default policies, --policy-dir or --policy-bundle — and, for the latter
+// two, keeps reloading it until ctx is done. The initial policy must compile
+// and pass its tests, or the service does not start.
+func (f *Flags) Authorizer(ctx context.Context, logger *slog.Logger, src mtls.Source) (*policy.Engine, error) {
+	var load policy.Loader
+	switch {
+	case f.PolicyDir != "" && f.PolicyBundle != "":
+		return nil, errors.New("--policy-dir and --policy-bundle are exclusive")
+	case f.PolicyDir != "":
+		load = policy.DirLoader(f.PolicyDir)
+	case f.PolicyBundle != "":
+		client, err := rpc.NewHTTPClient(src, rpc.WithClientTrustDomain(f.TrustDomain))
+		if err != nil {
+			return nil, err
+		}
+		load = policy.BundleLoader(f.PolicyBundle, client)
+	default:
+		load = func(context.Context) (*policy.Bundle, error) { return policy.DefaultBundle() }
+	}
+	b, err := load(ctx)
+	if err != nil {
+		return nil, err
+	}
+	engine, err := policy.NewEngine(ctx, b, policy.EngineOptions{Logger: logger})
+	if err != nil {
+		return nil, err
+	}
+	if f.PolicyDir != "" || f.PolicyBundle != "" {
+		go func() { _ = engine.Watch(ctx, load, f.PolicyInterval) }()
+	}
+	return engine, nil
 }
 
 // SignalContext returns a context that is done on SIGINT or SIGTERM.

@@ -1,0 +1,56 @@
+package policy_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/palisade-rpc/palisade/policy"
+	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
+	"github.com/palisade-rpc/palisade/security"
+	"github.com/palisade-rpc/palisade/security/spiffeid"
+)
+
+// BenchmarkDefaultPolicy measures one decision of the default policy: a
+// customer reading their own record (needs the request's id) and a health
+// check (no request fields).
+func BenchmarkDefaultPolicy(b *testing.B) {
+	bundle, err := policy.DefaultBundle()
+	if err != nil {
+		b.Fatal(err)
+	}
+	engine, err := policy.NewEngine(context.Background(), bundle, policy.EngineOptions{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	cli, _ := spiffeid.Parse("spiffe://palisade.local/client/cli")
+	principal := &security.Principal{
+		Workload: security.Workload{ID: cli, CertSHA256: sha256.Sum256([]byte("cli"))},
+		User: &security.User{Subject: "alice", Roles: []string{"customer"}, Audience: []string{"spiffe://palisade.local/svc/user"},
+			Issuer: "spiffe://palisade.local/svc/user", TokenID: "j", ExpiresAt: time.Now().Add(time.Hour), CertBound: true},
+	}
+	cases := map[string]*policy.Input{
+		"with request": {
+			Procedure: "/user.v1.UserService/GetUser", Service: "user.v1.UserService", Method: "GetUser", StreamType: "unary",
+			Principal: principal, Request: &userv1.GetUserRequest{Id: "alice"}, HTTPMethod: "POST", Protocol: "connect",
+		},
+		"without request": {
+			Procedure: "/grpc.health.v1.Health/Check", Service: "grpc.health.v1.Health", Method: "Check", StreamType: "unary",
+			Principal: principal, HTTPMethod: "POST", Protocol: "grpc",
+		},
+	}
+	for name, in := range cases {
+		b.Run(name, func(b *testing.B) {
+			ctx := context.Background()
+			b.ReportAllocs()
+			for b.Loop() {
+				d, err := engine.Decide(ctx, in)
+				if err != nil || !d.Allow {
+					b.Fatalf("%+v %v", d, err)
+				}
+			}
+		})
+	}
+}

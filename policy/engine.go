@@ -1,0 +1,217 @@
+package policy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"sync/atomic"
+
+	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/open-policy-agent/opa/v1/rego"
+	"github.com/open-policy-agent/opa/v1/storage/inmem"
+	"github.com/open-policy-agent/opa/v1/topdown"
+)
+
+// Engine is an Authorizer backed by Open Policy Agent, embedded: the
+// bundle's policies are compiled and the decision query prepared once per
+// policy version; a call only evaluates. Load swaps in a new version after
+// it compiles and its own rego tests pass; until then, and whenever a
+// version is refused, the last good one keeps deciding.
+type Engine struct {
+	cur    atomic.Pointer[version]
+	log    *slog.Logger
+	cancel topdown.Cancel
+}
+
+type version struct {
+	query    rego.PreparedEvalQuery
+	revision string
+	origin   string
+	tests    int
+}
+
+// EngineOptions configures NewEngine.
+type EngineOptions struct {
+	// Logger receives reloads, refusals and evaluation errors.
+	Logger *slog.Logger
+}
+
+// NewEngine returns an Engine deciding with b, which must compile and pass
+// its tests.
+func NewEngine(ctx context.Context, b *Bundle, opts EngineOptions) (*Engine, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	// One cancel shared by every evaluation and never fired: without an
+	// external cancel, OPA starts a goroutine per evaluation to watch ctx.
+	// Evaluations of these policies take microseconds.
+	e := &Engine{log: opts.Logger, cancel: topdown.NewCancel()}
+	if err := e.Load(ctx, b); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+// Load compiles b, runs its rego tests and, if both succeed, makes it the
+// policy in force. On error nothing changes.
+func (e *Engine) Load(ctx context.Context, b *Bundle) error {
+	v, err := prepare(ctx, b)
+	if err != nil {
+		e.log.ErrorContext(ctx, "policy refused; the previous one stays in force",
+			"origin", b.Origin, "revision", b.Revision(), "error", err)
+		return err
+	}
+	old := e.cur.Swap(v)
+	if old == nil || old.revision != v.revision {
+		e.log.InfoContext(ctx, "policy loaded", "origin", v.origin, "revision", v.revision, "tests", v.tests)
+	}
+	return nil
+}
+
+// prepare compiles b, runs its tests, and prepares the decision query.
+func prepare(ctx context.Context, b *Bundle) (*version, error) {
+	report, err := RunTests(ctx, b)
+	if err != nil {
+		return nil, err
+	}
+	if failed := report.Failed(); len(failed) > 0 {
+		names := make([]string, 0, len(failed))
+		for _, f := range failed {
+			names = append(names, f.Name+" ("+f.Failure+")")
+		}
+		return nil, fmt.Errorf("policy: %d of %d rego tests failed: %s", len(failed), len(report.Results), strings.Join(names, "; "))
+	}
+	mods, err := parseModules(b)
+	if err != nil {
+		return nil, err
+	}
+	// Strict builtin errors: a builtin that fails (to_number("x")) is an
+	// evaluation error, logged and denied, not a silently undefined value.
+	opts := []func(*rego.Rego){rego.Query(Query), rego.SetRegoVersion(ast.RegoV1), rego.StrictBuiltinErrors(true)}
+	names := make([]string, 0, len(mods))
+	for name := range mods {
+		if !IsTestFile(name) {
+			names = append(names, name)
+		}
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		opts = append(opts, rego.ParsedModule(mods[name]))
+	}
+	data := b.Data
+	if data == nil {
+		data = map[string]any{}
+	}
+	opts = append(opts, rego.Store(inmem.NewFromObject(data)))
+	q, err := rego.New(opts...).PrepareForEval(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("policy: compile: %w", err)
+	}
+	return &version{query: q, revision: b.Revision(), origin: b.Origin, tests: len(report.Results)}, nil
+}
+
+// Revision returns the revision of the policy in force.
+func (e *Engine) Revision() string { return e.cur.Load().revision }
+
+// Decide implements Authorizer.
+func (e *Engine) Decide(ctx context.Context, in *Input) (Decision, error) {
+	return e.Eval(ctx, in.Value())
+}
+
+// Eval evaluates the decision for an input document. Anything but one
+// decision document with a boolean allow and an array of string reasons is
+// an error, and the caller denies.
+func (e *Engine) Eval(ctx context.Context, input ast.Value, extra ...rego.EvalOption) (Decision, error) {
+	v := e.cur.Load()
+	d := Decision{Revision: v.revision}
+	opts := append([]rego.EvalOption{rego.EvalParsedInput(input), rego.EvalExternalCancel(e.cancel)}, extra...)
+	rs, err := v.query.Eval(ctx, opts...)
+	if err != nil {
+		return d, fmt.Errorf("policy: evaluation: %w", err)
+	}
+	if len(rs) == 0 || len(rs[0].Expressions) == 0 {
+		return d, errors.New("policy: decision is undefined")
+	}
+	if len(rs) > 1 || len(rs[0].Expressions) > 1 {
+		return d, errors.New("policy: more than one decision")
+	}
+	doc, ok := rs[0].Expressions[0].Value.(map[string]any)
+	if !ok {
+		return d, fmt.Errorf("policy: decision is a %T, not an object", rs[0].Expressions[0].Value)
+	}
+	allow, ok := doc["allow"].(bool)
+	if !ok {
+		return d, fmt.Errorf("policy: decision.allow is a %T, not a boolean", doc["allow"])
+	}
+	if raw, present := doc["reasons"]; present {
+		list, ok := raw.([]any)
+		if !ok {
+			return d, fmt.Errorf("policy: decision.reasons is a %T, not an array", raw)
+		}
+		for _, r := range list {
+			s, ok := r.(string)
+			if !ok {
+				return d, fmt.Errorf("policy: a reason is a %T, not a string", r)
+			}
+			d.Reasons = append(d.Reasons, s)
+		}
+	}
+	d.Allow = allow
+	return d, nil
+}
+
+// Explain evaluates input like Eval and also returns the rules that fired
+// (evaluated to a value), as "file:line: head", in file and line order, for a
+// person debugging a decision.
+func (e *Engine) Explain(ctx context.Context, input ast.Value) (Decision, []string, error) {
+	tracer := topdown.NewBufferTracer()
+	d, err := e.Eval(ctx, input, rego.EvalQueryTracer(tracer))
+	seen := map[*ast.Rule]bool{}
+	var rules []*ast.Rule
+	for _, ev := range *tracer {
+		if rule, ok := ev.Node.(*ast.Rule); ok && ev.Op == topdown.ExitOp && rule.Location != nil && !seen[rule] {
+			seen[rule] = true
+			rules = append(rules, rule)
+		}
+	}
+	sort.Slice(rules, func(i, j int) bool {
+		a, b := rules[i].Location, rules[j].Location
+		if a.File != b.File {
+			return a.File < b.File
+		}
+		return a.Row < b.Row
+	})
+	fired := make([]string, 0, len(rules))
+	for _, r := range rules {
+		fired = append(fired, fmt.Sprintf("%s:%d: %s", r.Location.File, r.Location.Row, ruleHead(r)))
+	}
+	return d, fired, err
+}
+
+// ruleHead renders a rule's head for a person: its name, and the value or
+// set member when it is a constant (not a compiler-generated local).
+func ruleHead(r *ast.Rule) string {
+	h := r.Head
+	name := h.Ref().String()
+	if len(h.Args) > 0 {
+		name += "(" + h.Args.String()[1:len(h.Args.String())-1] + ")"
+	}
+	switch {
+	case h.Key != nil && h.Value == nil:
+		return name + " contains " + shortTerm(h.Key)
+	case h.Value != nil && ast.IsConstant(h.Value.Value):
+		return name + " := " + shortTerm(h.Value)
+	}
+	return name
+}
+
+func shortTerm(t *ast.Term) string {
+	s := t.String()
+	if len(s) > 80 {
+		s = s[:77] + "..."
+	}
+	return s
+}

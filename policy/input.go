@@ -1,0 +1,200 @@
+package policy
+
+import (
+	"bytes"
+	"encoding/base64"
+	"math"
+	"strconv"
+
+	"github.com/open-policy-agent/opa/v1/ast"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/palisade-rpc/palisade/security"
+)
+
+// Resource is what a resource-level decision is about: the handler loaded
+// the resource a call names and asks whether the caller may act on it.
+type Resource struct {
+	Kind, ID, Owner string
+}
+
+// Keys of the input document, interned once.
+var (
+	keyProcedure  = ast.StringTerm("procedure")
+	keyService    = ast.StringTerm("service")
+	keyMethod     = ast.StringTerm("method")
+	keyStreamType = ast.StringTerm("stream_type")
+	keyPeer       = ast.StringTerm("peer")
+	keySPIFFEID   = ast.StringTerm("spiffe_id")
+	keyCertSHA256 = ast.StringTerm("cert_sha256")
+	keyToken      = ast.StringTerm("token")
+	keySub        = ast.StringTerm("sub")
+	keyRoles      = ast.StringTerm("roles")
+	keyScope      = ast.StringTerm("scope")
+	keyAud        = ast.StringTerm("aud")
+	keyIss        = ast.StringTerm("iss")
+	keyJTI        = ast.StringTerm("jti")
+	keyExp        = ast.StringTerm("exp")
+	keyAct        = ast.StringTerm("act")
+	keyBound      = ast.StringTerm("bound")
+	keyRequest    = ast.StringTerm("request")
+	keyResource   = ast.StringTerm("resource")
+	keyKind       = ast.StringTerm("kind")
+	keyID         = ast.StringTerm("id")
+	keyOwner      = ast.StringTerm("owner")
+	keyHTTP       = ast.StringTerm("http")
+	keyProtocol   = ast.StringTerm("protocol")
+)
+
+// Value builds the policy input document (DESIGN.md's "Policy input")
+// directly as an OPA value, without a JSON round trip. It holds no secret:
+// the token's claims, never the token.
+func (in *Input) Value() ast.Value {
+	obj := ast.NewObjectWithCapacity(10)
+	obj.Insert(keyProcedure, ast.StringTerm(in.Procedure))
+	obj.Insert(keyService, ast.StringTerm(in.Service))
+	obj.Insert(keyMethod, ast.StringTerm(in.Method))
+	obj.Insert(keyStreamType, ast.StringTerm(in.StreamType))
+	if p := in.Principal; p != nil {
+		obj.Insert(keyPeer, ast.ObjectTerm(
+			ast.Item(keySPIFFEID, ast.StringTerm(p.Workload.ID.String())),
+			ast.Item(keyCertSHA256, ast.StringTerm(p.Workload.CertSHA256Hex())),
+		))
+		if p.User != nil {
+			obj.Insert(keyToken, ast.NewTerm(userValue(p.User)))
+		}
+	}
+	if in.Request != nil {
+		obj.Insert(keyRequest, ast.NewTerm(MessageValue(in.Request.ProtoReflect())))
+	}
+	if r := in.Resource; r != nil {
+		obj.Insert(keyResource, ast.ObjectTerm(
+			ast.Item(keyKind, ast.StringTerm(r.Kind)),
+			ast.Item(keyID, ast.StringTerm(r.ID)),
+			ast.Item(keyOwner, ast.StringTerm(r.Owner)),
+		))
+	}
+	obj.Insert(keyHTTP, ast.ObjectTerm(
+		ast.Item(keyMethod, ast.StringTerm(in.HTTPMethod)),
+		ast.Item(keyProtocol, ast.StringTerm(in.Protocol)),
+	))
+	return obj
+}
+
+func userValue(u *security.User) ast.Value {
+	act := ast.NullTerm()
+	if u.Actor != "" {
+		act = ast.ObjectTerm(ast.Item(keySub, ast.StringTerm(u.Actor)))
+	}
+	return ast.NewObject(
+		ast.Item(keySub, ast.StringTerm(u.Subject)),
+		ast.Item(keyRoles, stringsTerm(u.Roles)),
+		ast.Item(keyScope, ast.StringTerm(u.Scope)),
+		ast.Item(keyAud, stringsTerm(u.Audience)),
+		ast.Item(keyIss, ast.StringTerm(u.Issuer)),
+		ast.Item(keyJTI, ast.StringTerm(u.TokenID)),
+		ast.Item(keyExp, ast.IntNumberTerm(int(u.ExpiresAt.Unix()))),
+		ast.Item(keyAct, act),
+		ast.Item(keyBound, ast.BooleanTerm(u.CertBound)),
+	)
+}
+
+func stringsTerm(ss []string) *ast.Term {
+	terms := make([]*ast.Term, len(ss))
+	for i, s := range ss {
+		terms[i] = ast.StringTerm(s)
+	}
+	return ast.ArrayTerm(terms...)
+}
+
+// MessageValue converts a protobuf message to an OPA object keyed by proto
+// field names (user_id, not userId), with the fields that are set (as
+// protojson omits unset ones). Integers are numbers, enums their value
+// names, bytes base64, Timestamps and Durations their protojson strings,
+// FieldMasks arrays of paths.
+func MessageValue(m protoreflect.Message) ast.Value {
+	switch m.Descriptor().FullName() {
+	case "google.protobuf.Timestamp":
+		if ts, ok := m.Interface().(*timestamppb.Timestamp); ok {
+			return ast.String(ts.AsTime().UTC().Format("2006-01-02T15:04:05.999999999Z07:00"))
+		}
+	case "google.protobuf.Duration":
+		if d, ok := m.Interface().(*durationpb.Duration); ok {
+			return ast.String(d.AsDuration().String())
+		}
+	case "google.protobuf.FieldMask":
+		if fm, ok := m.Interface().(*fieldmaskpb.FieldMask); ok {
+			return stringsTerm(fm.GetPaths()).Value
+		}
+	}
+	if m.Descriptor().FullName().Parent() == "google.protobuf" {
+		// Other well-known types (wrappers, Struct, Any, …): their protojson
+		// form is what a policy author expects.
+		if data, err := protojson.Marshal(m.Interface()); err == nil {
+			if v, err := ast.ValueFromReader(bytes.NewReader(data)); err == nil {
+				return v
+			}
+		}
+		return ast.Null{}
+	}
+	obj := ast.NewObject()
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		obj.Insert(ast.StringTerm(string(fd.Name())), ast.NewTerm(fieldValue(fd, v)))
+		return true
+	})
+	return obj
+}
+
+func fieldValue(fd protoreflect.FieldDescriptor, v protoreflect.Value) ast.Value {
+	switch {
+	case fd.IsList():
+		l := v.List()
+		terms := make([]*ast.Term, l.Len())
+		for i := range terms {
+			terms[i] = ast.NewTerm(scalarValue(fd, l.Get(i)))
+		}
+		return ast.NewArray(terms...)
+	case fd.IsMap():
+		obj := ast.NewObject()
+		v.Map().Range(func(k protoreflect.MapKey, mv protoreflect.Value) bool {
+			obj.Insert(ast.StringTerm(k.String()), ast.NewTerm(scalarValue(fd.MapValue(), mv)))
+			return true
+		})
+		return obj
+	}
+	return scalarValue(fd, v)
+}
+
+func scalarValue(fd protoreflect.FieldDescriptor, v protoreflect.Value) ast.Value {
+	switch fd.Kind() {
+	case protoreflect.BoolKind:
+		return ast.Boolean(v.Bool())
+	case protoreflect.StringKind:
+		return ast.String(v.String())
+	case protoreflect.BytesKind:
+		return ast.String(base64.StdEncoding.EncodeToString(v.Bytes()))
+	case protoreflect.EnumKind:
+		if ev := fd.Enum().Values().ByNumber(v.Enum()); ev != nil {
+			return ast.String(string(ev.Name()))
+		}
+		return ast.Number(strconv.FormatInt(int64(v.Enum()), 10))
+	case protoreflect.Int32Kind, protoreflect.Sint32Kind, protoreflect.Sfixed32Kind,
+		protoreflect.Int64Kind, protoreflect.Sint64Kind, protoreflect.Sfixed64Kind:
+		return ast.Number(strconv.FormatInt(v.Int(), 10))
+	case protoreflect.Uint32Kind, protoreflect.Fixed32Kind, protoreflect.Uint64Kind, protoreflect.Fixed64Kind:
+		return ast.Number(strconv.FormatUint(v.Uint(), 10))
+	case protoreflect.FloatKind, protoreflect.DoubleKind:
+		f := v.Float()
+		if math.IsNaN(f) || math.IsInf(f, 0) {
+			return ast.String(strconv.FormatFloat(f, 'g', -1, 64)) // as protojson writes them
+		}
+		return ast.Number(strconv.FormatFloat(f, 'g', -1, 64))
+	case protoreflect.MessageKind, protoreflect.GroupKind:
+		return MessageValue(v.Message())
+	}
+	return ast.Null{}
+}

@@ -1,0 +1,398 @@
+# Package palisade.authz is Palisade's default authorization policy: it
+# covers the framework's health and reflection services and the sample
+# user.v1 and order.v1 services. Palisade evaluates data.palisade.authz.decision
+# on every call, with the input document described in DESIGN.md ("Policy
+# input"); configuration is read from data.palisade.config (config.rego).
+#
+# Anything no allow rule below allows is denied. The reasons of a denial are
+# shown to the denied caller, so they only ever name the caller's own
+# procedure, workload and token, and never what the rules compare against.
+package palisade.authz
+
+import data.palisade.config
+
+# decision is the document Palisade asks for. It is always an object
+# {"allow": <bool>, "reasons": [<string>, ...]}, whatever the input: allow is
+# a boolean rule with a default, and reasons is a chain of else branches
+# ending in a constant, so neither can be undefined or have two values.
+decision := {"allow": allow, "reasons": reasons}
+
+default allow := false
+
+# reasons is [] when the call is allowed, and otherwise says why not: the
+# sorted deny_reasons, or a generic reason when no rule below has one.
+reasons := [] if {
+	allow
+} else := sort(deny_reasons) if {
+	count(deny_reasons) > 0
+} else := [sprintf("no rule allows %s", [input.procedure])] if {
+	is_string(input.procedure)
+} else := ["no rule allows this request"]
+
+# ---------------------------------------------------------------------------
+# The caller
+# ---------------------------------------------------------------------------
+
+# workload is the calling workload's SPIFFE ID, from its client certificate.
+workload := input.peer.spiffe_id if is_string(input.peer.spiffe_id)
+
+in_trust_domain if startswith(workload, sprintf("spiffe://%s/", [config.trust_domain]))
+
+# token is the claims of the verified token the caller presented; undefined
+# when the caller presented none.
+token := input.token if is_object(input.token)
+
+# user is the user the token speaks for.
+user := token.sub if {
+	is_string(token.sub)
+	token.sub != ""
+}
+
+# A direct token is one a user presents themselves: it has no act claim, or
+# a null one.
+direct if {
+	user
+	not has_act
+}
+
+has_act if token.act != null
+
+# A delegated token was issued by ExchangeToken to a workload that acts for
+# the user: act.sub names that workload, the actor.
+delegated if actor
+
+actor := token.act.sub if {
+	user
+	is_string(token.act.sub)
+	token.act.sub != ""
+}
+
+presented_by_actor if actor == workload
+
+# A delegated token is honoured only when the workload presenting it is the
+# actor it names, and that workload is (still) a delegate.
+valid_delegation if {
+	presented_by_actor
+	actor in config.delegates
+}
+
+admin if "admin" in token.roles
+
+customer if "customer" in token.roles
+
+# for_self(field) holds when the request field (by its proto name) names the
+# token's user.
+for_self(field) if user == input.request[field]
+
+# ---------------------------------------------------------------------------
+# Allow rules. Each starts with an equality on input.service or
+# input.procedure against a constant, so OPA's rule index only evaluates the
+# rules of the procedure called.
+# ---------------------------------------------------------------------------
+
+# Health and reflection: any workload of the trust domain, no token needed.
+allow if {
+	input.service == "grpc.health.v1.Health"
+	in_trust_domain
+}
+
+allow if {
+	input.service == "grpc.reflection.v1.ServerReflection"
+	in_trust_domain
+}
+
+allow if {
+	input.service == "grpc.reflection.v1alpha.ServerReflection"
+	in_trust_domain
+}
+
+# Login: any workload of the trust domain; the password is the proof.
+allow if {
+	input.procedure == "/user.v1.AuthService/Login"
+	in_trust_domain
+}
+
+# ExchangeToken: only delegates, no token needed. The subject token travels
+# in the request body and is verified by the handler; this rule deliberately
+# reads nothing from input.request.
+allow if {
+	input.procedure == "/user.v1.AuthService/ExchangeToken"
+	workload in config.delegates
+}
+
+# GetUser: a user reads their own record ...
+allow if {
+	input.procedure == "/user.v1.UserService/GetUser"
+	direct
+	for_self("id")
+}
+
+# ... an admin reads any, with a direct token ...
+allow if {
+	input.procedure == "/user.v1.UserService/GetUser"
+	direct
+	admin
+}
+
+# ... or through a delegate acting for them ...
+allow if {
+	input.procedure == "/user.v1.UserService/GetUser"
+	valid_delegation
+	admin
+}
+
+# ... and the order service reads a user only while acting for that user.
+allow if {
+	input.procedure == "/user.v1.UserService/GetUser"
+	valid_delegation
+	actor == config.order_service
+	for_self("id")
+}
+
+# ListUsers, CreateUser, UpdateUser: admins, with a direct token.
+allow if {
+	input.procedure == "/user.v1.UserService/ListUsers"
+	direct
+	admin
+}
+
+allow if {
+	input.procedure == "/user.v1.UserService/CreateUser"
+	direct
+	admin
+}
+
+allow if {
+	input.procedure == "/user.v1.UserService/UpdateUser"
+	direct
+	admin
+}
+
+# CreateOrder: a customer orders for themselves (request field user_id), an
+# admin for anyone.
+allow if {
+	input.procedure == "/order.v1.OrderService/CreateOrder"
+	direct
+	customer
+	for_self("user_id")
+}
+
+allow if {
+	input.procedure == "/order.v1.OrderService/CreateOrder"
+	direct
+	admin
+}
+
+# ListOrders: a user lists their own orders, an admin anyone's.
+allow if {
+	input.procedure == "/order.v1.OrderService/ListOrders"
+	direct
+	for_self("user_id")
+}
+
+allow if {
+	input.procedure == "/order.v1.OrderService/ListOrders"
+	direct
+	admin
+}
+
+# GetOrder is decided twice. Which order an id names is only known once the
+# handler has loaded it, so:
+#
+#   1. the call-level decision (no input.resource), taken by the interceptor
+#      before the handler runs, lets customers and admins ask for an order;
+#   2. the handler then loads the order and asks a resource-level decision
+#      (policy.AuthorizeResource) with input.resource = {"kind": "order",
+#      "id": ..., "owner": <user id>}, allowed for the order's owner and for
+#      admins.
+allow if {
+	input.procedure == "/order.v1.OrderService/GetOrder"
+	not resource_level
+	direct
+	customer
+}
+
+allow if {
+	input.procedure == "/order.v1.OrderService/GetOrder"
+	not resource_level
+	direct
+	admin
+}
+
+allow if {
+	input.procedure == "/order.v1.OrderService/GetOrder"
+	order_resource
+	direct
+	input.resource.owner == user
+}
+
+allow if {
+	input.procedure == "/order.v1.OrderService/GetOrder"
+	order_resource
+	direct
+	admin
+}
+
+# resource_level holds in a resource-level decision: input.resource is
+# present, whatever its value, so a resource the handler failed to describe
+# (null, wrong kind) is denied rather than taken for the call-level decision.
+resource_level if _ = input.resource
+
+order_resource if input.resource.kind == "order"
+
+# ---------------------------------------------------------------------------
+# Deny reasons, shown to the denied caller.
+# ---------------------------------------------------------------------------
+
+# The procedures that act for a user, and so need a user token.
+user_procedures := {
+	"/user.v1.UserService/GetUser",
+	"/user.v1.UserService/ListUsers",
+	"/user.v1.UserService/CreateUser",
+	"/user.v1.UserService/UpdateUser",
+	"/order.v1.OrderService/CreateOrder",
+	"/order.v1.OrderService/ListOrders",
+	"/order.v1.OrderService/GetOrder",
+}
+
+# Of those, the ones that accept only a token the user presents themselves.
+direct_only := user_procedures - {"/user.v1.UserService/GetUser"}
+
+admin_only := {
+	"/user.v1.UserService/ListUsers",
+	"/user.v1.UserService/CreateUser",
+	"/user.v1.UserService/UpdateUser",
+}
+
+# The calls open to workloads of the trust domain without a token.
+trust_domain_call if input.service == "grpc.health.v1.Health"
+
+trust_domain_call if input.service == "grpc.reflection.v1.ServerReflection"
+
+trust_domain_call if input.service == "grpc.reflection.v1alpha.ServerReflection"
+
+trust_domain_call if input.procedure == "/user.v1.AuthService/Login"
+
+deny_reasons contains "the caller presented no workload identity" if {
+	trust_domain_call
+	not workload
+}
+
+deny_reasons contains "the caller presented no workload identity" if {
+	input.procedure == "/user.v1.AuthService/ExchangeToken"
+	not workload
+}
+
+deny_reasons contains msg if {
+	trust_domain_call
+	not in_trust_domain
+	msg := sprintf("workload %s is not in trust domain %s", [workload, config.trust_domain])
+}
+
+deny_reasons contains msg if {
+	input.procedure == "/user.v1.AuthService/ExchangeToken"
+	not workload in config.delegates
+	msg := sprintf("workload %s may not exchange tokens", [workload])
+}
+
+deny_reasons contains "a user token is required" if {
+	input.procedure in user_procedures
+	not token
+}
+
+deny_reasons contains "the token's sub or act claim is malformed" if {
+	input.procedure in user_procedures
+	token
+	not direct
+	not delegated
+}
+
+deny_reasons contains "delegated tokens are not accepted for this procedure" if {
+	input.procedure in direct_only
+	delegated
+}
+
+deny_reasons contains "admin role required" if {
+	input.procedure in admin_only
+	direct
+	not admin
+}
+
+deny_reasons contains "customers may only read their own user record" if {
+	input.procedure == "/user.v1.UserService/GetUser"
+	direct
+	not admin
+	not for_self("id")
+}
+
+deny_reasons contains "a delegated token must be presented by the workload named in its act claim" if {
+	input.procedure == "/user.v1.UserService/GetUser"
+	delegated
+	not presented_by_actor
+}
+
+deny_reasons contains msg if {
+	input.procedure == "/user.v1.UserService/GetUser"
+	presented_by_actor
+	not actor in config.delegates
+	msg := sprintf("workload %s may not act for users", [actor])
+}
+
+deny_reasons contains "only the order service may read a user on the user's behalf" if {
+	input.procedure == "/user.v1.UserService/GetUser"
+	valid_delegation
+	not admin
+	actor != config.order_service
+}
+
+deny_reasons contains "the order service may only read the user it acts for" if {
+	input.procedure == "/user.v1.UserService/GetUser"
+	valid_delegation
+	not admin
+	actor == config.order_service
+	not for_self("id")
+}
+
+deny_reasons contains "customer or admin role required" if {
+	input.procedure == "/order.v1.OrderService/CreateOrder"
+	direct
+	not customer
+	not admin
+}
+
+deny_reasons contains "customers may only create orders for themselves" if {
+	input.procedure == "/order.v1.OrderService/CreateOrder"
+	direct
+	customer
+	not admin
+	not for_self("user_id")
+}
+
+deny_reasons contains "customers may only list their own orders" if {
+	input.procedure == "/order.v1.OrderService/ListOrders"
+	direct
+	not admin
+	not for_self("user_id")
+}
+
+deny_reasons contains "customer or admin role required" if {
+	input.procedure == "/order.v1.OrderService/GetOrder"
+	not resource_level
+	direct
+	not customer
+	not admin
+}
+
+deny_reasons contains "the resource is not an order" if {
+	input.procedure == "/order.v1.OrderService/GetOrder"
+	resource_level
+	not order_resource
+}
+
+deny_reasons contains "customers may only read their own orders" if {
+	input.procedure == "/order.v1.OrderService/GetOrder"
+	order_resource
+	direct
+	not admin
+	not input.resource.owner == user
+}

@@ -1,0 +1,129 @@
+package policy
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/open-policy-agent/opa/v1/ast"
+	"github.com/open-policy-agent/opa/v1/cover"
+	"github.com/open-policy-agent/opa/v1/storage/inmem"
+	"github.com/open-policy-agent/opa/v1/tester"
+)
+
+// TestResult is the outcome of one rego test rule.
+type TestResult struct {
+	Name string // package.test_name
+	Pass bool
+	// Failure says why a test did not pass: "fail" or the evaluation error.
+	Failure string
+}
+
+// TestReport is the outcome of a bundle's rego tests.
+type TestReport struct {
+	Results []TestResult
+	// Coverage is the percentage of the policy lines (not the test files'
+	// lines) that the tests evaluated; NotCovered lists the lines missed,
+	// as "file:line".
+	Coverage   float64
+	NotCovered []string
+}
+
+// Passed reports whether every test passed.
+func (r *TestReport) Passed() bool {
+	for _, t := range r.Results {
+		if !t.Pass {
+			return false
+		}
+	}
+	return true
+}
+
+// Failed returns the tests that did not pass.
+func (r *TestReport) Failed() []TestResult {
+	var out []TestResult
+	for _, t := range r.Results {
+		if !t.Pass {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// parseModules parses every module of b as rego v1.
+func parseModules(b *Bundle) (map[string]*ast.Module, error) {
+	mods := make(map[string]*ast.Module, len(b.Modules))
+	for name, src := range b.Modules {
+		m, err := ast.ParseModuleWithOpts(name, src, ast.ParserOptions{RegoVersion: ast.RegoV1})
+		if err != nil {
+			return nil, fmt.Errorf("policy: %w", err)
+		}
+		mods[name] = m
+	}
+	return mods, nil
+}
+
+// RunTests runs the bundle's rego tests (rules named test_* in any module,
+// conventionally in *_test.rego files) with OPA's tester and measures the
+// coverage of the policy files.
+func RunTests(ctx context.Context, b *Bundle) (*TestReport, error) {
+	mods, err := parseModules(b)
+	if err != nil {
+		return nil, err
+	}
+	data := b.Data
+	if data == nil {
+		data = map[string]any{}
+	}
+	cov := cover.New()
+	ch, err := tester.NewRunner().
+		SetStore(inmem.NewFromObject(data)).
+		SetModules(mods).
+		SetCoverageQueryTracer(cov).
+		RaiseBuiltinErrors(true).
+		RunTests(ctx, nil)
+	if err != nil {
+		return nil, fmt.Errorf("policy: tests: %w", err)
+	}
+	report := &TestReport{}
+	for res := range ch {
+		r := TestResult{Name: strings.TrimPrefix(res.Package, "data.") + "." + res.Name, Pass: res.Pass()}
+		switch {
+		case res.Error != nil:
+			r.Failure = res.Error.Error()
+		case res.Fail:
+			r.Failure = "fail"
+		case res.Skip:
+			r.Pass, r.Failure = true, "skipped"
+		}
+		report.Results = append(report.Results, r)
+	}
+	sort.Slice(report.Results, func(i, j int) bool { return report.Results[i].Name < report.Results[j].Name })
+
+	policyMods := map[string]*ast.Module{}
+	for name, m := range mods {
+		if !IsTestFile(name) {
+			policyMods[name] = m
+		}
+	}
+	cr := cov.Report(policyMods)
+	covered, total := 0, 0
+	for file, fr := range cr.Files {
+		if _, ok := policyMods[file]; !ok {
+			continue // a test file: its lines do not count
+		}
+		covered += fr.CoveredLines
+		total += fr.CoveredLines + fr.NotCoveredLines
+		for _, rng := range fr.NotCovered {
+			for line := rng.Start.Row; line <= rng.End.Row; line++ {
+				report.NotCovered = append(report.NotCovered, fmt.Sprintf("%s:%d", file, line))
+			}
+		}
+	}
+	if total > 0 {
+		report.Coverage = 100 * float64(covered) / float64(total)
+	}
+	sort.Strings(report.NotCovered)
+	return report, nil
+}

@@ -1,0 +1,129 @@
+package order
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/palisade-rpc/palisade/policy"
+	"github.com/palisade-rpc/palisade/proto/order/v1/orderv1connect"
+	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
+	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
+	"github.com/palisade-rpc/palisade/rpc"
+	"github.com/palisade-rpc/palisade/security/mtls"
+	"github.com/palisade-rpc/palisade/security/token"
+)
+
+// Config assembles an order service server: OrderService on a Palisade
+// server that verifies tokens with the issuer's JWKS, and a client of the
+// user service that acts for the caller's user with a delegated token.
+type Config struct {
+	// Source is the service's certificate and trust bundle. Required.
+	Source mtls.Source
+	// Store holds the orders. Required.
+	Store *Store
+	// Authorizer decides every call. Required.
+	Authorizer policy.Authorizer
+	// UserURL is the user service's base URL. Required.
+	UserURL string
+	// UserID is the SPIFFE ID the user service must present (default
+	// spiffe://<trust domain>/svc/user); it is also the default TokenIssuer.
+	UserID string
+	// JWKSURL defaults to UserURL + token.JWKSPath.
+	JWKSURL     string
+	TokenIssuer string
+	// JWKSMinRefresh bounds refetches caused by unknown key ids (default 30s).
+	JWKSMinRefresh time.Duration
+	// UpstreamTimeout bounds each call to the user service (default 3s).
+	UpstreamTimeout time.Duration
+	Logger          *slog.Logger
+	// ServerOptions are passed to rpc.NewServer after the ones Config sets.
+	ServerOptions []rpc.ServerOption
+}
+
+// Server is a running configuration of the order service.
+type Server struct {
+	*rpc.Server
+	// Keys are the issuer's keys as fetched from the JWKS.
+	Keys *token.RemoteKeys
+}
+
+// NewServer builds the server. Background work (refreshing the JWKS) stops
+// when ctx is done.
+func NewServer(ctx context.Context, cfg Config) (*Server, error) {
+	if cfg.Source == nil || cfg.Store == nil || cfg.Authorizer == nil || cfg.UserURL == "" {
+		return nil, errors.New("order: server needs a source, a store, an authorizer and the user service URL")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	self, err := mtls.IdentityOf(cfg.Source)
+	if err != nil {
+		return nil, err
+	}
+	td := self.TrustDomain()
+	if cfg.UserID == "" {
+		cfg.UserID = "spiffe://" + td + "/svc/user"
+	}
+	if cfg.JWKSURL == "" {
+		cfg.JWKSURL = strings.TrimRight(cfg.UserURL, "/") + token.JWKSPath
+	}
+	if cfg.TokenIssuer == "" {
+		cfg.TokenIssuer = cfg.UserID
+	}
+	if cfg.UpstreamTimeout <= 0 {
+		cfg.UpstreamTimeout = 3 * time.Second
+	}
+	upstream := []rpc.ClientOption{
+		rpc.WithServerID(cfg.UserID),
+		rpc.WithClientTrustDomain(td),
+		rpc.WithCallTimeout(cfg.UpstreamTimeout),
+	}
+
+	// Tokens are verified with the issuer's keys, fetched over mTLS from the
+	// user service and refreshed in the background until ctx is done.
+	jwksClient, err := rpc.NewHTTPClient(cfg.Source, upstream...)
+	if err != nil {
+		return nil, err
+	}
+	keys := token.NewRemoteKeys(cfg.JWKSURL, jwksClient, token.RemoteKeysOptions{MinRefreshInterval: cfg.JWKSMinRefresh, Logger: cfg.Logger})
+	go func() { _ = keys.Run(ctx) }()
+	verifier, err := token.NewVerifier(token.VerifierOptions{Issuer: cfg.TokenIssuer, Audience: self.String(), Keys: keys})
+	if err != nil {
+		return nil, err
+	}
+
+	// The user service is called for the user of the incoming call, with
+	// that user's token exchanged for a delegated one.
+	auth, err := rpc.NewClient(userv1connect.NewAuthServiceClient, cfg.UserURL, cfg.Source, upstream...)
+	if err != nil {
+		return nil, err
+	}
+	delegator := token.NewDelegator(func(ctx context.Context, subject string) (string, time.Time, error) {
+		res, err := auth.ExchangeToken(ctx, &userv1.ExchangeTokenRequest{SubjectToken: subject, Audience: cfg.UserID})
+		if err != nil {
+			return "", time.Time{}, err
+		}
+		return res.GetAccessToken(), time.Now().Add(time.Duration(res.GetExpiresIn()) * time.Second), nil
+	}, token.DelegatorOptions{})
+	users, err := rpc.NewClient(userv1connect.NewUserServiceClient, cfg.UserURL, cfg.Source, append(upstream, rpc.WithTokenSource(delegator.Token))...)
+	if err != nil {
+		return nil, err
+	}
+
+	opts := append([]rpc.ServerOption{
+		rpc.WithLogger(cfg.Logger),
+		rpc.WithTrustDomain(td),
+		rpc.WithTokenVerifier(verifier),
+	}, cfg.ServerOptions...)
+	srv, err := rpc.NewServer(cfg.Source, cfg.Authorizer, opts...)
+	if err != nil {
+		return nil, err
+	}
+	if err := rpc.Mount(srv, orderv1connect.NewOrderServiceHandler, orderv1connect.OrderServiceHandler(NewService(cfg.Store, users, cfg.Logger))); err != nil {
+		return nil, err
+	}
+	return &Server{Server: srv, Keys: keys}, nil
+}

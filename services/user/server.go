@@ -1,0 +1,170 @@
+package user
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/palisade-rpc/palisade/policy"
+	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
+	"github.com/palisade-rpc/palisade/rpc"
+	"github.com/palisade-rpc/palisade/security/mtls"
+	"github.com/palisade-rpc/palisade/security/password"
+	"github.com/palisade-rpc/palisade/security/token"
+)
+
+// Config assembles a user service server: UserService and AuthService on a
+// Palisade server, with the token issuer, its verification keys and the
+// JWKS at token.JWKSPath.
+type Config struct {
+	// Source is the service's certificate and trust bundle. Required.
+	Source mtls.Source
+	// Store holds the users. Required.
+	Store *Store
+	// Authorizer decides every call. Required.
+	Authorizer policy.Authorizer
+	// KeysFile is the signing key set file, created (with a SigningAlg key)
+	// when missing and watched for rotations every KeyReloadInterval (default
+	// 2s). Without it, Keys is used as given.
+	KeysFile          string
+	SigningAlg        string
+	KeyReloadInterval time.Duration
+	Keys              *token.KeySet
+	// TokenTTL is the lifetime of Login tokens (default 15m).
+	TokenTTL time.Duration
+	// Issuer is the iss of tokens (default the service's SPIFFE ID).
+	Issuer string
+	// Audiences of Login tokens (default the service's SPIFFE ID and
+	// spiffe://<trust domain>/svc/order); the first is ExchangeToken's default.
+	Audiences []string
+	// PasswordParams are the argon2id parameters of the password checker's
+	// dummy hash (default password.DefaultParams()); keep them those of the
+	// stored hashes so unknown users cost the same.
+	PasswordParams *password.Params
+	// Auth tunes login throttling (its Issuer, Verifier, Passwords,
+	// Audiences and Logger are filled in).
+	Auth   AuthOptions
+	Logger *slog.Logger
+	// ServerOptions are passed to rpc.NewServer after the ones Config sets.
+	ServerOptions []rpc.ServerOption
+}
+
+// Server is a running configuration of the user service.
+type Server struct {
+	*rpc.Server
+	Issuer   *token.Issuer
+	Verifier *token.Verifier
+}
+
+// NewServer builds the server. Background work (watching KeysFile) stops
+// when ctx is done.
+func NewServer(ctx context.Context, cfg Config) (*Server, error) {
+	if cfg.Source == nil || cfg.Store == nil || cfg.Authorizer == nil {
+		return nil, errors.New("user: server needs a source, a store and an authorizer")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	self, err := mtls.IdentityOf(cfg.Source)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Issuer == "" {
+		cfg.Issuer = self.String()
+	}
+	if len(cfg.Audiences) == 0 {
+		cfg.Audiences = []string{self.String(), "spiffe://" + self.TrustDomain() + "/svc/order"}
+	}
+	ks := cfg.Keys
+	if cfg.KeysFile != "" {
+		if cfg.SigningAlg == "" {
+			cfg.SigningAlg = token.DefaultSigningAlg
+		}
+		var created bool
+		if ks, created, err = token.LoadOrCreateKeySet(cfg.KeysFile, cfg.SigningAlg); err != nil {
+			return nil, err
+		}
+		if created {
+			cfg.Logger.Info("created a signing key", "file", cfg.KeysFile, "kid", ks.Active)
+		}
+	}
+	if ks == nil {
+		return nil, errors.New("user: server needs a KeysFile or Keys")
+	}
+	issuer, err := token.NewIssuer(ks, token.IssuerOptions{Issuer: cfg.Issuer, Audience: cfg.Audiences, TTL: cfg.TokenTTL})
+	if err != nil {
+		return nil, err
+	}
+	pubs, err := ks.PublicKeys()
+	if err != nil {
+		return nil, err
+	}
+	keys := token.NewStaticKeys(pubs)
+	verifier, err := token.NewVerifier(token.VerifierOptions{Issuer: cfg.Issuer, Audience: self.String(), Keys: keys})
+	if err != nil {
+		return nil, err
+	}
+	jwks := &token.JWKSHandler{}
+	if err := jwks.Set(pubs); err != nil {
+		return nil, err
+	}
+	if cfg.KeysFile != "" {
+		interval := cfg.KeyReloadInterval
+		if interval <= 0 {
+			interval = 2 * time.Second
+		}
+		go func() {
+			_ = token.WatchKeySet(ctx, cfg.KeysFile, interval, cfg.Logger, func(ks *token.KeySet) {
+				pubs, err := ks.PublicKeys()
+				if err == nil {
+					err = issuer.SetKeys(ks)
+				}
+				if err == nil {
+					err = jwks.Set(pubs)
+				}
+				if err != nil {
+					cfg.Logger.Error("applying the reloaded key set failed", "error", err)
+					return
+				}
+				keys.Set(pubs)
+			})
+		}()
+	}
+
+	params := password.DefaultParams()
+	if cfg.PasswordParams != nil {
+		params = *cfg.PasswordParams
+	}
+	checker, err := password.NewChecker(params)
+	if err != nil {
+		return nil, err
+	}
+	authOpts := cfg.Auth
+	authOpts.Issuer, authOpts.Verifier, authOpts.Passwords, authOpts.Audiences, authOpts.Logger =
+		issuer, verifier, checker, cfg.Audiences, cfg.Logger
+	auth, err := NewAuthService(cfg.Store, authOpts)
+	if err != nil {
+		return nil, err
+	}
+
+	opts := append([]rpc.ServerOption{
+		rpc.WithLogger(cfg.Logger),
+		rpc.WithTrustDomain(self.TrustDomain()),
+		rpc.WithTokenVerifier(verifier),
+	}, cfg.ServerOptions...)
+	srv, err := rpc.NewServer(cfg.Source, cfg.Authorizer, opts...)
+	if err != nil {
+		return nil, err
+	}
+	if err := rpc.Mount(srv, userv1connect.NewUserServiceHandler, userv1connect.UserServiceHandler(NewService(cfg.Store, cfg.Logger))); err != nil {
+		return nil, err
+	}
+	if err := rpc.Mount(srv, userv1connect.NewAuthServiceHandler, userv1connect.AuthServiceHandler(auth)); err != nil {
+		return nil, err
+	}
+	if err := srv.HandleHTTP(token.JWKSPath, jwks); err != nil {
+		return nil, err
+	}
+	return &Server{Server: srv, Issuer: issuer, Verifier: verifier}, nil
+}

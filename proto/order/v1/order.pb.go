@@ -514,6 +514,207 @@ func (x *ListOrdersResponse) GetNextPageToken() string {
 	return ""
 }
 
+type ImportOrdersRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One order to import.
+	UserId        string      `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	Items         []*LineItem `protobuf:"bytes,2,rep,name=items,proto3" json:"items,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImportOrdersRequest) Reset() {
+	*x = ImportOrdersRequest{}
+	mi := &file_order_v1_order_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImportOrdersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImportOrdersRequest) ProtoMessage() {}
+
+func (x *ImportOrdersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_order_v1_order_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImportOrdersRequest.ProtoReflect.Descriptor instead.
+func (*ImportOrdersRequest) Descriptor() ([]byte, []int) {
+	return file_order_v1_order_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ImportOrdersRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *ImportOrdersRequest) GetItems() []*LineItem {
+	if x != nil {
+		return x.Items
+	}
+	return nil
+}
+
+type ImportOrdersResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Orders        []*Order               `protobuf:"bytes,1,rep,name=orders,proto3" json:"orders,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImportOrdersResponse) Reset() {
+	*x = ImportOrdersResponse{}
+	mi := &file_order_v1_order_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImportOrdersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImportOrdersResponse) ProtoMessage() {}
+
+func (x *ImportOrdersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_order_v1_order_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImportOrdersResponse.ProtoReflect.Descriptor instead.
+func (*ImportOrdersResponse) Descriptor() ([]byte, []int) {
+	return file_order_v1_order_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ImportOrdersResponse) GetOrders() []*Order {
+	if x != nil {
+		return x.Orders
+	}
+	return nil
+}
+
+type TrackOrdersRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	OrderId       string                 `protobuf:"bytes,1,opt,name=order_id,json=orderId,proto3" json:"order_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TrackOrdersRequest) Reset() {
+	*x = TrackOrdersRequest{}
+	mi := &file_order_v1_order_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TrackOrdersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TrackOrdersRequest) ProtoMessage() {}
+
+func (x *TrackOrdersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_order_v1_order_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TrackOrdersRequest.ProtoReflect.Descriptor instead.
+func (*TrackOrdersRequest) Descriptor() ([]byte, []int) {
+	return file_order_v1_order_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *TrackOrdersRequest) GetOrderId() string {
+	if x != nil {
+		return x.OrderId
+	}
+	return ""
+}
+
+type TrackOrdersResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	OrderId       string                 `protobuf:"bytes,1,opt,name=order_id,json=orderId,proto3" json:"order_id,omitempty"`
+	Status        OrderStatus            `protobuf:"varint,2,opt,name=status,proto3,enum=order.v1.OrderStatus" json:"status,omitempty"`
+	Time          *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=time,proto3" json:"time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TrackOrdersResponse) Reset() {
+	*x = TrackOrdersResponse{}
+	mi := &file_order_v1_order_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TrackOrdersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TrackOrdersResponse) ProtoMessage() {}
+
+func (x *TrackOrdersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_order_v1_order_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TrackOrdersResponse.ProtoReflect.Descriptor instead.
+func (*TrackOrdersResponse) Descriptor() ([]byte, []int) {
+	return file_order_v1_order_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *TrackOrdersResponse) GetOrderId() string {
+	if x != nil {
+		return x.OrderId
+	}
+	return ""
+}
+
+func (x *TrackOrdersResponse) GetStatus() OrderStatus {
+	if x != nil {
+		return x.Status
+	}
+	return OrderStatus_ORDER_STATUS_UNSPECIFIED
+}
+
+func (x *TrackOrdersResponse) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
 var File_order_v1_order_proto protoreflect.FileDescriptor
 
 const file_order_v1_order_proto_rawDesc = "" +
@@ -546,18 +747,31 @@ const file_order_v1_order_proto_rawDesc = "" +
 	"page_token\x18\x03 \x01(\tR\tpageToken\"e\n" +
 	"\x12ListOrdersResponse\x12'\n" +
 	"\x06orders\x18\x01 \x03(\v2\x0f.order.v1.OrderR\x06orders\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*\x98\x01\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"X\n" +
+	"\x13ImportOrdersRequest\x12\x17\n" +
+	"\auser_id\x18\x01 \x01(\tR\x06userId\x12(\n" +
+	"\x05items\x18\x02 \x03(\v2\x12.order.v1.LineItemR\x05items\"?\n" +
+	"\x14ImportOrdersResponse\x12'\n" +
+	"\x06orders\x18\x01 \x03(\v2\x0f.order.v1.OrderR\x06orders\"/\n" +
+	"\x12TrackOrdersRequest\x12\x19\n" +
+	"\border_id\x18\x01 \x01(\tR\aorderId\"\x8f\x01\n" +
+	"\x13TrackOrdersResponse\x12\x19\n" +
+	"\border_id\x18\x01 \x01(\tR\aorderId\x12-\n" +
+	"\x06status\x18\x02 \x01(\x0e2\x15.order.v1.OrderStatusR\x06status\x12.\n" +
+	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time*\x98\x01\n" +
 	"\vOrderStatus\x12\x1c\n" +
 	"\x18ORDER_STATUS_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15ORDER_STATUS_ACCEPTED\x10\x01\x12\x18\n" +
 	"\x14ORDER_STATUS_SHIPPED\x10\x02\x12\x1a\n" +
 	"\x16ORDER_STATUS_DELIVERED\x10\x03\x12\x1a\n" +
-	"\x16ORDER_STATUS_CANCELLED\x10\x042\xf0\x01\n" +
+	"\x16ORDER_STATUS_CANCELLED\x10\x042\x91\x03\n" +
 	"\fOrderService\x12J\n" +
 	"\vCreateOrder\x12\x1c.order.v1.CreateOrderRequest\x1a\x1d.order.v1.CreateOrderResponse\x12F\n" +
 	"\bGetOrder\x12\x19.order.v1.GetOrderRequest\x1a\x1a.order.v1.GetOrderResponse\"\x03\x90\x02\x01\x12L\n" +
 	"\n" +
-	"ListOrders\x12\x1b.order.v1.ListOrdersRequest\x1a\x1c.order.v1.ListOrdersResponse\"\x03\x90\x02\x01B\x94\x01\n" +
+	"ListOrders\x12\x1b.order.v1.ListOrdersRequest\x1a\x1c.order.v1.ListOrdersResponse\"\x03\x90\x02\x01\x12O\n" +
+	"\fImportOrders\x12\x1d.order.v1.ImportOrdersRequest\x1a\x1e.order.v1.ImportOrdersResponse(\x01\x12N\n" +
+	"\vTrackOrders\x12\x1c.order.v1.TrackOrdersRequest\x1a\x1d.order.v1.TrackOrdersResponse(\x010\x01B\x94\x01\n" +
 	"\fcom.order.v1B\n" +
 	"OrderProtoP\x01Z7github.com/palisade-rpc/palisade/proto/order/v1;orderv1\xa2\x02\x03OXX\xaa\x02\bOrder.V1\xca\x02\bOrder\\V1\xe2\x02\x14Order\\V1\\GPBMetadata\xea\x02\tOrder::V1b\x06proto3"
 
@@ -574,7 +788,7 @@ func file_order_v1_order_proto_rawDescGZIP() []byte {
 }
 
 var file_order_v1_order_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_order_v1_order_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_order_v1_order_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_order_v1_order_proto_goTypes = []any{
 	(OrderStatus)(0),              // 0: order.v1.OrderStatus
 	(*LineItem)(nil),              // 1: order.v1.LineItem
@@ -585,27 +799,39 @@ var file_order_v1_order_proto_goTypes = []any{
 	(*GetOrderResponse)(nil),      // 6: order.v1.GetOrderResponse
 	(*ListOrdersRequest)(nil),     // 7: order.v1.ListOrdersRequest
 	(*ListOrdersResponse)(nil),    // 8: order.v1.ListOrdersResponse
-	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
+	(*ImportOrdersRequest)(nil),   // 9: order.v1.ImportOrdersRequest
+	(*ImportOrdersResponse)(nil),  // 10: order.v1.ImportOrdersResponse
+	(*TrackOrdersRequest)(nil),    // 11: order.v1.TrackOrdersRequest
+	(*TrackOrdersResponse)(nil),   // 12: order.v1.TrackOrdersResponse
+	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
 }
 var file_order_v1_order_proto_depIdxs = []int32{
 	1,  // 0: order.v1.Order.items:type_name -> order.v1.LineItem
 	0,  // 1: order.v1.Order.status:type_name -> order.v1.OrderStatus
-	9,  // 2: order.v1.Order.create_time:type_name -> google.protobuf.Timestamp
+	13, // 2: order.v1.Order.create_time:type_name -> google.protobuf.Timestamp
 	1,  // 3: order.v1.CreateOrderRequest.items:type_name -> order.v1.LineItem
 	2,  // 4: order.v1.CreateOrderResponse.order:type_name -> order.v1.Order
 	2,  // 5: order.v1.GetOrderResponse.order:type_name -> order.v1.Order
 	2,  // 6: order.v1.ListOrdersResponse.orders:type_name -> order.v1.Order
-	3,  // 7: order.v1.OrderService.CreateOrder:input_type -> order.v1.CreateOrderRequest
-	5,  // 8: order.v1.OrderService.GetOrder:input_type -> order.v1.GetOrderRequest
-	7,  // 9: order.v1.OrderService.ListOrders:input_type -> order.v1.ListOrdersRequest
-	4,  // 10: order.v1.OrderService.CreateOrder:output_type -> order.v1.CreateOrderResponse
-	6,  // 11: order.v1.OrderService.GetOrder:output_type -> order.v1.GetOrderResponse
-	8,  // 12: order.v1.OrderService.ListOrders:output_type -> order.v1.ListOrdersResponse
-	10, // [10:13] is the sub-list for method output_type
-	7,  // [7:10] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	1,  // 7: order.v1.ImportOrdersRequest.items:type_name -> order.v1.LineItem
+	2,  // 8: order.v1.ImportOrdersResponse.orders:type_name -> order.v1.Order
+	0,  // 9: order.v1.TrackOrdersResponse.status:type_name -> order.v1.OrderStatus
+	13, // 10: order.v1.TrackOrdersResponse.time:type_name -> google.protobuf.Timestamp
+	3,  // 11: order.v1.OrderService.CreateOrder:input_type -> order.v1.CreateOrderRequest
+	5,  // 12: order.v1.OrderService.GetOrder:input_type -> order.v1.GetOrderRequest
+	7,  // 13: order.v1.OrderService.ListOrders:input_type -> order.v1.ListOrdersRequest
+	9,  // 14: order.v1.OrderService.ImportOrders:input_type -> order.v1.ImportOrdersRequest
+	11, // 15: order.v1.OrderService.TrackOrders:input_type -> order.v1.TrackOrdersRequest
+	4,  // 16: order.v1.OrderService.CreateOrder:output_type -> order.v1.CreateOrderResponse
+	6,  // 17: order.v1.OrderService.GetOrder:output_type -> order.v1.GetOrderResponse
+	8,  // 18: order.v1.OrderService.ListOrders:output_type -> order.v1.ListOrdersResponse
+	10, // 19: order.v1.OrderService.ImportOrders:output_type -> order.v1.ImportOrdersResponse
+	12, // 20: order.v1.OrderService.TrackOrders:output_type -> order.v1.TrackOrdersResponse
+	16, // [16:21] is the sub-list for method output_type
+	11, // [11:16] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_order_v1_order_proto_init() }
@@ -619,7 +845,7 @@ func file_order_v1_order_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_order_v1_order_proto_rawDesc), len(file_order_v1_order_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   8,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -23,6 +23,58 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type UserChangeKind int32
+
+const (
+	UserChangeKind_USER_CHANGE_KIND_UNSPECIFIED UserChangeKind = 0
+	UserChangeKind_USER_CHANGE_KIND_CREATED     UserChangeKind = 1
+	UserChangeKind_USER_CHANGE_KIND_UPDATED     UserChangeKind = 2
+	UserChangeKind_USER_CHANGE_KIND_DEACTIVATED UserChangeKind = 3
+)
+
+// Enum value maps for UserChangeKind.
+var (
+	UserChangeKind_name = map[int32]string{
+		0: "USER_CHANGE_KIND_UNSPECIFIED",
+		1: "USER_CHANGE_KIND_CREATED",
+		2: "USER_CHANGE_KIND_UPDATED",
+		3: "USER_CHANGE_KIND_DEACTIVATED",
+	}
+	UserChangeKind_value = map[string]int32{
+		"USER_CHANGE_KIND_UNSPECIFIED": 0,
+		"USER_CHANGE_KIND_CREATED":     1,
+		"USER_CHANGE_KIND_UPDATED":     2,
+		"USER_CHANGE_KIND_DEACTIVATED": 3,
+	}
+)
+
+func (x UserChangeKind) Enum() *UserChangeKind {
+	p := new(UserChangeKind)
+	*p = x
+	return p
+}
+
+func (x UserChangeKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (UserChangeKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_user_v1_user_proto_enumTypes[0].Descriptor()
+}
+
+func (UserChangeKind) Type() protoreflect.EnumType {
+	return &file_user_v1_user_proto_enumTypes[0]
+}
+
+func (x UserChangeKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use UserChangeKind.Descriptor instead.
+func (UserChangeKind) EnumDescriptor() ([]byte, []int) {
+	return file_user_v1_user_proto_rawDescGZIP(), []int{0}
+}
+
 // User is a person who can place orders.
 type User struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -493,6 +545,259 @@ func (x *UpdateUserResponse) GetUser() *User {
 	return nil
 }
 
+type WatchUserChangesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// after_sequence is the last sequence the subscriber applied; 0 for none.
+	AfterSequence int64 `protobuf:"varint,1,opt,name=after_sequence,json=afterSequence,proto3" json:"after_sequence,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchUserChangesRequest) Reset() {
+	*x = WatchUserChangesRequest{}
+	mi := &file_user_v1_user_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchUserChangesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchUserChangesRequest) ProtoMessage() {}
+
+func (x *WatchUserChangesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_user_v1_user_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchUserChangesRequest.ProtoReflect.Descriptor instead.
+func (*WatchUserChangesRequest) Descriptor() ([]byte, []int) {
+	return file_user_v1_user_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *WatchUserChangesRequest) GetAfterSequence() int64 {
+	if x != nil {
+		return x.AfterSequence
+	}
+	return 0
+}
+
+type WatchUserChangesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Event:
+	//
+	//	*WatchUserChangesResponse_Change
+	//	*WatchUserChangesResponse_Reset_
+	Event         isWatchUserChangesResponse_Event `protobuf_oneof:"event"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchUserChangesResponse) Reset() {
+	*x = WatchUserChangesResponse{}
+	mi := &file_user_v1_user_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchUserChangesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchUserChangesResponse) ProtoMessage() {}
+
+func (x *WatchUserChangesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_user_v1_user_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchUserChangesResponse.ProtoReflect.Descriptor instead.
+func (*WatchUserChangesResponse) Descriptor() ([]byte, []int) {
+	return file_user_v1_user_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *WatchUserChangesResponse) GetEvent() isWatchUserChangesResponse_Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *WatchUserChangesResponse) GetChange() *UserChange {
+	if x != nil {
+		if x, ok := x.Event.(*WatchUserChangesResponse_Change); ok {
+			return x.Change
+		}
+	}
+	return nil
+}
+
+func (x *WatchUserChangesResponse) GetReset_() *WatchReset {
+	if x != nil {
+		if x, ok := x.Event.(*WatchUserChangesResponse_Reset_); ok {
+			return x.Reset_
+		}
+	}
+	return nil
+}
+
+type isWatchUserChangesResponse_Event interface {
+	isWatchUserChangesResponse_Event()
+}
+
+type WatchUserChangesResponse_Change struct {
+	Change *UserChange `protobuf:"bytes,1,opt,name=change,proto3,oneof"`
+}
+
+type WatchUserChangesResponse_Reset_ struct {
+	Reset_ *WatchReset `protobuf:"bytes,2,opt,name=reset,proto3,oneof"`
+}
+
+func (*WatchUserChangesResponse_Change) isWatchUserChangesResponse_Event() {}
+
+func (*WatchUserChangesResponse_Reset_) isWatchUserChangesResponse_Event() {}
+
+// UserChange is one change to a user, written in the same transaction as
+// the change itself.
+type UserChange struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// sequence increases strictly with every change.
+	Sequence      int64                  `protobuf:"varint,1,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	UserId        string                 `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	Kind          UserChangeKind         `protobuf:"varint,3,opt,name=kind,proto3,enum=user.v1.UserChangeKind" json:"kind,omitempty"`
+	Time          *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=time,proto3" json:"time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UserChange) Reset() {
+	*x = UserChange{}
+	mi := &file_user_v1_user_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UserChange) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UserChange) ProtoMessage() {}
+
+func (x *UserChange) ProtoReflect() protoreflect.Message {
+	mi := &file_user_v1_user_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UserChange.ProtoReflect.Descriptor instead.
+func (*UserChange) Descriptor() ([]byte, []int) {
+	return file_user_v1_user_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *UserChange) GetSequence() int64 {
+	if x != nil {
+		return x.Sequence
+	}
+	return 0
+}
+
+func (x *UserChange) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *UserChange) GetKind() UserChangeKind {
+	if x != nil {
+		return x.Kind
+	}
+	return UserChangeKind_USER_CHANGE_KIND_UNSPECIFIED
+}
+
+func (x *UserChange) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+// WatchReset says that changes after the requested sequence are no longer
+// all retained: the subscriber must drop its cache; the changes from
+// oldest_sequence on follow.
+type WatchReset struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	OldestSequence int64                  `protobuf:"varint,1,opt,name=oldest_sequence,json=oldestSequence,proto3" json:"oldest_sequence,omitempty"`
+	LatestSequence int64                  `protobuf:"varint,2,opt,name=latest_sequence,json=latestSequence,proto3" json:"latest_sequence,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *WatchReset) Reset() {
+	*x = WatchReset{}
+	mi := &file_user_v1_user_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchReset) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchReset) ProtoMessage() {}
+
+func (x *WatchReset) ProtoReflect() protoreflect.Message {
+	mi := &file_user_v1_user_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchReset.ProtoReflect.Descriptor instead.
+func (*WatchReset) Descriptor() ([]byte, []int) {
+	return file_user_v1_user_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *WatchReset) GetOldestSequence() int64 {
+	if x != nil {
+		return x.OldestSequence
+	}
+	return 0
+}
+
+func (x *WatchReset) GetLatestSequence() int64 {
+	if x != nil {
+		return x.LatestSequence
+	}
+	return 0
+}
+
 var File_user_v1_user_proto protoreflect.FileDescriptor
 
 const file_user_v1_user_proto_rawDesc = "" +
@@ -526,14 +831,36 @@ const file_user_v1_user_proto_rawDesc = "" +
 	"\vupdate_mask\x18\x02 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
 	"updateMask\"7\n" +
 	"\x12UpdateUserResponse\x12!\n" +
-	"\x04user\x18\x01 \x01(\v2\r.user.v1.UserR\x04user2\xa7\x02\n" +
+	"\x04user\x18\x01 \x01(\v2\r.user.v1.UserR\x04user\"@\n" +
+	"\x17WatchUserChangesRequest\x12%\n" +
+	"\x0eafter_sequence\x18\x01 \x01(\x03R\rafterSequence\"\x7f\n" +
+	"\x18WatchUserChangesResponse\x12-\n" +
+	"\x06change\x18\x01 \x01(\v2\x13.user.v1.UserChangeH\x00R\x06change\x12+\n" +
+	"\x05reset\x18\x02 \x01(\v2\x13.user.v1.WatchResetH\x00R\x05resetB\a\n" +
+	"\x05event\"\x9e\x01\n" +
+	"\n" +
+	"UserChange\x12\x1a\n" +
+	"\bsequence\x18\x01 \x01(\x03R\bsequence\x12\x17\n" +
+	"\auser_id\x18\x02 \x01(\tR\x06userId\x12+\n" +
+	"\x04kind\x18\x03 \x01(\x0e2\x17.user.v1.UserChangeKindR\x04kind\x12.\n" +
+	"\x04time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"^\n" +
+	"\n" +
+	"WatchReset\x12'\n" +
+	"\x0foldest_sequence\x18\x01 \x01(\x03R\x0eoldestSequence\x12'\n" +
+	"\x0flatest_sequence\x18\x02 \x01(\x03R\x0elatestSequence*\x90\x01\n" +
+	"\x0eUserChangeKind\x12 \n" +
+	"\x1cUSER_CHANGE_KIND_UNSPECIFIED\x10\x00\x12\x1c\n" +
+	"\x18USER_CHANGE_KIND_CREATED\x10\x01\x12\x1c\n" +
+	"\x18USER_CHANGE_KIND_UPDATED\x10\x02\x12 \n" +
+	"\x1cUSER_CHANGE_KIND_DEACTIVATED\x10\x032\x82\x03\n" +
 	"\vUserService\x12A\n" +
 	"\aGetUser\x12\x17.user.v1.GetUserRequest\x1a\x18.user.v1.GetUserResponse\"\x03\x90\x02\x01\x12G\n" +
 	"\tListUsers\x12\x19.user.v1.ListUsersRequest\x1a\x1a.user.v1.ListUsersResponse\"\x03\x90\x02\x01\x12E\n" +
 	"\n" +
 	"CreateUser\x12\x1a.user.v1.CreateUserRequest\x1a\x1b.user.v1.CreateUserResponse\x12E\n" +
 	"\n" +
-	"UpdateUser\x12\x1a.user.v1.UpdateUserRequest\x1a\x1b.user.v1.UpdateUserResponseB\x8c\x01\n" +
+	"UpdateUser\x12\x1a.user.v1.UpdateUserRequest\x1a\x1b.user.v1.UpdateUserResponse\x12Y\n" +
+	"\x10WatchUserChanges\x12 .user.v1.WatchUserChangesRequest\x1a!.user.v1.WatchUserChangesResponse0\x01B\x8c\x01\n" +
 	"\vcom.user.v1B\tUserProtoP\x01Z5github.com/palisade-rpc/palisade/proto/user/v1;userv1\xa2\x02\x03UXX\xaa\x02\aUser.V1\xca\x02\aUser\\V1\xe2\x02\x13User\\V1\\GPBMetadata\xea\x02\bUser::V1b\x06proto3"
 
 var (
@@ -548,42 +875,54 @@ func file_user_v1_user_proto_rawDescGZIP() []byte {
 	return file_user_v1_user_proto_rawDescData
 }
 
-var file_user_v1_user_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_user_v1_user_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_user_v1_user_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_user_v1_user_proto_goTypes = []any{
-	(*User)(nil),                  // 0: user.v1.User
-	(*GetUserRequest)(nil),        // 1: user.v1.GetUserRequest
-	(*GetUserResponse)(nil),       // 2: user.v1.GetUserResponse
-	(*ListUsersRequest)(nil),      // 3: user.v1.ListUsersRequest
-	(*ListUsersResponse)(nil),     // 4: user.v1.ListUsersResponse
-	(*CreateUserRequest)(nil),     // 5: user.v1.CreateUserRequest
-	(*CreateUserResponse)(nil),    // 6: user.v1.CreateUserResponse
-	(*UpdateUserRequest)(nil),     // 7: user.v1.UpdateUserRequest
-	(*UpdateUserResponse)(nil),    // 8: user.v1.UpdateUserResponse
-	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil), // 10: google.protobuf.FieldMask
+	(UserChangeKind)(0),              // 0: user.v1.UserChangeKind
+	(*User)(nil),                     // 1: user.v1.User
+	(*GetUserRequest)(nil),           // 2: user.v1.GetUserRequest
+	(*GetUserResponse)(nil),          // 3: user.v1.GetUserResponse
+	(*ListUsersRequest)(nil),         // 4: user.v1.ListUsersRequest
+	(*ListUsersResponse)(nil),        // 5: user.v1.ListUsersResponse
+	(*CreateUserRequest)(nil),        // 6: user.v1.CreateUserRequest
+	(*CreateUserResponse)(nil),       // 7: user.v1.CreateUserResponse
+	(*UpdateUserRequest)(nil),        // 8: user.v1.UpdateUserRequest
+	(*UpdateUserResponse)(nil),       // 9: user.v1.UpdateUserResponse
+	(*WatchUserChangesRequest)(nil),  // 10: user.v1.WatchUserChangesRequest
+	(*WatchUserChangesResponse)(nil), // 11: user.v1.WatchUserChangesResponse
+	(*UserChange)(nil),               // 12: user.v1.UserChange
+	(*WatchReset)(nil),               // 13: user.v1.WatchReset
+	(*timestamppb.Timestamp)(nil),    // 14: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),    // 15: google.protobuf.FieldMask
 }
 var file_user_v1_user_proto_depIdxs = []int32{
-	9,  // 0: user.v1.User.create_time:type_name -> google.protobuf.Timestamp
-	0,  // 1: user.v1.GetUserResponse.user:type_name -> user.v1.User
-	0,  // 2: user.v1.ListUsersResponse.users:type_name -> user.v1.User
-	0,  // 3: user.v1.CreateUserRequest.user:type_name -> user.v1.User
-	0,  // 4: user.v1.CreateUserResponse.user:type_name -> user.v1.User
-	0,  // 5: user.v1.UpdateUserRequest.user:type_name -> user.v1.User
-	10, // 6: user.v1.UpdateUserRequest.update_mask:type_name -> google.protobuf.FieldMask
-	0,  // 7: user.v1.UpdateUserResponse.user:type_name -> user.v1.User
-	1,  // 8: user.v1.UserService.GetUser:input_type -> user.v1.GetUserRequest
-	3,  // 9: user.v1.UserService.ListUsers:input_type -> user.v1.ListUsersRequest
-	5,  // 10: user.v1.UserService.CreateUser:input_type -> user.v1.CreateUserRequest
-	7,  // 11: user.v1.UserService.UpdateUser:input_type -> user.v1.UpdateUserRequest
-	2,  // 12: user.v1.UserService.GetUser:output_type -> user.v1.GetUserResponse
-	4,  // 13: user.v1.UserService.ListUsers:output_type -> user.v1.ListUsersResponse
-	6,  // 14: user.v1.UserService.CreateUser:output_type -> user.v1.CreateUserResponse
-	8,  // 15: user.v1.UserService.UpdateUser:output_type -> user.v1.UpdateUserResponse
-	12, // [12:16] is the sub-list for method output_type
-	8,  // [8:12] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	14, // 0: user.v1.User.create_time:type_name -> google.protobuf.Timestamp
+	1,  // 1: user.v1.GetUserResponse.user:type_name -> user.v1.User
+	1,  // 2: user.v1.ListUsersResponse.users:type_name -> user.v1.User
+	1,  // 3: user.v1.CreateUserRequest.user:type_name -> user.v1.User
+	1,  // 4: user.v1.CreateUserResponse.user:type_name -> user.v1.User
+	1,  // 5: user.v1.UpdateUserRequest.user:type_name -> user.v1.User
+	15, // 6: user.v1.UpdateUserRequest.update_mask:type_name -> google.protobuf.FieldMask
+	1,  // 7: user.v1.UpdateUserResponse.user:type_name -> user.v1.User
+	12, // 8: user.v1.WatchUserChangesResponse.change:type_name -> user.v1.UserChange
+	13, // 9: user.v1.WatchUserChangesResponse.reset:type_name -> user.v1.WatchReset
+	0,  // 10: user.v1.UserChange.kind:type_name -> user.v1.UserChangeKind
+	14, // 11: user.v1.UserChange.time:type_name -> google.protobuf.Timestamp
+	2,  // 12: user.v1.UserService.GetUser:input_type -> user.v1.GetUserRequest
+	4,  // 13: user.v1.UserService.ListUsers:input_type -> user.v1.ListUsersRequest
+	6,  // 14: user.v1.UserService.CreateUser:input_type -> user.v1.CreateUserRequest
+	8,  // 15: user.v1.UserService.UpdateUser:input_type -> user.v1.UpdateUserRequest
+	10, // 16: user.v1.UserService.WatchUserChanges:input_type -> user.v1.WatchUserChangesRequest
+	3,  // 17: user.v1.UserService.GetUser:output_type -> user.v1.GetUserResponse
+	5,  // 18: user.v1.UserService.ListUsers:output_type -> user.v1.ListUsersResponse
+	7,  // 19: user.v1.UserService.CreateUser:output_type -> user.v1.CreateUserResponse
+	9,  // 20: user.v1.UserService.UpdateUser:output_type -> user.v1.UpdateUserResponse
+	11, // 21: user.v1.UserService.WatchUserChanges:output_type -> user.v1.WatchUserChangesResponse
+	17, // [17:22] is the sub-list for method output_type
+	12, // [12:17] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_user_v1_user_proto_init() }
@@ -591,18 +930,23 @@ func file_user_v1_user_proto_init() {
 	if File_user_v1_user_proto != nil {
 		return
 	}
+	file_user_v1_user_proto_msgTypes[10].OneofWrappers = []any{
+		(*WatchUserChangesResponse_Change)(nil),
+		(*WatchUserChangesResponse_Reset_)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_user_v1_user_proto_rawDesc), len(file_user_v1_user_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   9,
+			NumEnums:      1,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_user_v1_user_proto_goTypes,
 		DependencyIndexes: file_user_v1_user_proto_depIdxs,
+		EnumInfos:         file_user_v1_user_proto_enumTypes,
 		MessageInfos:      file_user_v1_user_proto_msgTypes,
 	}.Build()
 	File_user_v1_user_proto = out.File

@@ -40,6 +40,12 @@ const (
 	OrderServiceGetOrderProcedure = "/order.v1.OrderService/GetOrder"
 	// OrderServiceListOrdersProcedure is the fully-qualified name of the OrderService's ListOrders RPC.
 	OrderServiceListOrdersProcedure = "/order.v1.OrderService/ListOrders"
+	// OrderServiceImportOrdersProcedure is the fully-qualified name of the OrderService's ImportOrders
+	// RPC.
+	OrderServiceImportOrdersProcedure = "/order.v1.OrderService/ImportOrders"
+	// OrderServiceTrackOrdersProcedure is the fully-qualified name of the OrderService's TrackOrders
+	// RPC.
+	OrderServiceTrackOrdersProcedure = "/order.v1.OrderService/TrackOrders"
 )
 
 // OrderServiceClient is a client for the order.v1.OrderService service.
@@ -50,6 +56,14 @@ type OrderServiceClient interface {
 	GetOrder(context.Context, *v1.GetOrderRequest) (*v1.GetOrderResponse, error)
 	// ListOrders returns a user's orders, newest first, a page at a time.
 	ListOrders(context.Context, *v1.ListOrdersRequest) (*v1.ListOrdersResponse, error)
+	// ImportOrders takes a stream of orders and stores them all, or none:
+	// every message is authorized and validated, and a single refused one
+	// fails the call with nothing stored.
+	ImportOrders(context.Context) (*connect.ClientStreamForClientSimple[v1.ImportOrdersRequest, v1.ImportOrdersResponse], error)
+	// TrackOrders: the client sends order ids as it becomes interested in
+	// them; the server answers each with the order's status, and again when
+	// it changes.
+	TrackOrders(context.Context) (*connect.BidiStreamForClientSimple[v1.TrackOrdersRequest, v1.TrackOrdersResponse], error)
 }
 
 // NewOrderServiceClient constructs a client for the order.v1.OrderService service. By default, it
@@ -83,14 +97,28 @@ func NewOrderServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 			connect.WithClientOptions(opts...),
 		),
+		importOrders: connect.NewClient[v1.ImportOrdersRequest, v1.ImportOrdersResponse](
+			httpClient,
+			baseURL+OrderServiceImportOrdersProcedure,
+			connect.WithSchema(orderServiceMethods.ByName("ImportOrders")),
+			connect.WithClientOptions(opts...),
+		),
+		trackOrders: connect.NewClient[v1.TrackOrdersRequest, v1.TrackOrdersResponse](
+			httpClient,
+			baseURL+OrderServiceTrackOrdersProcedure,
+			connect.WithSchema(orderServiceMethods.ByName("TrackOrders")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // orderServiceClient implements OrderServiceClient.
 type orderServiceClient struct {
-	createOrder *connect.Client[v1.CreateOrderRequest, v1.CreateOrderResponse]
-	getOrder    *connect.Client[v1.GetOrderRequest, v1.GetOrderResponse]
-	listOrders  *connect.Client[v1.ListOrdersRequest, v1.ListOrdersResponse]
+	createOrder  *connect.Client[v1.CreateOrderRequest, v1.CreateOrderResponse]
+	getOrder     *connect.Client[v1.GetOrderRequest, v1.GetOrderResponse]
+	listOrders   *connect.Client[v1.ListOrdersRequest, v1.ListOrdersResponse]
+	importOrders *connect.Client[v1.ImportOrdersRequest, v1.ImportOrdersResponse]
+	trackOrders  *connect.Client[v1.TrackOrdersRequest, v1.TrackOrdersResponse]
 }
 
 // CreateOrder calls order.v1.OrderService.CreateOrder.
@@ -120,6 +148,16 @@ func (c *orderServiceClient) ListOrders(ctx context.Context, req *v1.ListOrdersR
 	return nil, err
 }
 
+// ImportOrders calls order.v1.OrderService.ImportOrders.
+func (c *orderServiceClient) ImportOrders(ctx context.Context) (*connect.ClientStreamForClientSimple[v1.ImportOrdersRequest, v1.ImportOrdersResponse], error) {
+	return c.importOrders.CallClientStreamSimple(ctx)
+}
+
+// TrackOrders calls order.v1.OrderService.TrackOrders.
+func (c *orderServiceClient) TrackOrders(ctx context.Context) (*connect.BidiStreamForClientSimple[v1.TrackOrdersRequest, v1.TrackOrdersResponse], error) {
+	return c.trackOrders.CallBidiStreamSimple(ctx)
+}
+
 // OrderServiceHandler is an implementation of the order.v1.OrderService service.
 type OrderServiceHandler interface {
 	// CreateOrder validates the user with the user service and stores the order.
@@ -128,6 +166,14 @@ type OrderServiceHandler interface {
 	GetOrder(context.Context, *v1.GetOrderRequest) (*v1.GetOrderResponse, error)
 	// ListOrders returns a user's orders, newest first, a page at a time.
 	ListOrders(context.Context, *v1.ListOrdersRequest) (*v1.ListOrdersResponse, error)
+	// ImportOrders takes a stream of orders and stores them all, or none:
+	// every message is authorized and validated, and a single refused one
+	// fails the call with nothing stored.
+	ImportOrders(context.Context, *connect.ClientStream[v1.ImportOrdersRequest]) (*v1.ImportOrdersResponse, error)
+	// TrackOrders: the client sends order ids as it becomes interested in
+	// them; the server answers each with the order's status, and again when
+	// it changes.
+	TrackOrders(context.Context, *connect.BidiStream[v1.TrackOrdersRequest, v1.TrackOrdersResponse]) error
 }
 
 // NewOrderServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -157,6 +203,18 @@ func NewOrderServiceHandler(svc OrderServiceHandler, opts ...connect.HandlerOpti
 		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 		connect.WithHandlerOptions(opts...),
 	)
+	orderServiceImportOrdersHandler := connect.NewClientStreamHandlerSimple(
+		OrderServiceImportOrdersProcedure,
+		svc.ImportOrders,
+		connect.WithSchema(orderServiceMethods.ByName("ImportOrders")),
+		connect.WithHandlerOptions(opts...),
+	)
+	orderServiceTrackOrdersHandler := connect.NewBidiStreamHandler(
+		OrderServiceTrackOrdersProcedure,
+		svc.TrackOrders,
+		connect.WithSchema(orderServiceMethods.ByName("TrackOrders")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/order.v1.OrderService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case OrderServiceCreateOrderProcedure:
@@ -165,6 +223,10 @@ func NewOrderServiceHandler(svc OrderServiceHandler, opts ...connect.HandlerOpti
 			orderServiceGetOrderHandler.ServeHTTP(w, r)
 		case OrderServiceListOrdersProcedure:
 			orderServiceListOrdersHandler.ServeHTTP(w, r)
+		case OrderServiceImportOrdersProcedure:
+			orderServiceImportOrdersHandler.ServeHTTP(w, r)
+		case OrderServiceTrackOrdersProcedure:
+			orderServiceTrackOrdersHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -184,4 +246,12 @@ func (UnimplementedOrderServiceHandler) GetOrder(context.Context, *v1.GetOrderRe
 
 func (UnimplementedOrderServiceHandler) ListOrders(context.Context, *v1.ListOrdersRequest) (*v1.ListOrdersResponse, error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("order.v1.OrderService.ListOrders is not implemented"))
+}
+
+func (UnimplementedOrderServiceHandler) ImportOrders(context.Context, *connect.ClientStream[v1.ImportOrdersRequest]) (*v1.ImportOrdersResponse, error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("order.v1.OrderService.ImportOrders is not implemented"))
+}
+
+func (UnimplementedOrderServiceHandler) TrackOrders(context.Context, *connect.BidiStream[v1.TrackOrdersRequest, v1.TrackOrdersResponse]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("order.v1.OrderService.TrackOrders is not implemented"))
 }

@@ -41,6 +41,9 @@ const (
 	UserServiceCreateUserProcedure = "/user.v1.UserService/CreateUser"
 	// UserServiceUpdateUserProcedure is the fully-qualified name of the UserService's UpdateUser RPC.
 	UserServiceUpdateUserProcedure = "/user.v1.UserService/UpdateUser"
+	// UserServiceWatchUserChangesProcedure is the fully-qualified name of the UserService's
+	// WatchUserChanges RPC.
+	UserServiceWatchUserChangesProcedure = "/user.v1.UserService/WatchUserChanges"
 )
 
 // UserServiceClient is a client for the user.v1.UserService service.
@@ -53,6 +56,11 @@ type UserServiceClient interface {
 	CreateUser(context.Context, *v1.CreateUserRequest) (*v1.CreateUserResponse, error)
 	// UpdateUser changes the fields of a user named in update_mask.
 	UpdateUser(context.Context, *v1.UpdateUserRequest) (*v1.UpdateUserResponse, error)
+	// WatchUserChanges streams every change to a user, in sequence order:
+	// first the retained changes after after_sequence, then live ones. When
+	// after_sequence is older than the retained history, the first message is
+	// a reset and the subscriber must drop everything it cached.
+	WatchUserChanges(context.Context, *v1.WatchUserChangesRequest) (*connect.ServerStreamForClient[v1.WatchUserChangesResponse], error)
 }
 
 // NewUserServiceClient constructs a client for the user.v1.UserService service. By default, it uses
@@ -92,15 +100,22 @@ func NewUserServiceClient(httpClient connect.HTTPClient, baseURL string, opts ..
 			connect.WithSchema(userServiceMethods.ByName("UpdateUser")),
 			connect.WithClientOptions(opts...),
 		),
+		watchUserChanges: connect.NewClient[v1.WatchUserChangesRequest, v1.WatchUserChangesResponse](
+			httpClient,
+			baseURL+UserServiceWatchUserChangesProcedure,
+			connect.WithSchema(userServiceMethods.ByName("WatchUserChanges")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // userServiceClient implements UserServiceClient.
 type userServiceClient struct {
-	getUser    *connect.Client[v1.GetUserRequest, v1.GetUserResponse]
-	listUsers  *connect.Client[v1.ListUsersRequest, v1.ListUsersResponse]
-	createUser *connect.Client[v1.CreateUserRequest, v1.CreateUserResponse]
-	updateUser *connect.Client[v1.UpdateUserRequest, v1.UpdateUserResponse]
+	getUser          *connect.Client[v1.GetUserRequest, v1.GetUserResponse]
+	listUsers        *connect.Client[v1.ListUsersRequest, v1.ListUsersResponse]
+	createUser       *connect.Client[v1.CreateUserRequest, v1.CreateUserResponse]
+	updateUser       *connect.Client[v1.UpdateUserRequest, v1.UpdateUserResponse]
+	watchUserChanges *connect.Client[v1.WatchUserChangesRequest, v1.WatchUserChangesResponse]
 }
 
 // GetUser calls user.v1.UserService.GetUser.
@@ -139,6 +154,11 @@ func (c *userServiceClient) UpdateUser(ctx context.Context, req *v1.UpdateUserRe
 	return nil, err
 }
 
+// WatchUserChanges calls user.v1.UserService.WatchUserChanges.
+func (c *userServiceClient) WatchUserChanges(ctx context.Context, req *v1.WatchUserChangesRequest) (*connect.ServerStreamForClient[v1.WatchUserChangesResponse], error) {
+	return c.watchUserChanges.CallServerStream(ctx, connect.NewRequest(req))
+}
+
 // UserServiceHandler is an implementation of the user.v1.UserService service.
 type UserServiceHandler interface {
 	// GetUser returns one user by id. Served over GET as well as POST.
@@ -149,6 +169,11 @@ type UserServiceHandler interface {
 	CreateUser(context.Context, *v1.CreateUserRequest) (*v1.CreateUserResponse, error)
 	// UpdateUser changes the fields of a user named in update_mask.
 	UpdateUser(context.Context, *v1.UpdateUserRequest) (*v1.UpdateUserResponse, error)
+	// WatchUserChanges streams every change to a user, in sequence order:
+	// first the retained changes after after_sequence, then live ones. When
+	// after_sequence is older than the retained history, the first message is
+	// a reset and the subscriber must drop everything it cached.
+	WatchUserChanges(context.Context, *v1.WatchUserChangesRequest, *connect.ServerStream[v1.WatchUserChangesResponse]) error
 }
 
 // NewUserServiceHandler builds an HTTP handler from the service implementation. It returns the path
@@ -184,6 +209,12 @@ func NewUserServiceHandler(svc UserServiceHandler, opts ...connect.HandlerOption
 		connect.WithSchema(userServiceMethods.ByName("UpdateUser")),
 		connect.WithHandlerOptions(opts...),
 	)
+	userServiceWatchUserChangesHandler := connect.NewServerStreamHandlerSimple(
+		UserServiceWatchUserChangesProcedure,
+		svc.WatchUserChanges,
+		connect.WithSchema(userServiceMethods.ByName("WatchUserChanges")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/user.v1.UserService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case UserServiceGetUserProcedure:
@@ -194,6 +225,8 @@ func NewUserServiceHandler(svc UserServiceHandler, opts ...connect.HandlerOption
 			userServiceCreateUserHandler.ServeHTTP(w, r)
 		case UserServiceUpdateUserProcedure:
 			userServiceUpdateUserHandler.ServeHTTP(w, r)
+		case UserServiceWatchUserChangesProcedure:
+			userServiceWatchUserChangesHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -217,4 +250,8 @@ func (UnimplementedUserServiceHandler) CreateUser(context.Context, *v1.CreateUse
 
 func (UnimplementedUserServiceHandler) UpdateUser(context.Context, *v1.UpdateUserRequest) (*v1.UpdateUserResponse, error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("user.v1.UserService.UpdateUser is not implemented"))
+}
+
+func (UnimplementedUserServiceHandler) WatchUserChanges(context.Context, *v1.WatchUserChangesRequest, *connect.ServerStream[v1.WatchUserChangesResponse]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("user.v1.UserService.WatchUserChanges is not implemented"))
 }

@@ -64,6 +64,7 @@ func (a *AllowList) Decide(_ context.Context, in *Input) (Decision, error) {
 		d.Reasons = []string{fmt.Sprintf("workload %s may not call %s", in.Principal.Workload.ID, in.Procedure)}
 	case r.needsUser && in.Principal.User == nil:
 		d.Reasons = []string{in.Procedure + " needs a user token"}
+		d.NeedsUser = true
 	default:
 		d.Allow = true
 	}

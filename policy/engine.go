@@ -122,8 +122,8 @@ func (e *Engine) Decide(ctx context.Context, in *Input) (Decision, error) {
 }
 
 // Eval evaluates the decision for an input document. Anything but one
-// decision document with a boolean allow and an array of string reasons is
-// an error, and the caller denies.
+// decision document with a boolean allow, an array of string reasons and
+// optionally a boolean need_user is an error, and the caller denies.
 func (e *Engine) Eval(ctx context.Context, input ast.Value, extra ...rego.EvalOption) (Decision, error) {
 	v := e.cur.Load()
 	d := Decision{Revision: v.revision}
@@ -158,6 +158,13 @@ func (e *Engine) Eval(ctx context.Context, input ast.Value, extra ...rego.EvalOp
 			}
 			d.Reasons = append(d.Reasons, s)
 		}
+	}
+	if raw, present := doc["need_user"]; present {
+		need, ok := raw.(bool)
+		if !ok {
+			return d, fmt.Errorf("policy: decision.need_user is a %T, not a boolean", raw)
+		}
+		d.NeedsUser = need
 	}
 	d.Allow = allow
 	return d, nil

@@ -194,9 +194,10 @@ func (i *Interceptor) decide(ctx context.Context, in *Input) error {
 	if err != nil {
 		return connect.NewError(connect.CodePermissionDenied, fmt.Errorf("permission denied (decision %s)", in.DecisionID))
 	}
-	if in.Principal.User == nil {
-		// The caller presented no token: report that a user must authenticate
-		// (401) rather than that this user may not (403).
+	if in.Principal.User == nil && d.NeedsUser {
+		// The caller presented no token and the procedure needs a user:
+		// report that a user must authenticate (401) rather than that this
+		// caller may not (403).
 		err := connect.NewError(connect.CodeUnauthenticated, errors.New(authenticationMessage(in.DecisionID, d.Reasons)))
 		err.Meta().Set("WWW-Authenticate", "Bearer")
 		return err

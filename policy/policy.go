@@ -57,6 +57,11 @@ type Decision struct {
 	// Reasons explain the decision. They are shown to a denied caller, so a
 	// policy must only put there what a caller may learn.
 	Reasons []string
+	// NeedsUser marks a denial that a user token would have changed (the
+	// procedure acts for a user). A caller that presented no token is then
+	// told to authenticate (unauthenticated, 401) rather than that it may not
+	// (permission_denied, 403). Policies set it with "need_user": true.
+	NeedsUser bool
 	// Revision identifies the policy that decided, for the decision log.
 	Revision string
 }

@@ -124,8 +124,8 @@ func TestReloadUnderTraffic(t *testing.T) {
 				switch {
 				case err == nil:
 					allowed.Add(1)
-				case connect.CodeOf(err) == connect.CodeUnauthenticated && strings.Contains(err.Error(), "v2 denies everything"):
-					denied.Add(1) // no token, so the denial is reported as 401
+				case connect.CodeOf(err) == connect.CodePermissionDenied && strings.Contains(err.Error(), "v2 denies everything"):
+					denied.Add(1)
 				default:
 					unexpected.Store(err.Error(), true)
 				}

@@ -54,8 +54,7 @@ r := [] if allow else := [sprintf("%s is %s and not allowed", [input.method, inp
 			t.Fatalf("denied stream delivered %v", res)
 		}
 	}
-	// No token came, so the denial is reported as unauthenticated.
-	if status.Code(err) != codes.Unauthenticated || !strings.Contains(err.Error(), "Watch is server_stream and not allowed") {
+	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "Watch is server_stream and not allowed") {
 		t.Fatalf("denied stream: %v", err)
 	}
 	srv.WaitForLog(t, "msg=decision", "procedure=/grpc.health.v1.Health/Watch", "allow=false")

@@ -106,11 +106,10 @@ func TestProtocolsInteroperate(t *testing.T) {
 		if err != nil || hc.GetStatus() != healthpb.HealthCheckResponse_SERVING {
 			t.Fatalf("health: %v %v", hc, err)
 		}
-		// A procedure the allow-list does not name is denied through grpc-go
-		// too; the caller presented no token, so the denial is unauthenticated.
+		// A procedure the allow-list does not name is denied through grpc-go too.
 		err = conn.Invoke(ctx, userv1connect.UserServiceListUsersProcedure, &userv1.ListUsersRequest{}, &userv1.ListUsersResponse{})
-		if status.Code(err) != codes.Unauthenticated {
-			t.Fatalf("ListUsers: %v, want Unauthenticated", err)
+		if status.Code(err) != codes.PermissionDenied {
+			t.Fatalf("ListUsers: %v, want PermissionDenied", err)
 		}
 	})
 

@@ -15,7 +15,20 @@ import data.palisade.config
 # {"allow": <bool>, "reasons": [<string>, ...]}, whatever the input: allow is
 # a boolean rule with a default, and reasons is a chain of else branches
 # ending in a constant, so neither can be undefined or have two values.
-decision := {"allow": allow, "reasons": reasons}
+decision := object.union({"allow": allow, "reasons": reasons}, need_user_field)
+
+# need_user_field marks a denial that a user token would have changed: the
+# procedure acts for a user and the caller presented none. Palisade then
+# answers unauthenticated (401) instead of permission_denied (403).
+need_user_field := {"need_user": true} if {
+	not allow
+	need_user
+} else := {}
+
+need_user if {
+	input.procedure in user_procedures
+	not token
+}
 
 default allow := false
 

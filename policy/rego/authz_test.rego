@@ -104,7 +104,7 @@ check(m) if {
 # decide evaluates the decision for an input.
 decide(doc) := d if d := authz.decision with input as doc
 
-token_required := denied(["a user token is required"])
+token_required := {"allow": false, "reasons": ["a user token is required"], "need_user": true}
 
 delegated_refused := denied(["delegated tokens are not accepted for this procedure"])
 
@@ -593,9 +593,9 @@ not_an_order_wants := {
 	"order for alice": denied(["delegated tokens are not accepted for this procedure", "the resource is not an order"]),
 	"order for bob": denied(["delegated tokens are not accepted for this procedure", "the resource is not an order"]),
 	"order for admin": denied(["delegated tokens are not accepted for this procedure", "the resource is not an order"]),
-	"order without token": denied(["a user token is required", "the resource is not an order"]),
-	"foreign workload": denied(["a user token is required", "the resource is not an order"]),
-	"no token": denied(["a user token is required", "the resource is not an order"]),
+	"order without token": object.union(denied(["a user token is required", "the resource is not an order"]), {"need_user": true}),
+	"foreign workload": object.union(denied(["a user token is required", "the resource is not an order"]), {"need_user": true}),
+	"no token": object.union(denied(["a user token is required", "the resource is not an order"]), {"need_user": true}),
 	"order's token for alice presented by cli": denied(["delegated tokens are not accepted for this procedure", "the resource is not an order"]),
 }
 
@@ -697,7 +697,8 @@ test_decision_is_always_a_document if {
 	every doc in inputs {
 		d := decide(doc)
 		is_object(d)
-		object.keys(d) == {"allow", "reasons"}
+		object.keys(d) - {"need_user"} == {"allow", "reasons"}
+		object.get(d, "need_user", true) == true
 		is_boolean(d.allow)
 		is_array(d.reasons)
 		every r in d.reasons {

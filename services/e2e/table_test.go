@@ -102,7 +102,7 @@ func TestEveryProcedureEveryPrincipal(t *testing.T) {
 		{"UserService.CreateUser", createUser, []connect.Code{denied, denied, ok, denied, denied, unauth, unauth}},
 		{"UserService.UpdateUser", updateUser, []connect.Code{denied, denied, ok, denied, denied, unauth, unauth}},
 		{"AuthService.Login", login, []connect.Code{ok, ok, ok, ok, ok, ok, ok}},
-		{"AuthService.ExchangeToken", exchange, []connect.Code{denied, denied, denied, ok, ok, ok, unauth}},
+		{"AuthService.ExchangeToken", exchange, []connect.Code{denied, denied, denied, ok, ok, ok, denied}},
 		// The delegated tokens are for the user service (aud): the order service refuses them.
 		{"OrderService.CreateOrder(alice)", createOrder("alice"), []connect.Code{ok, denied, ok, unauth, unauth, unauth, unauth}},
 		{"OrderService.CreateOrder(bob)", createOrder("bob"), []connect.Code{denied, ok, ok, unauth, unauth, unauth, unauth}},

@@ -265,7 +265,7 @@ func TestExchangeToken(t *testing.T) {
 		"delegated token":             {f.order, res.GetAccessToken(), connect.CodeUnauthenticated},
 		"token without the actor aud": {f.order, userOnly, connect.CodeUnauthenticated},
 		"garbage":                     {f.order, "not.a.token", connect.CodeUnauthenticated},
-		"workload not allowed":        {f.cli, subject, connect.CodeUnauthenticated}, // no token on the call: reported as 401
+		"workload not allowed":        {f.cli, subject, connect.CodePermissionDenied},
 	} {
 		_, err := f.auth(t, c.as).ExchangeToken(ctx, &userv1.ExchangeTokenRequest{SubjectToken: c.subject})
 		if connect.CodeOf(err) != c.code {

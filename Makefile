@@ -19,6 +19,7 @@ help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 generate: ## regenerate the Go code in proto/ from the .proto files (buf via go tool)
+	$(GO) -C tools run ./validateproto -out ../third_party/protovalidate
 	find proto -name '*.pb.go' -delete
 	find proto -type d -name '*connect' -prune -exec rm -rf {} +
 	$(BUF) lint

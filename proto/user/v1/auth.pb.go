@@ -265,9 +265,10 @@ var File_user_v1_auth_proto protoreflect.FileDescriptor
 
 const file_user_v1_auth_proto_rawDesc = "" +
 	"\n" +
-	"\x12user/v1/auth.proto\x12\auser.v1\x1a\x1bbuf/validate/validate.proto\"\x85\x01\n" +
-	"\fLoginRequest\x12%\n" +
-	"\busername\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01(@R\busername\x12$\n" +
+	"\x12user/v1/auth.proto\x12\auser.v1\x1a\x1bbuf/validate/validate.proto\"\x86\x01\n" +
+	"\fLoginRequest\x12&\n" +
+	"\busername\x18\x01 \x01(\tB\n" +
+	"\xbaH\a\xc8\x01\x01r\x02(@R\busername\x12$\n" +
 	"\bpassword\x18\x02 \x01(\tB\b\xbaH\x05r\x03(\x80\bR\bpassword\x12(\n" +
 	"\vttl_seconds\x18\x03 \x01(\x03B\a\xbaH\x04\"\x02(\x00R\n" +
 	"ttlSeconds\"p\n" +
@@ -276,10 +277,9 @@ const file_user_v1_auth_proto_rawDesc = "" +
 	"\n" +
 	"expires_in\x18\x02 \x01(\x03R\texpiresIn\x12\x1d\n" +
 	"\n" +
-	"token_type\x18\x03 \x01(\tR\ttokenType\"m\n" +
-	"\x14ExchangeTokenRequest\x12/\n" +
-	"\rsubject_token\x18\x01 \x01(\tB\n" +
-	"\xbaH\ar\x05\x10\x01(\x80@R\fsubjectToken\x12$\n" +
+	"token_type\x18\x03 \x01(\tR\ttokenType\"n\n" +
+	"\x14ExchangeTokenRequest\x120\n" +
+	"\rsubject_token\x18\x01 \x01(\tB\v\xbaH\b\xc8\x01\x01r\x03(\x80@R\fsubjectToken\x12$\n" +
 	"\baudience\x18\x02 \x01(\tB\b\xbaH\x05r\x03(\x80\x10R\baudience\"x\n" +
 	"\x15ExchangeTokenResponse\x12!\n" +
 	"\faccess_token\x18\x01 \x01(\tR\vaccessToken\x12\x1d\n" +

@@ -817,9 +817,10 @@ const file_user_v1_user_proto_rawDesc = "" +
 	"\x05roles\x18\x04 \x03(\tB&\xbaH#\x92\x01 \x10 \"\x1cr\x1a2\x18^[a-z][a-z0-9._-]{0,62}$R\x05roles\x12\x16\n" +
 	"\x06active\x18\x05 \x01(\bR\x06active\x12;\n" +
 	"\vcreate_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime\"+\n" +
-	"\x0eGetUserRequest\x12\x19\n" +
-	"\x02id\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18?R\x02id\"4\n" +
+	"createTime\",\n" +
+	"\x0eGetUserRequest\x12\x1a\n" +
+	"\x02id\x18\x01 \x01(\tB\n" +
+	"\xbaH\a\xc8\x01\x01r\x02\x18?R\x02id\"4\n" +
 	"\x0fGetUserResponse\x12!\n" +
 	"\x04user\x18\x01 \x01(\v2\r.user.v1.UserR\x04user\"d\n" +
 	"\x10ListUsersRequest\x12'\n" +

@@ -10,7 +10,7 @@ TEST_DEMO_ENV := USER_ADDR=127.0.0.1:18443 ORDER_ADDR=127.0.0.1:19443
 # Fuzz targets: package and function. `make test` runs each briefly, `make
 # fuzz` longer (FUZZTIME=1m make fuzz).
 FUZZ_TARGETS := ./security/token:FuzzVerify ./security/spiffeid:FuzzParse \
-	./security/password:FuzzVerify ./rpc:FuzzBearer
+	./security/password:FuzzVerify ./rpc:FuzzBearer ./rpc:FuzzRequestID
 FUZZTIME ?= 30s
 
 .PHONY: help generate check-generate build test test-go test-demo test-fuzz fuzz vet demo up down

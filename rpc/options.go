@@ -106,7 +106,7 @@ func WithCompressMinBytes(n int) ServerOption {
 }
 
 // WithInterceptors adds interceptors to every mounted service. They run inside
-// the security chain: after authentication and authorization.
+// the security chain: after authentication, authorization and validation.
 func WithInterceptors(interceptors ...connect.Interceptor) ServerOption {
 	return serverOptionFunc(func(c *serverConfig) { c.interceptors = append(c.interceptors, interceptors...) })
 }

@@ -78,10 +78,7 @@ var generatedID = regexp.MustCompile(`^[0-9a-f]{16}-[0-9]+$`)
 func TestRequestIDs(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, allowAll(t))
-	hc, err := rpc.NewHTTPClient(f.ca.Source(f.client))
-	if err != nil {
-		t.Fatal(err)
-	}
+	hc := f.httpClient(t)
 	cases := map[string]struct {
 		sent string
 		kept bool
@@ -129,10 +126,7 @@ func TestRequestIDs(t *testing.T) {
 func TestGeneratedRequestIDsAreUnique(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, allowAll(t))
-	hc, err := rpc.NewHTTPClient(f.ca.Source(f.client))
-	if err != nil {
-		t.Fatal(err)
-	}
+	hc := f.httpClient(t)
 	seen := map[string]bool{}
 	for i := 0; i < 20; i++ {
 		res, _ := post(t, hc, f.srv.URL+userv1connect.UserServiceGetUserProcedure, `{"id":"alice"}`, nil)
@@ -159,10 +153,7 @@ func TestAccessLogOneLinePerCall(t *testing.T) {
 		t.Fatal(err)
 	}
 	f := newFixture(t, authz, rpc.WithTokenVerifier(fakeTokens{}))
-	hc, err := rpc.NewHTTPClient(f.ca.Source(f.client))
-	if err != nil {
-		t.Fatal(err)
-	}
+	hc := f.httpClient(t)
 	watch := func(id string, after int64) error {
 		client := f.userClient(t)
 		ctx, cancel := context.WithTimeout(rpc.WithRequestID(context.Background(), id), 10*time.Second)
@@ -236,6 +227,17 @@ func TestAccessLogOneLinePerCall(t *testing.T) {
 			}
 		})
 	}
+}
+
+// httpClient is an HTTP/2 client with the cli certificate, for requests
+// made by hand.
+func (f *fixture) httpClient(t *testing.T) *http.Client {
+	t.Helper()
+	hc, err := rpc.NewHTTPClient(f.ca.Source(f.client))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return hc
 }
 
 // userClient is a client with the cli certificate made by rpc.NewClient,

@@ -29,7 +29,7 @@ const instrumentationName = "github.com/palisade-rpc/palisade/rpc"
 // Span attributes Palisade sets on a call's server span, beside
 // otelconnect's rpc.* attributes. Never a token.
 const (
-	AttrRequestID      = "palisade.request_id"
+	AttrRequestID      = "palisade.request_id"            // the call's request id
 	AttrPeer           = "palisade.peer"                  // the caller's SPIFFE ID
 	AttrAuthnResult    = "palisade.authn.result"          // "workload", "user" or "refused"
 	AttrAuthnReason    = "palisade.authn.reason"          // why a request was refused

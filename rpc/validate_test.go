@@ -30,10 +30,7 @@ import (
 func TestInvalidRequestIsRefusedBeforeTheHandler(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, allowAll(t))
-	hc, err := rpc.NewHTTPClient(f.ca.Source(f.client))
-	if err != nil {
-		t.Fatal(err)
-	}
+	hc := f.httpClient(t)
 	cases := map[string]struct {
 		body, want string
 	}{

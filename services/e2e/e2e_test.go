@@ -44,8 +44,9 @@ type System struct {
 	Spans *tracetest.InMemoryExporter
 	// UserTelemetry and OrderTelemetry are the services' providers.
 	UserTelemetry, OrderTelemetry *telemetry.Telemetry
-	// UserPolicy is the user service's policy engine.
-	UserPolicy *policy.Engine
+	// Policy is the policy engine both services decide with (one engine, so
+	// starting a system compiles and tests the policy once).
+	Policy *policy.Engine
 }
 
 // Start runs the user and order services until the test ends.
@@ -88,9 +89,9 @@ func Start(t *testing.T) *System {
 		t.Fatal(err)
 	}
 	userLogger, userLogs := rpctest.NewLogger(t)
-	s.UserPolicy = engine(t, userLogger)
+	s.Policy = engine(t, userLogger)
 	userSrv, err := user.NewServer(ctx, user.Config{
-		Source: ca.Source(s.Certs["user"]), Store: users, Authorizer: s.UserPolicy,
+		Source: ca.Source(s.Certs["user"]), Store: users, Authorizer: s.Policy,
 		Keys: keys, PasswordParams: &fastHashes, Logger: userLogger,
 		ServerOptions: s.UserTelemetry.ServerOptions(),
 	})
@@ -106,7 +107,7 @@ func Start(t *testing.T) *System {
 	t.Cleanup(func() { _ = orders.Close() })
 	orderLogger, orderLogs := rpctest.NewLogger(t)
 	orderSrv, err := order.NewServer(ctx, order.Config{
-		Source: ca.Source(s.Certs["order"]), Store: orders, Authorizer: engine(t, orderLogger),
+		Source: ca.Source(s.Certs["order"]), Store: orders, Authorizer: s.Policy,
 		UserURL: s.Users.URL, Logger: orderLogger,
 		ServerOptions: s.OrderTelemetry.ServerOptions(), ClientOptions: s.OrderTelemetry.ClientOptions(),
 	})

@@ -5,10 +5,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -21,7 +23,7 @@ import (
 // and the figures consistent with each other.
 func TestRun(t *testing.T) {
 	t.Parallel()
-	o := Options{Duration: 150 * time.Millisecond, Warmup: 50 * time.Millisecond, Rounds: 2, Concurrency: 4, Connections: 2, Users: 20}
+	o := Options{Duration: 100 * time.Millisecond, Warmup: 20 * time.Millisecond, Rounds: 2, Concurrency: 4, Connections: 2, Users: 20}
 	rep, err := Run(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)
@@ -278,5 +280,53 @@ func TestChecks(t *testing.T) {
 		if c.Status != "SKIP" {
 			t.Errorf("%+v, want SKIP", c)
 		}
+	}
+}
+
+// TestPrimeReachesEveryUserAndConnection: before measuring, every user has
+// called once over each protocol (so every token is in the server's cache,
+// as in a steady state) and every connection has been used.
+func TestPrimeReachesEveryUserAndConnection(t *testing.T) {
+	t.Parallel()
+	fx := &fixture{}
+	for u := range 37 {
+		fx.ids = append(fx.ids, fmt.Sprintf("u%d", u))
+		fx.auth = append(fx.auth, "Bearer t"+fx.ids[u])
+	}
+	var mu sync.Mutex
+	seen := map[string]int{}
+	call := func(conn int) getUserFunc {
+		return func(_ context.Context, id, auth string) (string, error) {
+			if auth != "Bearer t"+id {
+				return "", fmt.Errorf("user %s sent %q", id, auth)
+			}
+			mu.Lock()
+			seen[fmt.Sprintf("%s conn %d", id, conn)]++
+			seen[id]++
+			mu.Unlock()
+			return id, nil
+		}
+	}
+	tg := &target{config: ConfigFull, tokens: true, calls: map[string][]getUserFunc{
+		ProtocolConnect: {call(0), call(1), call(2)},
+		ProtocolGRPC:    {call(0), call(1), call(2)},
+	}}
+	if err := prime(context.Background(), fx, tg, 4); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range fx.ids {
+		if seen[id] < 2 {
+			t.Errorf("%s called %d times, want once per protocol", id, seen[id])
+		}
+	}
+	for k := range 3 {
+		if seen[fmt.Sprintf("u%d conn %d", k, k)] == 0 {
+			t.Errorf("connection %d not used first by u%d", k, k)
+		}
+	}
+
+	tg.calls[ProtocolGRPC][1] = func(context.Context, string, string) (string, error) { return "somebody", nil }
+	if err := prime(context.Background(), fx, tg, 4); err == nil || !strings.Contains(err.Error(), "answer is for another user") {
+		t.Fatalf("prime with a wrong answer: %v", err)
 	}
 }

@@ -68,13 +68,15 @@ type Row struct {
 }
 
 // failed is the number of the row's failed calls, warm-up included.
-func (r Row) failed() uint64 {
+func (r Row) failed() uint64 { return sumCounts(r.Errors, r.WarmupErrors) }
+
+// sumCounts adds up the counts of every map.
+func sumCounts(counts ...map[string]uint64) uint64 {
 	var n uint64
-	for _, c := range r.Errors {
-		n += c
-	}
-	for _, c := range r.WarmupErrors {
-		n += c
+	for _, m := range counts {
+		for _, c := range m {
+			n += c
+		}
 	}
 	return n
 }
@@ -156,6 +158,7 @@ func (rep *Report) Distribution() string {
 	return fmt.Sprintf("%d distinct users, each with its own EdDSA token (role customer, bound to the client certificate, as Login issues them) "+
 		"and its own request body: every call picks a user uniformly at random (PCG per caller, seed %d) and asks GetUser for that user's own id; "+
 		"the bare configurations get the same requests without the token. "+
+		"Before measuring, every user calls every configuration once, as in a steady state where each token is verified once in its lifetime. "+
 		"%d concurrent callers over %d connections per configuration (caller i on connection i mod %d: %.3g callers per connection).",
 		o.Users, o.Seed, o.Concurrency, o.Connections, o.Connections, per)
 }

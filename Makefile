@@ -12,8 +12,13 @@ TEST_DEMO_ENV := USER_ADDR=127.0.0.1:18443 ORDER_ADDR=127.0.0.1:19443
 FUZZ_TARGETS := ./security/token:FuzzVerify ./security/spiffeid:FuzzParse \
 	./security/password:FuzzVerify ./rpc:FuzzBearer
 FUZZTIME ?= 30s
+# `make bench` flags beyond the issue's defaults, e.g. BENCH_FLAGS="--duration 10s --rounds 6".
+BENCH_FLAGS ?=
+# The micro-benchmarks of the chain's parts, run by `make bench-micro`.
+BENCH_MICRO := -bench='^(BenchmarkVerify|BenchmarkDefaultPolicy|BenchmarkPrincipal|BenchmarkChain)$$' -benchtime=1s \
+	./security/token ./policy ./rpc
 
-.PHONY: help generate check-generate build test test-go test-demo test-fuzz fuzz vet demo up down
+.PHONY: help generate check-generate build test test-go test-demo test-fuzz fuzz vet demo up down bench bench-micro
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -63,3 +68,9 @@ up: build ## start both services in the background (returns once they are health
 
 down: ## stop the services started by `make up`
 	scripts/down.sh
+
+bench: build ## measure the chain against bare Connect and grpc-go (c=64); table on stdout, rows in bench.json
+	bin/palisade bench --concurrency 64 --json bench.json $(BENCH_FLAGS)
+
+bench-micro: ## micro-benchmarks: token verification, policy evaluation, Principal extraction, the whole chain in-process
+	$(GO) test -run='^$$' $(BENCH_MICRO)

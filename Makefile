@@ -18,11 +18,13 @@ FUZZTIME ?= 30s
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-generate: ## regenerate the Go code in proto/ from the .proto files (buf via go tool)
+generate: ## regenerate the Go code in proto/ and conformance/gen from the .proto files (buf via go tool)
 	find proto -name '*.pb.go' -delete
 	find proto -type d -name '*connect' -prune -exec rm -rf {} +
 	$(BUF) lint
 	$(BUF) generate
+	rm -rf conformance/gen
+	cd conformance && $(GO) tool -modfile=../tools/go.mod buf lint && $(GO) tool -modfile=../tools/go.mod buf generate
 
 check-generate: ## fail when the generated code in proto/ is stale
 	scripts/check-generated.sh

@@ -2,15 +2,9 @@ package conformance_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -22,6 +16,8 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/palisade-rpc/palisade/certs"
+	"github.com/palisade-rpc/palisade/certs/certstest"
 	"github.com/palisade-rpc/palisade/conformance"
 	conformancev1 "github.com/palisade-rpc/palisade/conformance/gen/connectrpc/conformance/v1"
 	"github.com/palisade-rpc/palisade/conformance/gen/connectrpc/conformance/v1/conformancev1connect"
@@ -38,39 +34,16 @@ type creds struct {
 // a server certificate for 127.0.0.1, or a client certificate.
 func selfSigned(t *testing.T, cn string, server bool) creds {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(time.Now().UnixNano()),
-		Subject:               pkix.Name{CommonName: cn, Organization: []string{"ConnectRPC"}},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-		BasicConstraintsValid: true,
-	}
+	usage := certs.UsageClient
 	if server {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-		tmpl.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1)}
+		usage = certs.UsageServer
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	issued := certstest.SelfSigned(t, cn, usage, net.IPv4(127, 0, 0, 1))
+	key, err := issued.KeyPEM()
 	if err != nil {
 		t.Fatal(err)
 	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := creds{
-		certPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		keyPEM:  pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
-	}
-	if c.tls, err = tls.X509KeyPair(c.certPEM, c.keyPEM); err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return creds{certPEM: issued.CertPEM(), keyPEM: key, tls: certstest.TLSCertificate(issued)}
 }
 
 // runner plays the conformance runner: its server and client credentials.

@@ -36,41 +36,39 @@ var _ conformancev1connect.ConformanceServiceHandler = (*Service)(nil)
 
 // Unary implements conformancev1connect.ConformanceServiceHandler.
 func (*Service) Unary(ctx context.Context, req *connect.Request[conformancev1.UnaryRequest]) (*connect.Response[conformancev1.UnaryResponse], error) {
-	payload, err := unary(ctx, req.Msg, req.Msg.GetResponseDefinition(), req.Header(), req.Peer().Query)
-	if err != nil {
-		return nil, err
-	}
-	res := connect.NewResponse(&conformancev1.UnaryResponse{Payload: payload})
-	addMetadata(req.Msg.GetResponseDefinition(), res.Header(), res.Trailer())
-	return res, nil
+	return unary(ctx, req, req.Msg.GetResponseDefinition(), func(p *conformancev1.ConformancePayload) *conformancev1.UnaryResponse {
+		return &conformancev1.UnaryResponse{Payload: p}
+	})
 }
 
 // IdempotentUnary implements conformancev1connect.ConformanceServiceHandler;
 // it is Unary, called with Connect GET.
 func (*Service) IdempotentUnary(ctx context.Context, req *connect.Request[conformancev1.IdempotentUnaryRequest]) (*connect.Response[conformancev1.IdempotentUnaryResponse], error) {
-	payload, err := unary(ctx, req.Msg, req.Msg.GetResponseDefinition(), req.Header(), req.Peer().Query)
-	if err != nil {
-		return nil, err
-	}
-	res := connect.NewResponse(&conformancev1.IdempotentUnaryResponse{Payload: payload})
-	addMetadata(req.Msg.GetResponseDefinition(), res.Header(), res.Trailer())
-	return res, nil
+	return unary(ctx, req, req.Msg.GetResponseDefinition(), func(p *conformancev1.ConformancePayload) *conformancev1.IdempotentUnaryResponse {
+		return &conformancev1.IdempotentUnaryResponse{Payload: p}
+	})
 }
 
-// unary answers one request message as def says, after its delay.
-func unary(ctx context.Context, msg proto.Message, def *conformancev1.UnaryResponseDefinition, header http.Header, query url.Values) (*conformancev1.ConformancePayload, error) {
-	req, err := asAny(msg)
+// unary answers a unary request as def says, after its delay, wrapping the
+// payload in the method's response message.
+func unary[T, Res any, Req interface {
+	*T
+	proto.Message
+}](ctx context.Context, req *connect.Request[T], def *conformancev1.UnaryResponseDefinition, wrap func(*conformancev1.ConformancePayload) *Res) (*connect.Response[Res], error) {
+	reqAny, err := asAny(Req(req.Msg))
 	if err != nil {
 		return nil, err
 	}
-	payload, err := unaryPayload(ctx, def, header, query, []*anypb.Any{req})
+	payload, err := unaryPayload(ctx, def, req.Header(), req.Peer().Query, []*anypb.Any{reqAny})
 	if err != nil {
 		return nil, err
 	}
 	if err := sleep(ctx, def.GetResponseDelayMs()); err != nil {
 		return nil, err
 	}
-	return payload, nil
+	res := connect.NewResponse(wrap(payload))
+	addMetadata(def, res.Header(), res.Trailer())
+	return res, nil
 }
 
 // ClientStream implements conformancev1connect.ConformanceServiceHandler.
@@ -125,19 +123,11 @@ func (*Service) ServerStream(ctx context.Context, req *connect.Request[conforman
 	info := func() *conformancev1.ConformancePayload_RequestInfo {
 		return requestInfo(ctx, req.Header(), req.Peer().Query, []*anypb.Any{reqAny})
 	}
-	sent := 0
-	for _, data := range def.GetResponseData() {
-		res := &conformancev1.ServerStreamResponse{Payload: &conformancev1.ConformancePayload{Data: data}}
-		if sent == 0 {
-			res.Payload.RequestInfo = info()
-		}
-		if err := sleep(ctx, def.GetResponseDelayMs()); err != nil {
-			return err
-		}
-		if err := stream.Send(res); err != nil {
-			return sendError(err)
-		}
-		sent++
+	sent, err := sendData(ctx, def, 0, info, stream.Send, func(p *conformancev1.ConformancePayload) *conformancev1.ServerStreamResponse {
+		return &conformancev1.ServerStreamResponse{Payload: p}
+	})
+	if err != nil {
+		return err
 	}
 	return streamError(def.GetError(), sent, info)
 }
@@ -211,19 +201,33 @@ func (*Service) BidiStream(ctx context.Context, stream *connect.BidiStream[confo
 	}
 	// Half duplex sends everything here; full duplex what the client did not
 	// ask for with a message of its own.
-	for ; sent < len(def.GetResponseData()); sent++ {
-		res := &conformancev1.BidiStreamResponse{Payload: &conformancev1.ConformancePayload{Data: def.GetResponseData()[sent]}}
-		if sent == 0 {
-			res.Payload.RequestInfo = info()
-		}
-		if err := sleep(ctx, def.GetResponseDelayMs()); err != nil {
-			return err
-		}
-		if err := stream.Send(res); err != nil {
-			return sendError(err)
-		}
+	sent, err := sendData(ctx, def, sent, info, stream.Send, func(p *conformancev1.ConformancePayload) *conformancev1.BidiStreamResponse {
+		return &conformancev1.BidiStreamResponse{Payload: p}
+	})
+	if err != nil {
+		return err
 	}
 	return streamError(def.GetError(), sent, info)
+}
+
+// sendData sends def's response data from index from on, each after def's
+// delay, the call's first response carrying the request info. It returns
+// how many responses the call has sent.
+func sendData[Res any](ctx context.Context, def *conformancev1.StreamResponseDefinition, from int, info func() *conformancev1.ConformancePayload_RequestInfo, send func(*Res) error, wrap func(*conformancev1.ConformancePayload) *Res) (int, error) {
+	sent := from
+	for ; sent < len(def.GetResponseData()); sent++ {
+		payload := &conformancev1.ConformancePayload{Data: def.GetResponseData()[sent]}
+		if sent == 0 {
+			payload.RequestInfo = info()
+		}
+		if err := sleep(ctx, def.GetResponseDelayMs()); err != nil {
+			return sent, err
+		}
+		if err := send(wrap(payload)); err != nil {
+			return sent, sendError(err)
+		}
+	}
+	return sent, nil
 }
 
 // unaryPayload builds the payload of a unary or client-stream response, or

@@ -62,6 +62,7 @@ type Server struct {
 	health    *grpchealth.StaticChecker
 	http      *http.Server
 	errWriter *connect.ErrorWriter
+	pinned    map[[32]byte]spiffeid.ID // WithPinnedClientCertificate
 
 	mu       sync.Mutex
 	services map[string]bool // mounted service names, for health and reflection
@@ -87,6 +88,10 @@ func NewServer(src mtls.Source, authz policy.Authorizer, opts ...ServerOption) (
 	if err := spiffeid.ValidateTrustDomain(cfg.trustDomain); err != nil {
 		return nil, fmt.Errorf("rpc: %w", err)
 	}
+	pinned, err := pinnedIDs(cfg.pinned, cfg.trustDomain)
+	if err != nil {
+		return nil, err
+	}
 	s := &Server{
 		cfg:       cfg,
 		src:       src,
@@ -95,6 +100,7 @@ func NewServer(src mtls.Source, authz policy.Authorizer, opts ...ServerOption) (
 		health:    grpchealth.NewStaticChecker(),
 		errWriter: connect.NewErrorWriter(),
 		services:  map[string]bool{},
+		pinned:    pinned,
 	}
 	protocols := new(http.Protocols)
 	protocols.SetHTTP1(true)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/cover"
@@ -82,6 +83,9 @@ func RunTests(ctx context.Context, b *Bundle) (*TestReport, error) {
 		SetModules(mods).
 		SetCoverageQueryTracer(cov).
 		RaiseBuiltinErrors(true).
+		// OPA's default is 5 s per test, which a loaded machine can exceed
+		// while compiling; a hung test is still bounded.
+		SetTimeout(2*time.Minute).
 		RunTests(ctx, nil)
 	if err != nil {
 		return nil, fmt.Errorf("policy: tests: %w", err)

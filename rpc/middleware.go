@@ -37,7 +37,7 @@ func (s *Server) authenticate(ctx context.Context, w http.ResponseWriter, r *htt
 		s.reject(ctx, w, r, "", FailureNoTLS, errors.New("request did not arrive over TLS"))
 		return nil, false
 	}
-	workload, err := security.WorkloadFromChains(r.TLS.VerifiedChains, s.cfg.trustDomain)
+	workload, err := s.workload(r.TLS.VerifiedChains)
 	if err != nil {
 		s.reject(ctx, w, r, "", FailureCertificate, err)
 		return nil, false

@@ -31,6 +31,7 @@ type serverConfig struct {
 	authzOptions         []policy.InterceptorOption
 	tracerProvider       trace.TracerProvider
 	meterProvider        metric.MeterProvider
+	pinned               []pinnedClient
 }
 
 func defaultServerConfig() serverConfig {

@@ -68,6 +68,7 @@ type Server struct {
 	health    *grpchealth.StaticChecker
 	http      *http.Server
 	errWriter *connect.ErrorWriter
+	pinned    map[[32]byte]spiffeid.ID // WithPinnedClientCertificate
 
 	requestIDs *requestIDs
 	accessLog  *slog.Logger // the logger without LogHandler: its lines add the request id themselves
@@ -98,6 +99,10 @@ func NewServer(src mtls.Source, authz policy.Authorizer, opts ...ServerOption) (
 	if err := spiffeid.ValidateTrustDomain(cfg.trustDomain); err != nil {
 		return nil, fmt.Errorf("rpc: %w", err)
 	}
+	pinned, err := pinnedIDs(cfg.pinned, cfg.trustDomain)
+	if err != nil {
+		return nil, err
+	}
 	// Every line the server logs for a call carries its request id.
 	accessLog := slog.New(withoutLogHandler(cfg.logger.Handler()))
 	cfg.logger = slog.New(LogHandler(cfg.logger.Handler()))
@@ -118,6 +123,7 @@ func NewServer(src mtls.Source, authz policy.Authorizer, opts ...ServerOption) (
 		health:     grpchealth.NewStaticChecker(),
 		errWriter:  connect.NewErrorWriter(),
 		services:   map[string]bool{},
+		pinned:     pinned,
 		requestIDs: newRequestIDs(),
 		accessLog:  accessLog,
 		tel:        tel,

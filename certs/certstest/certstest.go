@@ -6,7 +6,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"net"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -85,7 +84,8 @@ type Files struct {
 }
 
 // WriteFiles writes issued and the CA as PEM files into dir under name and
-// returns their paths.
+// returns their paths. Each file is replaced atomically
+// (certs.WriteFileAtomic), so a watcher never reads half a file.
 func (ca *CA) WriteFiles(dir, name string, issued *certs.Issued) Files {
 	ca.tb.Helper()
 	key, err := issued.KeyPEM()
@@ -98,7 +98,7 @@ func (ca *CA) WriteFiles(dir, name string, issued *certs.Issued) Files {
 		CA:   filepath.Join(dir, "ca.pem"),
 	}
 	for path, data := range map[string][]byte{f.Cert: issued.CertPEM(), f.Key: key, f.CA: ca.CertPEM()} {
-		if err := os.WriteFile(path, data, 0o600); err != nil {
+		if err := certs.WriteFileAtomic(path, data, 0o600); err != nil {
 			ca.tb.Fatal(err)
 		}
 	}

@@ -33,16 +33,36 @@ func AuthorizeMemberOf(trustDomain string) Authorizer {
 	}
 }
 
+// RevocationChecker is implemented by a Source that knows revoked
+// certificates (a FileSource with WithCRL). ServerConfig and ClientConfig
+// call it in VerifyConnection with the peer's verified chains, on full and
+// resumed handshakes, and refuse the peer if it fails.
+type RevocationChecker interface {
+	CheckRevocation(verifiedChains [][]*x509.Certificate) error
+}
+
+// verifyNotRevoked returns the VerifyConnection check of src's revocation
+// list, or nil when src keeps none.
+func verifyNotRevoked(src Source) func(tls.ConnectionState) error {
+	rc, ok := src.(RevocationChecker)
+	if !ok {
+		return nil
+	}
+	return func(cs tls.ConnectionState) error { return rc.CheckRevocation(cs.VerifiedChains) }
+}
+
 // ServerConfig returns the TLS configuration of a Palisade server: TLS 1.3,
 // the server's certificate from src, and a client certificate required and
-// verified against src's trust bundle (for the clientAuth usage). Both are
-// read from src on every handshake. Checking the client's SPIFFE ID is left
+// verified against src's trust bundle (for the clientAuth usage) and, when
+// src is a RevocationChecker, not revoked. Both are read from src on every
+// handshake. Checking the client's SPIFFE ID is left
 // to HTTP middleware, so that a refusal can be reported as an RPC error
 // (unauthenticated) rather than a bare handshake alert.
 //
 // nextProtos are the ALPN protocols to offer, for example "h2", "http/1.1".
 func ServerConfig(src Source, nextProtos ...string) *tls.Config {
 	protos := append([]string(nil), nextProtos...)
+	notRevoked := verifyNotRevoked(src)
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		NextProtos: protos,
@@ -56,11 +76,12 @@ func ServerConfig(src Source, nextProtos ...string) *tls.Config {
 				return nil, fmt.Errorf("mtls: trust bundle: %w", err)
 			}
 			return &tls.Config{
-				MinVersion:   tls.VersionTLS13,
-				NextProtos:   protos,
-				Certificates: []tls.Certificate{*cert},
-				ClientCAs:    bundle,
-				ClientAuth:   tls.RequireAndVerifyClientCert,
+				MinVersion:       tls.VersionTLS13,
+				NextProtos:       protos,
+				Certificates:     []tls.Certificate{*cert},
+				ClientCAs:        bundle,
+				ClientAuth:       tls.RequireAndVerifyClientCert,
+				VerifyConnection: notRevoked,
 			}, nil
 		},
 	}
@@ -69,7 +90,8 @@ func ServerConfig(src Source, nextProtos ...string) *tls.Config {
 // ClientConfig returns a TLS configuration for one connection from a
 // Palisade client: TLS 1.3, the client certificate from src (read at the
 // handshake), the server verified against src's current trust bundle and
-// serverName, and then its SPIFFE ID checked by authorize. A nil authorize
+// serverName, not revoked when src is a RevocationChecker, and then its
+// SPIFFE ID checked by authorize. A nil authorize
 // is refused: a client must say which servers it expects.
 //
 // Build a new config per dial (the rpc client does) so that a rotated trust
@@ -82,6 +104,7 @@ func ClientConfig(src Source, serverName string, authorize Authorizer, nextProto
 	if err != nil {
 		return nil, fmt.Errorf("mtls: trust bundle: %w", err)
 	}
+	notRevoked := verifyNotRevoked(src)
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		ServerName: serverName,
@@ -93,6 +116,11 @@ func ClientConfig(src Source, serverName string, authorize Authorizer, nextProto
 		VerifyConnection: func(cs tls.ConnectionState) error {
 			if len(cs.VerifiedChains) == 0 || len(cs.VerifiedChains[0]) == 0 {
 				return errors.New("mtls: server certificate was not verified")
+			}
+			if notRevoked != nil {
+				if err := notRevoked(cs); err != nil {
+					return err
+				}
 			}
 			chain := cs.VerifiedChains[0]
 			id, err := spiffeid.FromCertificate(chain[0])

@@ -62,6 +62,7 @@ type Server struct {
 	health    *grpchealth.StaticChecker
 	http      *http.Server
 	errWriter *connect.ErrorWriter
+	expiry    *connExpiry // closes connections whose peer certificate expired
 
 	mu       sync.Mutex
 	services map[string]bool // mounted service names, for health and reflection
@@ -94,6 +95,7 @@ func NewServer(src mtls.Source, authz policy.Authorizer, opts ...ServerOption) (
 		mux:       http.NewServeMux(),
 		health:    grpchealth.NewStaticChecker(),
 		errWriter: connect.NewErrorWriter(),
+		expiry:    newConnExpiry(cfg.logger),
 		services:  map[string]bool{},
 	}
 	protocols := new(http.Protocols)
@@ -109,7 +111,8 @@ func NewServer(src mtls.Source, authz policy.Authorizer, opts ...ServerOption) (
 		HTTP2: &http.HTTP2Config{
 			MaxConcurrentStreams: cfg.maxConcurrentStreams,
 		},
-		ErrorLog: slog.NewLogLogger(cfg.logger.Handler(), slog.LevelWarn),
+		ErrorLog:  slog.NewLogLogger(cfg.logger.Handler(), slog.LevelWarn),
+		ConnState: s.expiry.connState,
 	}
 
 	if err := Mount(s, grpchealth.NewHandler, grpchealth.Checker(s.health)); err != nil {
@@ -225,6 +228,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	s.serving = true
 	s.addr = ln.Addr()
 	s.mu.Unlock()
+	defer s.expiry.stop()
 
 	errc := make(chan error, 1)
 	go func() { errc <- s.http.ServeTLS(ln, "", "") }()

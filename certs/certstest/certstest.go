@@ -5,6 +5,7 @@ package certstest
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"math/big"
 	"net"
 	"path/filepath"
 	"testing"
@@ -103,4 +104,49 @@ func (ca *CA) WriteFiles(dir, name string, issued *certs.Issued) Files {
 		}
 	}
 	return f
+}
+
+// WritePair replaces the certificate and key files of f with issued's, key
+// first, each atomically: what a certificate rotation does.
+func (ca *CA) WritePair(f Files, issued *certs.Issued) {
+	ca.tb.Helper()
+	key, err := issued.KeyPEM()
+	if err != nil {
+		ca.tb.Fatal(err)
+	}
+	if err := certs.WriteFileAtomic(f.Key, key, 0o600); err != nil {
+		ca.tb.Fatal(err)
+	}
+	if err := certs.WriteFileAtomic(f.Cert, issued.CertPEM(), 0o600); err != nil {
+		ca.tb.Fatal(err)
+	}
+}
+
+// WriteBundle writes the certificates of cas to path as one CA bundle.
+func WriteBundle(tb testing.TB, path string, cas ...*CA) {
+	tb.Helper()
+	var pemData []byte
+	for _, ca := range cas {
+		pemData = append(pemData, ca.CertPEM()...)
+	}
+	if err := certs.WriteFileAtomic(path, pemData, 0o600); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// WriteCRL writes to path a CRL signed by the CA, numbered number, that
+// revokes the given certificates.
+func (ca *CA) WriteCRL(path string, number int64, revoked ...*x509.Certificate) {
+	ca.tb.Helper()
+	var entries []x509.RevocationListEntry
+	for _, c := range revoked {
+		entries = append(entries, x509.RevocationListEntry{SerialNumber: c.SerialNumber, RevocationTime: time.Now()})
+	}
+	data, _, err := ca.CreateCRL(certs.CRL{Revoked: entries, Number: big.NewInt(number)})
+	if err != nil {
+		ca.tb.Fatal(err)
+	}
+	if err := certs.WriteFileAtomic(path, data, 0o600); err != nil {
+		ca.tb.Fatal(err)
+	}
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
-	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
@@ -67,8 +66,7 @@ func keyPEM(t *testing.T, i *certs.Issued) []byte {
 // writePair replaces the certificate and key files with issued.
 func (f *fileFixture) writePair(t *testing.T, issued *certs.Issued) {
 	t.Helper()
-	write(t, f.files.Key, keyPEM(t, issued))
-	write(t, f.files.Cert, issued.CertPEM())
+	f.ca.WritePair(f.files, issued)
 }
 
 func TestFileSourceRefusesBadMaterial(t *testing.T) {
@@ -258,7 +256,7 @@ func TestCRLReload(t *testing.T) {
 	files := ca.WriteFiles(dir, "usersvc", ca.Server("/svc/user"))
 	revoked, kept := ca.Client("/client/cli"), ca.Client("/client/cli")
 	crlFile := filepath.Join(dir, "crl.pem")
-	writeCRL(t, ca.CA, crlFile, 1, revoked.Cert)
+	ca.WriteCRL(crlFile, 1, revoked.Cert)
 
 	logger, logs := rpctest.NewLogger(t)
 	src, err := mtls.NewFileSource(files.Cert, files.Key, files.CA, mtls.WithCRL(crlFile), mtls.WithLogger(logger))
@@ -274,7 +272,7 @@ func TestCRLReload(t *testing.T) {
 	}
 
 	// A CRL signed by another CA is refused; the last good one stays.
-	writeCRL(t, certstest.NewCA(t).CA, crlFile, 2, kept.Cert)
+	certstest.NewCA(t).WriteCRL(crlFile, 2, kept.Cert)
 	if err := src.Reload(); err == nil || !strings.Contains(err.Error(), "not signed by a CA of the trust bundle") {
 		t.Fatalf("Reload with a foreign CRL: %v", err)
 	}
@@ -293,22 +291,9 @@ func TestCRLReload(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- src.Watch(ctx, 5*time.Millisecond) }()
 	defer func() { cancel(); <-done }()
-	writeCRL(t, ca.CA, crlFile, 3, revoked.Cert, kept.Cert)
+	ca.WriteCRL(crlFile, 3, revoked.Cert, kept.Cert)
 	waitFor(t, "the new CRL", func() bool { return src.CheckRevocation(chain(kept)) != nil })
 	logs.WaitForLog(t, "CRL reloaded", "revoked=2")
-}
-
-func writeCRL(t *testing.T, ca *certs.CA, path string, number int64, revoked ...*x509.Certificate) {
-	t.Helper()
-	var entries []x509.RevocationListEntry
-	for _, c := range revoked {
-		entries = append(entries, x509.RevocationListEntry{SerialNumber: c.SerialNumber, RevocationTime: time.Now()})
-	}
-	data, _, err := ca.CreateCRL(certs.CRL{Revoked: entries, Number: big.NewInt(number)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	write(t, path, data)
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {

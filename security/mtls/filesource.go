@@ -47,6 +47,9 @@ type material struct {
 	cas    []*x509.Certificate
 	bundle *x509.CertPool
 	digest [32]byte // of the certificate, key and CA files' contents
+	// bundleDigest is of the CA file alone: a CRL is checked again when the
+	// bundle changes, not when only the certificate does.
+	bundleDigest [32]byte
 }
 
 // revocations are the serial numbers a CRL file revokes, by the raw subject
@@ -54,7 +57,7 @@ type material struct {
 type revocations struct {
 	byIssuer map[string]map[string]bool
 	count    int
-	digest   [32]byte // of the CRL file and the material it was checked against
+	digest   [32]byte // of the CRL file and the bundle it was checked against
 }
 
 // FileSourceOption configures NewFileSource.
@@ -305,7 +308,7 @@ func (s *FileSource) loadMaterialIfChanged(unchanged [32]byte, force bool) (*mat
 	if s.id.IsZero() {
 		s.id = id
 	}
-	return &material{cert: &cert, cas: cas, bundle: bundle, digest: digest}, nil
+	return &material{cert: &cert, cas: cas, bundle: bundle, digest: digest, bundleDigest: sha256.Sum256(caPEM)}, nil
 }
 
 func (s *FileSource) loadCRL(m *material) (*revocations, error) {
@@ -356,7 +359,7 @@ func signedByOneOf(crl *x509.RevocationList, cas []*x509.Certificate) bool {
 	return false
 }
 
-func crlDigest(data []byte, m *material) [32]byte { return digestOf(data, m.digest[:]) }
+func crlDigest(data []byte, m *material) [32]byte { return digestOf(data, m.bundleDigest[:]) }
 
 // digestOf hashes parts with their lengths, so that moving bytes from one
 // part to the next changes the digest.

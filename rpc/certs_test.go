@@ -396,3 +396,38 @@ func TestRevokedPeersRefusedAtHandshake(t *testing.T) {
 		t.Fatalf("call to a revoked server: %v", err)
 	}
 }
+
+// TestExpiringPeerDrained: within rpc.ExpiryDrainWindow of its certificate's
+// expiry, a client is asked to leave each connection after the response
+// (HTTP/2 GOAWAY), so its next call opens a new connection — where a
+// rotated certificate would be presented — while a client with time left
+// keeps its connection.
+func TestExpiringPeerDrained(t *testing.T) {
+	t.Parallel()
+	ca := certstest.NewCA(t)
+	srv := startWith(t, ca.Source(ca.Server("/svc/user")), &rpctest.Users{})
+	expiring := ca.Issue(certs.Leaf{SPIFFEID: "spiffe://palisade.local/client/cli", Usage: certs.UsageClient,
+		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(rpc.ExpiryDrainWindow / 2)})
+	drained, kept := httpClient(t, ca.Source(expiring)), httpClient(t, ca.Source(ca.Client("/client/other")))
+	for i := range 3 {
+		if got := peer(t, drained, srv); got.reused {
+			t.Fatalf("call %d of the expiring client reused a connection it was asked to leave", i)
+		}
+		if got := peer(t, kept, srv); got.reused != (i > 0) {
+			t.Fatalf("call %d of the other client: reused=%v", i, got.reused)
+		}
+	}
+	if n := count(srv.Lines(), "closing connection: the peer's certificate has expired"); n != 0 {
+		t.Fatalf("%d connections were cut; they should have been left", n)
+	}
+}
+
+func count(lines []string, substr string) int {
+	n := 0
+	for _, l := range lines {
+		if strings.Contains(l, substr) {
+			n++
+		}
+	}
+	return n
+}

@@ -10,6 +10,14 @@ import (
 	"time"
 )
 
+// ExpiryDrainWindow is how long before its peer's certificate expires a
+// connection is asked to close: every response on it carries "Connection:
+// close", which ends an HTTP/1.1 connection after the response and makes
+// the HTTP/2 server send GOAWAY, finish the calls in flight and close. The
+// client carries on over a new connection, made with its current —
+// rotated — certificate, before the old connection is cut at expiry.
+const ExpiryDrainWindow = time.Minute
+
 // connExpiry closes a connection when its peer's certificate expires.
 // Certificates are checked only at the handshake, and an HTTP/2 connection
 // can outlive its client certificate by hours; without this, a client whose
@@ -20,6 +28,8 @@ import (
 // first turns active its handshake is complete, and a timer is armed for the
 // earliest NotAfter of the peer's verified chain. The timer is stopped when
 // the connection closes; Serve stops the remaining ones when it returns.
+// Within ExpiryDrainWindow of that time, drain asks the client to leave the
+// connection gracefully first.
 type connExpiry struct {
 	log *slog.Logger
 
@@ -66,6 +76,17 @@ func (e *connExpiry) track(c net.Conn) {
 		e.log.Warn("closing connection: the peer's certificate has expired",
 			"remote", c.RemoteAddr().String(), "not_after", notAfter.UTC().Format(time.RFC3339))
 		_ = c.Close()
+	})
+}
+
+// drain is the HTTP middleware that marks responses on a connection whose
+// peer certificate expires within ExpiryDrainWindow with "Connection: close".
+func (e *connExpiry) drain(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 && time.Until(earliestExpiry(r.TLS.VerifiedChains[0])) < ExpiryDrainWindow {
+			w.Header().Set("Connection", "close")
+		}
+		next.ServeHTTP(w, r)
 	})
 }
 

@@ -102,7 +102,7 @@ func NewServer(src mtls.Source, authz policy.Authorizer, opts ...ServerOption) (
 	protocols.SetHTTP1(true)
 	protocols.SetHTTP2(true)
 	s.http = &http.Server{
-		Handler:           s.authenticate(s.mux),
+		Handler:           s.expiry.drain(s.authenticate(s.mux)),
 		TLSConfig:         mtls.ServerConfig(src, "h2", "http/1.1"),
 		Protocols:         protocols,
 		ReadHeaderTimeout: cfg.readHeaderTimeout,

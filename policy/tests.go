@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/cover"
@@ -64,6 +65,10 @@ func parseModules(b *Bundle) (map[string]*ast.Module, error) {
 	return mods, nil
 }
 
+// testTimeout bounds each rego test: a guard against a test that never
+// ends, not a measure of speed.
+const testTimeout = 2 * time.Minute
+
 // RunTests runs the bundle's rego tests (rules named test_* in any module,
 // conventionally in *_test.rego files) with OPA's tester and measures the
 // coverage of the policy files.
@@ -78,6 +83,9 @@ func RunTests(ctx context.Context, b *Bundle) (*TestReport, error) {
 	}
 	cov := cover.New()
 	ch, err := tester.NewRunner().
+		// OPA's default is 5s per test, which a busy machine can exceed, and
+		// a timed-out test refuses the policy (and so the service's start).
+		SetTimeout(testTimeout).
 		SetStore(inmem.NewFromObject(data)).
 		SetModules(mods).
 		SetCoverageQueryTracer(cov).

@@ -61,17 +61,8 @@ func (ca *CA) CreateCRL(c CRL) ([]byte, *x509.RevocationList, error) {
 // caller checks each against the CA that issued it.
 func ParseCRLs(data []byte) ([]*x509.RevocationList, error) {
 	var out []*x509.RevocationList
-	rest := data
-	for {
-		var block *pem.Block
-		block, rest = pem.Decode(rest)
-		if block == nil {
-			break
-		}
-		if block.Type != "X509 CRL" {
-			continue
-		}
-		crl, err := x509.ParseRevocationList(block.Bytes)
+	for _, der := range pemBlocks(data, "X509 CRL") {
+		crl, err := x509.ParseRevocationList(der)
 		if err != nil {
 			return nil, fmt.Errorf("certs: parse CRL: %w", err)
 		}

@@ -27,8 +27,9 @@ func readCert(t *testing.T, path string) *x509.Certificate {
 	return c[0]
 }
 
-func TestRotateDev(t *testing.T) {
-	t.Parallel()
+// devPKI makes a development PKI in a temporary directory.
+func devPKI(t *testing.T) (string, *certs.CA) {
+	t.Helper()
 	dir := t.TempDir()
 	if _, err := certs.InitDev(dir, certs.DevOptions{}); err != nil {
 		t.Fatal(err)
@@ -37,6 +38,12 @@ func TestRotateDev(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return dir, ca
+}
+
+func TestRotateDev(t *testing.T) {
+	t.Parallel()
+	dir, ca := devPKI(t)
 	for _, id := range certs.DevIdentities() {
 		old := readCert(t, filepath.Join(dir, id.Name+".pem"))
 		issued, err := certs.RotateDev(dir, id.Name, time.Hour)
@@ -77,14 +84,7 @@ func TestRotateDev(t *testing.T) {
 
 func TestRevokeDev(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
-	if _, err := certs.InitDev(dir, certs.DevOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	ca, err := certs.LoadDevCA(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir, ca := devPKI(t)
 	cli, other := readCert(t, filepath.Join(dir, "cli.pem")), readCert(t, filepath.Join(dir, "other.pem"))
 	crl, err := certs.RevokeDev(dir, []*big.Int{cli.SerialNumber}, time.Hour)
 	if err != nil {

@@ -10,8 +10,6 @@ import (
 	"net/http/httptrace"
 	"path/filepath"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -110,10 +108,18 @@ func hex(i *certs.Issued) string { return i.Cert.SerialNumber.Text(16) }
 // waitServing waits until src serves issued.
 func waitServing(t *testing.T, src mtls.Source, issued *certs.Issued) {
 	t.Helper()
-	waitUntil(t, "the watcher to load serial "+hex(issued), func() bool {
+	rpctest.WaitFor(t, "the watcher to load serial "+hex(issued), func() bool {
 		c, _ := src.Certificate()
 		return c.Leaf.SerialNumber.Cmp(issued.Cert.SerialNumber) == 0
 	})
+}
+
+// rotate replaces the certificate and key in files with issued and waits
+// until src serves it.
+func rotate(t *testing.T, ca *certstest.CA, files certstest.Files, src mtls.Source, issued *certs.Issued) {
+	t.Helper()
+	ca.WritePair(files, issued)
+	waitServing(t, src, issued)
 }
 
 // waitBundle writes the bundle of cas to files.CA and waits until src has
@@ -122,21 +128,10 @@ func waitBundle(t *testing.T, src mtls.Source, files certstest.Files, cas ...*ce
 	t.Helper()
 	before, _ := src.TrustBundle()
 	certstest.WriteBundle(t, files.CA, cas...)
-	waitUntil(t, "the watcher to load the CA bundle", func() bool {
+	rpctest.WaitFor(t, "the watcher to load the CA bundle", func() bool {
 		now, _ := src.TrustBundle()
 		return now != before
 	})
-}
-
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 // TestRotationWithoutRestart rotates the server's certificate, the client's
@@ -166,13 +161,11 @@ func TestRotationWithoutRestart(t *testing.T) {
 	}
 
 	server2 := ca1.Server("/svc/user")
-	ca1.WritePair(serverFiles, server2)
-	waitServing(t, serverSrc, server2)
+	rotate(t, ca1, serverFiles, serverSrc, server2)
 	check("server certificate rotated", peer(t, httpClient(t, clientSrc), srv), server2, clientCert)
 
 	client2 := ca1.Client("/client/cli")
-	ca1.WritePair(clientFiles, client2)
-	waitServing(t, clientSrc, client2)
+	rotate(t, ca1, clientFiles, clientSrc, client2)
 	check("client certificate rotated", peer(t, httpClient(t, clientSrc), srv), server2, client2)
 
 	// CA rotation: both trust both CAs, then both get leaves of the new CA,
@@ -180,10 +173,8 @@ func TestRotationWithoutRestart(t *testing.T) {
 	waitBundle(t, serverSrc, serverFiles, ca1, ca2)
 	waitBundle(t, clientSrc, clientFiles, ca1, ca2)
 	server3, client3 := ca2.Server("/svc/user"), ca2.Client("/client/cli")
-	ca2.WritePair(serverFiles, server3)
-	waitServing(t, serverSrc, server3)
-	ca2.WritePair(clientFiles, client3)
-	waitServing(t, clientSrc, client3)
+	rotate(t, ca2, serverFiles, serverSrc, server3)
+	rotate(t, ca2, clientFiles, clientSrc, client3)
 	waitBundle(t, serverSrc, serverFiles, ca2)
 	waitBundle(t, clientSrc, clientFiles, ca2)
 	check("CA rotated", peer(t, httpClient(t, clientSrc), srv), server3, client3)
@@ -210,75 +201,41 @@ func TestRotationUnderLoad(t *testing.T) {
 	clientSrc, clientFiles, _ := watched(t, ca1.Client("/client/cli"), []*certstest.CA{ca1})
 	srv := startWith(t, serverSrc, &rpctest.Users{})
 
-	var ok, failed atomic.Int64
-	var firstErr atomic.Value
-	call := func(client userv1connect.UserServiceClient) {
-		_, err := client.GetUser(context.Background(), &userv1.GetUserRequest{Id: "alice"})
-		if err != nil {
-			failed.Add(1)
-			firstErr.CompareAndSwap(nil, err)
-			return
+	// Four callers over long-lived connections, two that dial per call.
+	clients := make([]*http.Client, 6)
+	for i := range clients {
+		clients[i] = httpClient(t, clientSrc)
+	}
+	load := rpctest.StartLoad(t, len(clients), func(i int) error {
+		_, err := userv1connect.NewUserServiceClient(clients[i], srv.URL).GetUser(context.Background(), &userv1.GetUserRequest{Id: "alice"})
+		if i >= 4 {
+			clients[i].CloseIdleConnections() // the next call dials anew
 		}
-		ok.Add(1)
-	}
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for i := range 6 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			reused := i < 4 // four long-lived connections, two callers that dial per call
-			hc, err := rpc.NewHTTPClient(clientSrc)
-			if err != nil {
-				panic(err)
-			}
-			defer hc.CloseIdleConnections()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				call(userv1connect.NewUserServiceClient(hc, srv.URL))
-				if !reused {
-					hc.CloseIdleConnections() // the next call dials anew
-				}
-			}
-		}()
-	}
-	// progress waits until at least 50 more calls have succeeded.
-	progress := func(step string) {
-		t.Helper()
-		target := ok.Load() + 50
-		waitUntil(t, "calls after "+step, func() bool { return ok.Load() >= target || failed.Load() > 0 })
-	}
+		return err
+	})
+	progress := func(step string) { t.Helper(); load.Progress(t, step, 50) }
 
 	progress("start")
 	server2, client2 := ca1.Server("/svc/user"), ca1.Client("/client/cli")
-	ca1.WritePair(serverFiles, server2)
-	waitServing(t, serverSrc, server2)
+	rotate(t, ca1, serverFiles, serverSrc, server2)
 	progress("server rotation")
-	ca1.WritePair(clientFiles, client2)
-	waitServing(t, clientSrc, client2)
+	rotate(t, ca1, clientFiles, clientSrc, client2)
 	progress("client rotation")
 	waitBundle(t, serverSrc, serverFiles, ca1, ca2)
 	waitBundle(t, clientSrc, clientFiles, ca1, ca2)
 	server3, client3 := ca2.Server("/svc/user"), ca2.Client("/client/cli")
-	ca2.WritePair(serverFiles, server3)
-	waitServing(t, serverSrc, server3)
+	rotate(t, ca2, serverFiles, serverSrc, server3)
 	progress("server moved to the new CA")
-	ca2.WritePair(clientFiles, client3)
-	waitServing(t, clientSrc, client3)
+	rotate(t, ca2, clientFiles, clientSrc, client3)
 	progress("client moved to the new CA")
 	waitBundle(t, serverSrc, serverFiles, ca2)
 	waitBundle(t, clientSrc, clientFiles, ca2)
 	progress("old CA retired")
-	close(stop)
-	wg.Wait()
+	load.Stop()
 
-	t.Logf("%d calls succeeded, %d failed, across three rotations", ok.Load(), failed.Load())
-	if n := failed.Load(); n > 0 {
-		t.Fatalf("%d calls failed during rotation; first: %v", n, firstErr.Load())
+	t.Logf("%d calls succeeded, %d failed, across three rotations", load.OK(), load.Failed())
+	if n := load.Failed(); n > 0 {
+		t.Fatalf("%d calls failed during rotation; first: %v", n, load.FirstError())
 	}
 	if got := peer(t, httpClient(t, clientSrc), srv); got != (peerInfo{false, hex(server3), hex(client3)}) {
 		t.Fatalf("a new connection after the rotations got %+v, want server %s client %s", got, hex(server3), hex(client3))
@@ -379,7 +336,7 @@ func TestRevokedPeersRefusedAtHandshake(t *testing.T) {
 	refused(revoked)
 
 	ca.WriteCRL(crlFile, 3, revoked.Cert, kept.Cert)
-	waitUntil(t, "the new CRL", func() bool {
+	rpctest.WaitFor(t, "the new CRL", func() bool {
 		return serverSrc.CheckRevocation([][]*x509.Certificate{{kept.Cert}}) != nil
 	})
 	refused(kept)
@@ -417,17 +374,7 @@ func TestExpiringPeerDrained(t *testing.T) {
 			t.Fatalf("call %d of the other client: reused=%v", i, got.reused)
 		}
 	}
-	if n := count(srv.Lines(), "closing connection: the peer's certificate has expired"); n != 0 {
+	if n := srv.Count("closing connection: the peer's certificate has expired"); n != 0 {
 		t.Fatalf("%d connections were cut; they should have been left", n)
 	}
-}
-
-func count(lines []string, substr string) int {
-	n := 0
-	for _, l := range lines {
-		if strings.Contains(l, substr) {
-			n++
-		}
-	}
-	return n
 }

@@ -221,14 +221,14 @@ func TestWatchReloadsLogsOnceAndStops(t *testing.T) {
 
 	next := f.ca.Server("/svc/user")
 	f.writePair(t, next)
-	waitFor(t, "the watcher to load the new certificate", func() bool { return serial(t, f.src) == next.Cert.SerialNumber.String() })
+	rpctest.WaitFor(t, "the watcher to load the new certificate", func() bool { return serial(t, f.src) == next.Cert.SerialNumber.String() })
 	f.logs.WaitForLog(t, "certificate reloaded", "serial="+next.Cert.SerialNumber.Text(16))
 
 	// A bad file is refused and logged once, however many polls see it.
 	f.writePair(t, f.ca.Server("/svc/order"))
 	f.logs.WaitForLog(t, "certificate files refused", "svc/order")
 	time.Sleep(100 * time.Millisecond) // about twenty more polls
-	if n := count(f.logs.Lines(), "but this source serves"); n != 1 {
+	if n := f.logs.Count("but this source serves"); n != 1 {
 		t.Fatalf("the refusal was logged %d times, want once", n)
 	}
 	if serial(t, f.src) != next.Cert.SerialNumber.String() {
@@ -292,27 +292,6 @@ func TestCRLReload(t *testing.T) {
 	go func() { done <- src.Watch(ctx, 5*time.Millisecond) }()
 	defer func() { cancel(); <-done }()
 	ca.WriteCRL(crlFile, 3, revoked.Cert, kept.Cert)
-	waitFor(t, "the new CRL", func() bool { return src.CheckRevocation(chain(kept)) != nil })
+	rpctest.WaitFor(t, "the new CRL", func() bool { return src.CheckRevocation(chain(kept)) != nil })
 	logs.WaitForLog(t, "CRL reloaded", "revoked=2")
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
-func count(lines []string, substr string) int {
-	n := 0
-	for _, l := range lines {
-		if strings.Contains(l, substr) {
-			n++
-		}
-	}
-	return n
 }

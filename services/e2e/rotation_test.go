@@ -3,14 +3,12 @@ package e2e_test
 import (
 	"context"
 	"net"
-	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/palisade-rpc/palisade/certs"
 	orderv1 "github.com/palisade-rpc/palisade/proto/order/v1"
+	"github.com/palisade-rpc/palisade/proto/order/v1/orderv1connect"
 	"github.com/palisade-rpc/palisade/rpc/rpctest"
 	"github.com/palisade-rpc/palisade/security/mtls"
 	"github.com/palisade-rpc/palisade/services/order"
@@ -56,42 +54,16 @@ func TestOrderServiceCertificateRotatedUnderLoad(t *testing.T) {
 	}
 	s.Orders = rpctest.Serve(t, srv.Server, logs)
 
-	var ok, failed atomic.Int64
-	var firstErr atomic.Value
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for _, name := range []string{"alice", "bob", "admin"} {
-		client := s.Login(t, name).Orders(t)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				_, err := client.CreateOrder(context.Background(), &orderv1.CreateOrderRequest{UserId: name, Items: []*orderv1.LineItem{{Sku: "book-1", Quantity: 1}}})
-				if err != nil {
-					failed.Add(1)
-					firstErr.CompareAndSwap(nil, err)
-					continue
-				}
-				ok.Add(1)
-			}
-		}()
+	users := []string{"alice", "bob", "admin"}
+	clients := make([]orderv1connect.OrderServiceClient, len(users))
+	for i, name := range users {
+		clients[i] = s.Login(t, name).Orders(t)
 	}
-	progress := func(what string) {
-		t.Helper()
-		target := ok.Load() + 30
-		deadline := time.Now().Add(30 * time.Second)
-		for ok.Load() < target && failed.Load() == 0 {
-			if time.Now().After(deadline) {
-				t.Fatalf("no progress %s", what)
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-	}
+	load := rpctest.StartLoad(t, len(users), func(i int) error {
+		_, err := clients[i].CreateOrder(context.Background(), &orderv1.CreateOrderRequest{UserId: users[i], Items: []*orderv1.LineItem{{Sku: "book-1", Quantity: 1}}})
+		return err
+	})
+	progress := func(step string) { t.Helper(); load.Progress(t, step, 30) }
 
 	progress("with the first certificate")
 	rotated := s.CA.Server("/svc/order")
@@ -100,28 +72,17 @@ func TestOrderServiceCertificateRotatedUnderLoad(t *testing.T) {
 	progress("after the rotation")
 	time.Sleep(time.Until(old.Cert.NotAfter.Add(100 * time.Millisecond)))
 	progress("after the old certificate expired")
-	close(stop)
-	wg.Wait()
+	load.Stop()
 
-	t.Logf("%d orders created, %d calls failed; %d connections cut at expiry", ok.Load(), failed.Load(),
-		count(s.UserLogs.Lines(), "closing connection: the peer's certificate has expired"))
-	if n := failed.Load(); n > 0 {
-		t.Fatalf("%d calls failed; first: %v", n, firstErr.Load())
+	t.Logf("%d orders created, %d calls failed; %d connections cut at expiry", load.OK(), load.Failed(),
+		s.UserLogs.Count("closing connection: the peer's certificate has expired"))
+	if n := load.Failed(); n > 0 {
+		t.Fatalf("%d calls failed; first: %v", n, load.FirstError())
 	}
 	// The retry path was taken: a delegated token bound to the old
 	// certificate was refused over a new connection.
 	s.UserLogs.WaitForLog(t, "request refused: unauthenticated", "bound to another client certificate")
-	if stored, err := store.Count(context.Background()); err != nil || int64(stored) != ok.Load() {
-		t.Fatalf("%d orders stored (%v), %d reported created", stored, err, ok.Load())
+	if stored, err := store.Count(context.Background()); err != nil || int64(stored) != load.OK() {
+		t.Fatalf("%d orders stored (%v), %d reported created", stored, err, load.OK())
 	}
-}
-
-func count(lines []string, substr string) int {
-	n := 0
-	for _, l := range lines {
-		if strings.Contains(l, substr) {
-			n++
-		}
-	}
-	return n
 }

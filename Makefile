@@ -16,17 +16,27 @@ FUZZ_TARGETS := ./security/token:FuzzVerify ./security/spiffeid:FuzzParse \
 	./security/token:FuzzParseJWKS
 FUZZTIME ?= 30s
 TEST_FUZZTIME ?= 3s
+# `make bench` flags beyond the issue's defaults, e.g. BENCH_FLAGS="--duration 10s --rounds 6".
+BENCH_FLAGS ?=
+# The micro-benchmarks of the chain's parts, run by `make bench-micro`.
+BENCH_MICRO := -bench='^(BenchmarkVerify|BenchmarkDefaultPolicy|BenchmarkPrincipal|BenchmarkChain)$$' -benchtime=1s \
+	./security/token ./policy ./rpc
+# The Connect conformance suite's runner (connectrpc.com/conformance), pinned;
+# `make conformance` installs it into bin/ with go install.
+CONFORMANCE_VERSION := v1.0.7
 
-.PHONY: help generate check-generate build test test-go test-demo test-fuzz fuzz vet demo up down
+.PHONY: help generate check-generate build test test-go test-demo test-fuzz fuzz vet demo up down bench bench-micro conformance
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-generate: ## regenerate the Go code in proto/ from the .proto files (buf via go tool)
+generate: ## regenerate the Go code in proto/ and conformance/gen from the .proto files (buf via go tool)
 	find proto -name '*.pb.go' -delete
 	find proto -type d -name '*connect' -prune -exec rm -rf {} +
 	$(BUF) lint
 	$(BUF) generate
+	rm -rf conformance/gen
+	cd conformance && $(GO) tool -modfile=../tools/go.mod buf lint && $(GO) tool -modfile=../tools/go.mod buf generate
 
 check-generate: ## fail when the generated code in proto/ is stale
 	scripts/check-generated.sh
@@ -39,7 +49,7 @@ vet: ## go vet and a gofmt check
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
-test: vet check-generate test-go test-fuzz test-demo ## the whole suite: vet, generated-code check, go test -race, short fuzzing, the demo
+test: vet check-generate test-go test-fuzz test-demo conformance ## the whole suite: vet, generated-code check, go test -race, short fuzzing, the demo, the conformance suite
 	@echo "make test: all passed"
 
 test-go: ## go test -race ./...
@@ -62,8 +72,19 @@ test-demo: build ## the demo on its own ports and a temporary state directory
 demo: build ## mint a dev PKI if missing, start both services, play the scenario with curl, stop
 	scripts/demo.sh
 
+conformance: ## the Connect conformance suite through the full chain: its default suite over mTLS, then the token suite
+	GOBIN=$(CURDIR)/bin $(GO) install connectrpc.com/conformance/cmd/connectconformance@$(CONFORMANCE_VERSION)
+	$(GO) build -o bin/ ./conformance/cmd/conformance-server ./conformance/cmd/conformance-suites
+	@CONFORMANCE_VERSION=$(CONFORMANCE_VERSION) scripts/conformance.sh
+
 up: build ## start both services in the background (returns once they are healthy)
 	scripts/up.sh
 
 down: ## stop the services started by `make up`
 	scripts/down.sh
+
+bench: build ## measure the chain against bare Connect and grpc-go (c=64); table on stdout, rows in bench.json
+	bin/palisade bench --concurrency 64 --json bench.json $(BENCH_FLAGS)
+
+bench-micro: ## micro-benchmarks: token verification, policy evaluation, Principal extraction, the whole chain in-process
+	$(GO) test -run='^$$' $(BENCH_MICRO)

@@ -31,6 +31,8 @@ type version struct {
 	revision string
 	origin   string
 	tests    int
+	// cache is nil when the policy is not a pure function of its input.
+	cache *decisionCache
 }
 
 // EngineOptions configures NewEngine.
@@ -66,7 +68,8 @@ func (e *Engine) Load(ctx context.Context, b *Bundle) error {
 	}
 	old := e.cur.Swap(v)
 	if old == nil || old.revision != v.revision {
-		e.log.InfoContext(ctx, "policy loaded", "origin", v.origin, "revision", v.revision, "tests", v.tests)
+		e.log.InfoContext(ctx, "policy loaded", "origin", v.origin, "revision", v.revision, "tests", v.tests,
+			"decision_cache", v.cache != nil)
 	}
 	return nil
 }
@@ -110,22 +113,46 @@ func prepare(ctx context.Context, b *Bundle) (*version, error) {
 	if err != nil {
 		return nil, fmt.Errorf("policy: compile: %w", err)
 	}
-	return &version{query: q, revision: b.Revision(), origin: b.Origin, tests: len(report.Results)}, nil
+	v := &version{query: q, revision: b.Revision(), origin: b.Origin, tests: len(report.Results)}
+	if ok, _ := cacheable(mods); ok {
+		v.cache = newDecisionCache(DefaultDecisionCacheSize)
+	}
+	return v, nil
 }
 
 // Revision returns the revision of the policy in force.
 func (e *Engine) Revision() string { return e.cur.Load().revision }
 
-// Decide implements Authorizer.
+// Decide implements Authorizer. A policy that is a pure function of its
+// input (it calls no nondeterministic builtin) has its decisions remembered
+// by a hash of the whole input, per policy version; any other is evaluated
+// on every call.
 func (e *Engine) Decide(ctx context.Context, in *Input) (Decision, error) {
-	return e.Eval(ctx, in.Value())
+	v := e.cur.Load()
+	if v.cache == nil {
+		return e.eval(ctx, v, in.Value())
+	}
+	key, ok := in.cacheKey()
+	if ok {
+		if d, hit := v.cache.get(key); hit {
+			return d, nil
+		}
+	}
+	d, err := e.eval(ctx, v, in.Value())
+	if err == nil && ok {
+		v.cache.put(key, d)
+	}
+	return d, err
 }
 
 // Eval evaluates the decision for an input document. Anything but one
 // decision document with a boolean allow, an array of string reasons and
 // optionally a boolean need_user is an error, and the caller denies.
 func (e *Engine) Eval(ctx context.Context, input ast.Value, extra ...rego.EvalOption) (Decision, error) {
-	v := e.cur.Load()
+	return e.eval(ctx, e.cur.Load(), input, extra...)
+}
+
+func (e *Engine) eval(ctx context.Context, v *version, input ast.Value, extra ...rego.EvalOption) (Decision, error) {
 	d := Decision{Revision: v.revision}
 	opts := append([]rego.EvalOption{rego.EvalParsedInput(input), rego.EvalExternalCancel(e.cancel)}, extra...)
 	rs, err := v.query.Eval(ctx, opts...)

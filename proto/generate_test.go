@@ -28,12 +28,12 @@ func TestGeneratedCodeIsCurrent(t *testing.T) {
 	}
 }
 
-// TestStaleGeneratedCodeFails changes a .proto in a copy of the tree and
-// checks that the check notices.
-func TestStaleGeneratedCodeFails(t *testing.T) {
-	t.Parallel()
+// copyTree copies what generation needs (and dirs) into a temporary root,
+// checks that the copy is current, and returns the root.
+func copyTree(t *testing.T, dirs ...string) string {
+	t.Helper()
 	root := t.TempDir()
-	for _, dir := range []string{"proto", "tools"} {
+	for _, dir := range append([]string{"proto", "tools"}, dirs...) {
 		if err := os.CopyFS(filepath.Join(root, dir), os.DirFS(filepath.Join("..", dir))); err != nil {
 			t.Fatal(err)
 		}
@@ -47,10 +47,17 @@ func TestStaleGeneratedCodeFails(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// The copy is current before the change.
 	if out, err := checkGenerated(t, root); err != nil {
 		t.Fatalf("copy should be current: %v\n%s", err, out)
 	}
+	return root
+}
+
+// TestStaleGeneratedCodeFails changes a .proto in a copy of the tree and
+// checks that the check notices.
+func TestStaleGeneratedCodeFails(t *testing.T) {
+	t.Parallel()
+	root := copyTree(t)
 	path := filepath.Join(root, "proto", "user", "v1", "user.proto")
 	src, err := os.ReadFile(path)
 	if err != nil {
@@ -69,5 +76,23 @@ func TestStaleGeneratedCodeFails(t *testing.T) {
 	}
 	if !strings.Contains(out, "user.pb.go") || !strings.Contains(out, "stale") {
 		t.Fatalf("check output does not name the stale file:\n%s", out)
+	}
+}
+
+// TestStaleConformanceCodeFails: the check covers the conformance suite's
+// protos (conformance/buf.yaml) too.
+func TestStaleConformanceCodeFails(t *testing.T) {
+	t.Parallel()
+	root := copyTree(t, "conformance")
+	path := filepath.Join(root, "conformance", "proto", "connectrpc", "conformance", "v1", "service.proto")
+	src, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, append(src, "\nmessage Added {}\n"...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := checkGenerated(t, root); err == nil || !strings.Contains(out, "service.pb.go") || !strings.Contains(out, "conformance/gen is stale") {
+		t.Fatalf("check after a conformance .proto change: %v\n%s", err, out)
 	}
 }

@@ -36,7 +36,7 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 			s.reject(w, r, "", errors.New("request did not arrive over TLS"))
 			return
 		}
-		workload, err := security.WorkloadFromChains(r.TLS.VerifiedChains, s.cfg.trustDomain)
+		workload, err := s.workload(r.TLS.VerifiedChains)
 		if err != nil {
 			s.reject(w, r, "", err)
 			return

@@ -27,6 +27,7 @@ type serverConfig struct {
 	interceptors         []connect.Interceptor
 	tokens               TokenVerifier
 	authzOptions         []policy.InterceptorOption
+	pinned               []pinnedClient
 }
 
 func defaultServerConfig() serverConfig {

@@ -62,7 +62,8 @@ type Server struct {
 	health    *grpchealth.StaticChecker
 	http      *http.Server
 	errWriter *connect.ErrorWriter
-	expiry    *connExpiry // closes connections whose peer certificate expired
+	expiry    *connExpiry              // closes connections whose peer certificate expired
+	pinned    map[[32]byte]spiffeid.ID // WithPinnedClientCertificate
 
 	mu       sync.Mutex
 	services map[string]bool // mounted service names, for health and reflection
@@ -88,6 +89,10 @@ func NewServer(src mtls.Source, authz policy.Authorizer, opts ...ServerOption) (
 	if err := spiffeid.ValidateTrustDomain(cfg.trustDomain); err != nil {
 		return nil, fmt.Errorf("rpc: %w", err)
 	}
+	pinned, err := pinnedIDs(cfg.pinned, cfg.trustDomain)
+	if err != nil {
+		return nil, err
+	}
 	s := &Server{
 		cfg:       cfg,
 		src:       src,
@@ -97,6 +102,7 @@ func NewServer(src mtls.Source, authz policy.Authorizer, opts ...ServerOption) (
 		errWriter: connect.NewErrorWriter(),
 		expiry:    newConnExpiry(cfg.logger),
 		services:  map[string]bool{},
+		pinned:    pinned,
 	}
 	protocols := new(http.Protocols)
 	protocols.SetHTTP1(true)

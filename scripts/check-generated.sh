@@ -16,4 +16,13 @@ if ! diff -rq -x '*.proto' -x '*_test.go' proto "$tmp/proto"; then
 	echo "generated code is stale: run 'make generate' and commit the result" >&2
 	exit 1
 fi
+# The Connect conformance suite's protos (conformance/buf.yaml), generated
+# into conformance/gen.
+if [ -f conformance/buf.gen.yaml ]; then
+	(cd conformance && go tool -modfile=../tools/go.mod buf generate --output "$tmp/conformance")
+	if ! diff -r -q conformance/gen "$tmp/conformance/gen"; then
+		echo "generated code in conformance/gen is stale: run 'make generate' and commit the result" >&2
+		exit 1
+	fi
+fi
 echo "generated code is up to date"

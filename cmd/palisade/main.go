@@ -1,5 +1,6 @@
 // Command palisade is the operator's tool for a Palisade deployment: it mints
-// the development PKI, rotates token signing keys and gets tokens for people.
+// the development PKI, rotates token signing keys, gets tokens for people and
+// measures what the security chain costs.
 package main
 
 import (
@@ -21,6 +22,7 @@ type command struct {
 
 func commands() map[string]command {
 	return map[string]command{
+		"bench": {summary: "measure what security costs: Palisade's chain against bare Connect and grpc-go", run: benchCmd},
 		"certs": {summary: "development PKI", sub: map[string]command{
 			"init":   {summary: "create a CA and the demo's workload and client certificates", run: certsInit},
 			"rotate": {summary: "re-issue one leaf (same identity, new key)", run: certsRotate},

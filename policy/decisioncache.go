@@ -1,0 +1,168 @@
+package policy
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"hash"
+	"sync"
+
+	"github.com/open-policy-agent/opa/v1/ast"
+	"google.golang.org/protobuf/proto"
+)
+
+// DefaultDecisionCacheSize bounds the decisions an Engine remembers per
+// policy version.
+const DefaultDecisionCacheSize = 10000
+
+// decisionCache remembers decisions by a hash of their whole input. It is
+// only used for a policy version that is a pure function of its input: one
+// that calls no nondeterministic builtin (time.now_ns, http.send, rand.*,
+// uuid.*, …; see cacheable). Such a policy gives the same decision for the
+// same input and data, so a remembered decision is the one evaluation would
+// give. Each policy version has its own cache, so a reload starts empty.
+// Bounded: when full, an arbitrary entry is evicted.
+type decisionCache struct {
+	mu      sync.RWMutex
+	max     int
+	entries map[[32]byte]Decision
+}
+
+func newDecisionCache(max int) *decisionCache {
+	return &decisionCache{max: max, entries: make(map[[32]byte]Decision, min(max, 1024))}
+}
+
+func (c *decisionCache) get(key [32]byte) (Decision, bool) {
+	c.mu.RLock()
+	d, ok := c.entries[key]
+	c.mu.RUnlock()
+	return d, ok
+}
+
+func (c *decisionCache) put(key [32]byte, d Decision) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.entries[key]; !ok && len(c.entries) >= c.max {
+		for k := range c.entries {
+			delete(c.entries, k)
+			break
+		}
+	}
+	c.entries[key] = d
+}
+
+// cacheable reports whether the policy modules call no nondeterministic
+// builtin, directly or through their own functions (all modules are
+// walked), and names the first one it finds otherwise.
+func cacheable(mods map[string]*ast.Module) (bool, string) {
+	var found string
+	check := func(op string) {
+		if b, ok := ast.BuiltinMap[op]; found == "" && ok && b.Nondeterministic {
+			found = op
+		}
+	}
+	for _, m := range mods {
+		ast.WalkTerms(m, func(t *ast.Term) bool {
+			if call, ok := t.Value.(ast.Call); ok && len(call) > 0 {
+				check(call[0].String())
+			}
+			return found != ""
+		})
+		ast.WalkExprs(m, func(e *ast.Expr) bool {
+			if e.IsCall() {
+				check(e.Operator().String())
+			}
+			return found != ""
+		})
+	}
+	return found == "", found
+}
+
+// keyHashers pools the hash and scratch buffer of cache keys.
+var keyHashers = sync.Pool{New: func() any { return &keyHasher{h: sha256.New()} }}
+
+type keyHasher struct {
+	h   hash.Hash
+	buf []byte
+}
+
+func (k *keyHasher) str(s string) {
+	k.buf = binary.AppendUvarint(k.buf[:0], uint64(len(s)))
+	k.buf = append(k.buf, s...)
+	k.h.Write(k.buf)
+}
+
+func (k *keyHasher) num(n uint64) {
+	k.buf = binary.AppendUvarint(k.buf[:0], n)
+	k.h.Write(k.buf)
+}
+
+// cacheKey hashes everything Value puts in the input document — the same
+// fields, length-prefixed so no two inputs share an encoding — without
+// building the document. The request is hashed in its deterministic proto
+// encoding with its type name. ok is false when the request cannot be
+// encoded (then the decision is evaluated, not cached).
+func (in *Input) cacheKey() (key [32]byte, ok bool) {
+	k := keyHashers.Get().(*keyHasher)
+	defer keyHashers.Put(k)
+	k.h.Reset()
+	k.str(in.Procedure)
+	k.str(in.Service)
+	k.str(in.Method)
+	k.str(in.StreamType)
+	k.str(in.HTTPMethod)
+	k.str(in.Protocol)
+	if p := in.Principal; p != nil {
+		k.num(1)
+		k.str(p.Workload.ID.String())
+		k.h.Write(p.Workload.CertSHA256[:])
+		if u := p.User; u != nil {
+			k.num(1)
+			k.str(u.Subject)
+			k.num(uint64(len(u.Roles)))
+			for _, r := range u.Roles {
+				k.str(r)
+			}
+			k.str(u.Scope)
+			k.num(uint64(len(u.Audience)))
+			for _, a := range u.Audience {
+				k.str(a)
+			}
+			k.str(u.Issuer)
+			k.str(u.TokenID)
+			k.num(uint64(u.ExpiresAt.Unix()))
+			k.str(u.Actor)
+			if u.CertBound {
+				k.num(1)
+			} else {
+				k.num(0)
+			}
+		} else {
+			k.num(0)
+		}
+	} else {
+		k.num(0)
+	}
+	if in.Request != nil {
+		k.num(1)
+		k.str(string(in.Request.ProtoReflect().Descriptor().FullName()))
+		var err error
+		k.buf, err = proto.MarshalOptions{Deterministic: true}.MarshalAppend(k.buf[:0], in.Request)
+		if err != nil {
+			return key, false
+		}
+		k.num(uint64(len(k.buf)))
+		k.h.Write(k.buf)
+	} else {
+		k.num(0)
+	}
+	if r := in.Resource; r != nil {
+		k.num(1)
+		k.str(r.Kind)
+		k.str(r.ID)
+		k.str(r.Owner)
+	} else {
+		k.num(0)
+	}
+	k.h.Sum(key[:0])
+	return key, true
+}

@@ -1,0 +1,157 @@
+package policy
+
+import (
+	"context"
+	"log/slog"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/open-policy-agent/opa/v1/ast"
+
+	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
+	"github.com/palisade-rpc/palisade/security"
+	"github.com/palisade-rpc/palisade/security/spiffeid"
+)
+
+func TestCacheableRefusesNondeterministicPolicies(t *testing.T) {
+	t.Parallel()
+	parse := func(src string) map[string]*ast.Module {
+		m, err := ast.ParseModuleWithOpts("p.rego", src, ast.ParserOptions{RegoVersion: ast.RegoV1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return map[string]*ast.Module{"p.rego": m}
+	}
+	for src, want := range map[string]string{
+		"package p\nallow if time.now_ns() > 0\n":                            "time.now_ns",
+		"package p\nallow if { x := http.send({\"method\": \"get\"}); x }\n": "http.send",
+		"package p\nf(x) := rand.intn(\"s\", x)\nallow if f(3) > 1\n":        "rand.intn",
+		"package p\nallow if uuid.rfc4122(\"k\")\n":                          "uuid.rfc4122",
+	} {
+		if ok, found := cacheable(parse(src)); ok || found != want {
+			t.Errorf("%q: cacheable %v (%q), want refused for %s", src, ok, found, want)
+		}
+	}
+	b, err := DefaultBundle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mods, err := parseModules(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, found := cacheable(mods); !ok {
+		t.Fatalf("the default policy should be cacheable; it calls %s", found)
+	}
+}
+
+// TestCacheKeyCoversTheInput: changing any field the input document carries
+// changes the key, so no two inputs can share a cached decision.
+func TestCacheKeyCoversTheInput(t *testing.T) {
+	t.Parallel()
+	cli, _ := spiffeid.Parse("spiffe://palisade.local/client/cli")
+	other, _ := spiffeid.Parse("spiffe://palisade.local/client/other")
+	base := func() *Input {
+		return &Input{
+			Procedure: "/user.v1.UserService/GetUser", Service: "user.v1.UserService", Method: "GetUser", StreamType: "unary",
+			Principal: &security.Principal{
+				Workload: security.Workload{ID: cli, CertSHA256: [32]byte{1}},
+				User: &security.User{Subject: "alice", Roles: []string{"customer"}, Scope: "s", Audience: []string{"a"}, Issuer: "i",
+					TokenID: "j", ExpiresAt: time.Unix(1790000000, 0), Actor: "", CertBound: true},
+			},
+			Request:    &userv1.GetUserRequest{Id: "alice"},
+			Resource:   &Resource{Kind: "order", ID: "o", Owner: "alice"},
+			HTTPMethod: "POST", Protocol: "connect",
+		}
+	}
+	mutations := map[string]func(*Input){
+		"procedure":   func(in *Input) { in.Procedure = "/user.v1.UserService/ListUsers" },
+		"service":     func(in *Input) { in.Service = "x" },
+		"method":      func(in *Input) { in.Method = "x" },
+		"stream type": func(in *Input) { in.StreamType = "server_stream" },
+		"http method": func(in *Input) { in.HTTPMethod = "GET" },
+		"protocol":    func(in *Input) { in.Protocol = "grpc" },
+		"workload":    func(in *Input) { in.Principal.Workload.ID = other },
+		"cert hash":   func(in *Input) { in.Principal.Workload.CertSHA256[31] = 9 },
+		"no user":     func(in *Input) { in.Principal.User = nil },
+		"subject":     func(in *Input) { in.Principal.User.Subject = "bob" },
+		"roles":       func(in *Input) { in.Principal.User.Roles = []string{"admin"} },
+		"more roles":  func(in *Input) { in.Principal.User.Roles = []string{"customer", "admin"} },
+		"scope":       func(in *Input) { in.Principal.User.Scope = "t" },
+		"audience":    func(in *Input) { in.Principal.User.Audience = nil },
+		"issuer":      func(in *Input) { in.Principal.User.Issuer = "j" },
+		"token id":    func(in *Input) { in.Principal.User.TokenID = "k" },
+		"expiry":      func(in *Input) { in.Principal.User.ExpiresAt = time.Unix(1790000001, 0) },
+		"actor":       func(in *Input) { in.Principal.User.Actor = "spiffe://palisade.local/svc/order" },
+		"bound":       func(in *Input) { in.Principal.User.CertBound = false },
+		"request":     func(in *Input) { in.Request = &userv1.GetUserRequest{Id: "bob"} },
+		"no request":  func(in *Input) { in.Request = nil },
+		"request type": func(in *Input) {
+			in.Request = &userv1.WatchUserChangesRequest{} // same (empty) encoding as GetUserRequest{}
+		},
+		"resource owner": func(in *Input) { in.Resource.Owner = "bob" },
+		"no resource":    func(in *Input) { in.Resource = nil },
+		// Field boundaries: moving a byte from one string to the next must not collide.
+		"boundary": func(in *Input) { in.Service, in.Method = "user.v1.UserServiceG", "etUser" },
+	}
+	baseKey, ok := base().cacheKey()
+	if !ok {
+		t.Fatal("no key for the base input")
+	}
+	emptyReq := base()
+	emptyReq.Request = &userv1.GetUserRequest{}
+	emptyKey, _ := emptyReq.cacheKey()
+	for name, mutate := range mutations {
+		in := base()
+		mutate(in)
+		key, ok := in.cacheKey()
+		if !ok || key == baseKey || (name == "request type" && key == emptyKey) {
+			t.Errorf("%s: the key did not change", name)
+		}
+	}
+	if again, _ := base().cacheKey(); again != baseKey {
+		t.Fatal("the same input gave two keys")
+	}
+}
+
+// TestCachedDecisionsFollowTheInput: with the cache on, alice reading
+// herself is allowed and reading bob denied, however the calls interleave,
+// and a reload discards what the old version decided.
+func TestCachedDecisionsFollowTheInput(t *testing.T) {
+	t.Parallel()
+	b, _ := DefaultBundle()
+	e, err := NewEngine(context.Background(), b, EngineOptions{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.cur.Load().cache == nil {
+		t.Fatal("the default policy runs without a decision cache")
+	}
+	cli, _ := spiffeid.Parse("spiffe://palisade.local/client/cli")
+	in := func(id string) *Input {
+		return &Input{Procedure: "/user.v1.UserService/GetUser", Service: "user.v1.UserService", Method: "GetUser", StreamType: "unary",
+			Principal: &security.Principal{Workload: security.Workload{ID: cli},
+				User: &security.User{Subject: "alice", Roles: []string{"customer"}, ExpiresAt: time.Now().Add(time.Hour)}},
+			Request: &userv1.GetUserRequest{Id: id}, HTTPMethod: "POST", Protocol: "connect"}
+	}
+	for i := 0; i < 3; i++ {
+		for id, want := range map[string]bool{"alice": true, "bob": false} {
+			cached, err := e.Decide(context.Background(), in(id))
+			if err != nil || cached.Allow != want {
+				t.Fatalf("round %d, %s: %+v %v", i, id, cached, err)
+			}
+			fresh, err := e.Eval(context.Background(), in(id).Value())
+			if err != nil || !reflect.DeepEqual(cached, fresh) {
+				t.Fatalf("cached %+v, evaluated %+v", cached, fresh)
+			}
+		}
+	}
+	denyAll := &Bundle{Modules: map[string]string{"a.rego": "package palisade.authz\ndecision := {\"allow\": false, \"reasons\": [\"closed\"]}\n"}}
+	if err := e.Load(context.Background(), denyAll); err != nil {
+		t.Fatal(err)
+	}
+	if d, _ := e.Decide(context.Background(), in("alice")); d.Allow {
+		t.Fatal("a decision of the previous policy version was served from the cache")
+	}
+}

@@ -82,7 +82,8 @@ var keyHashers = sync.Pool{New: func() any { return &keyHasher{h: sha256.New()} 
 
 type keyHasher struct {
 	h   hash.Hash
-	buf []byte
+	buf []byte // scratch of str and num
+	msg []byte // the request's encoding
 }
 
 func (k *keyHasher) str(s string) {
@@ -145,13 +146,13 @@ func (in *Input) cacheKey() (key [32]byte, ok bool) {
 	if in.Request != nil {
 		k.num(1)
 		k.str(string(in.Request.ProtoReflect().Descriptor().FullName()))
-		var err error
-		k.buf, err = proto.MarshalOptions{Deterministic: true}.MarshalAppend(k.buf[:0], in.Request)
+		msg, err := proto.MarshalOptions{Deterministic: true}.MarshalAppend(k.msg[:0], in.Request)
 		if err != nil {
 			return key, false
 		}
-		k.num(uint64(len(k.buf)))
-		k.h.Write(k.buf)
+		k.msg = msg
+		k.num(uint64(len(msg))) // num reuses k.buf: the message has its own buffer
+		k.h.Write(msg)
 	} else {
 		k.num(0)
 	}

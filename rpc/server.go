@@ -62,6 +62,7 @@ type Server struct {
 	health    *grpchealth.StaticChecker
 	http      *http.Server
 	errWriter *connect.ErrorWriter
+	expiry    *connExpiry              // closes connections whose peer certificate expired
 	pinned    map[[32]byte]spiffeid.ID // WithPinnedClientCertificate
 
 	mu       sync.Mutex
@@ -99,6 +100,7 @@ func NewServer(src mtls.Source, authz policy.Authorizer, opts ...ServerOption) (
 		mux:       http.NewServeMux(),
 		health:    grpchealth.NewStaticChecker(),
 		errWriter: connect.NewErrorWriter(),
+		expiry:    newConnExpiry(cfg.logger),
 		services:  map[string]bool{},
 		pinned:    pinned,
 	}
@@ -106,7 +108,7 @@ func NewServer(src mtls.Source, authz policy.Authorizer, opts ...ServerOption) (
 	protocols.SetHTTP1(true)
 	protocols.SetHTTP2(true)
 	s.http = &http.Server{
-		Handler:           s.authenticate(s.mux),
+		Handler:           s.expiry.drain(s.authenticate(s.mux)),
 		TLSConfig:         mtls.ServerConfig(src, "h2", "http/1.1"),
 		Protocols:         protocols,
 		ReadHeaderTimeout: cfg.readHeaderTimeout,
@@ -115,7 +117,8 @@ func NewServer(src mtls.Source, authz policy.Authorizer, opts ...ServerOption) (
 		HTTP2: &http.HTTP2Config{
 			MaxConcurrentStreams: cfg.maxConcurrentStreams,
 		},
-		ErrorLog: slog.NewLogLogger(cfg.logger.Handler(), slog.LevelWarn),
+		ErrorLog:  slog.NewLogLogger(cfg.logger.Handler(), slog.LevelWarn),
+		ConnState: s.expiry.connState,
 	}
 
 	if err := Mount(s, grpchealth.NewHandler, grpchealth.Checker(s.health)); err != nil {
@@ -231,6 +234,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	s.serving = true
 	s.addr = ln.Addr()
 	s.mu.Unlock()
+	defer s.expiry.stop()
 
 	errc := make(chan error, 1)
 	go func() { errc <- s.http.ServeTLS(ln, "", "") }()

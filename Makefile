@@ -7,11 +7,15 @@ BUF := $(GO) tool -modfile=tools/go.mod buf
 TEST_DEMO_ENV := USER_ADDR=127.0.0.1:18443 ORDER_ADDR=127.0.0.1:19443
 
 .DEFAULT_GOAL := help
-# Fuzz targets: package and function. `make test` runs each briefly, `make
-# fuzz` longer (FUZZTIME=1m make fuzz).
+# Fuzz targets: package and function. Seed corpora are committed under each
+# package's testdata/fuzz/<target>/ (and added in the tests). `make test`
+# runs each for TEST_FUZZTIME, `make fuzz` for FUZZTIME (FUZZTIME=1m make fuzz).
 FUZZ_TARGETS := ./security/token:FuzzVerify ./security/spiffeid:FuzzParse \
-	./security/password:FuzzVerify ./rpc:FuzzBearer ./rpc:FuzzRequestID
+	./security/password:FuzzVerify ./rpc:FuzzBearer \
+	./security/spiffeid:FuzzFromCertificate ./policy:FuzzMessageValue \
+	./security/token:FuzzParseJWKS ./rpc:FuzzRequestID
 FUZZTIME ?= 30s
+TEST_FUZZTIME ?= 3s
 # `make bench` flags beyond the issue's defaults, e.g. BENCH_FLAGS="--duration 10s --rounds 6".
 BENCH_FLAGS ?=
 # The micro-benchmarks of the chain's parts, run by `make bench-micro`.
@@ -52,8 +56,8 @@ test: vet check-generate test-go test-fuzz test-demo conformance ## the whole su
 test-go: ## go test -race ./...
 	$(GO) test -race -count=1 ./...
 
-test-fuzz: ## a 5-second run of every fuzz target (seeds are committed in the tests)
-	@$(MAKE) --no-print-directory fuzz FUZZTIME=5s
+test-fuzz: ## a short run (TEST_FUZZTIME, 3s) of every fuzz target
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(TEST_FUZZTIME)
 
 fuzz: ## run every fuzz target for FUZZTIME (default 30s)
 	@for t in $(FUZZ_TARGETS); do \

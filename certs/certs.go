@@ -232,16 +232,8 @@ func ParseCA(certPEM, keyPEM []byte) (*CA, error) {
 // ParseCertificates parses every CERTIFICATE block in data; there must be at least one.
 func ParseCertificates(data []byte) ([]*x509.Certificate, error) {
 	var out []*x509.Certificate
-	for {
-		var block *pem.Block
-		block, data = pem.Decode(data)
-		if block == nil {
-			break
-		}
-		if block.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(block.Bytes)
+	for _, der := range pemBlocks(data, "CERTIFICATE") {
+		c, err := x509.ParseCertificate(der)
 		if err != nil {
 			return nil, fmt.Errorf("certs: parse certificate: %w", err)
 		}
@@ -251,6 +243,22 @@ func ParseCertificates(data []byte) ([]*x509.Certificate, error) {
 		return nil, errors.New("certs: no CERTIFICATE block")
 	}
 	return out, nil
+}
+
+// pemBlocks returns the contents of the PEM blocks of type typ in data, in
+// order, skipping blocks of other types.
+func pemBlocks(data []byte, typ string) [][]byte {
+	var out [][]byte
+	for {
+		var block *pem.Block
+		block, data = pem.Decode(data)
+		if block == nil {
+			return out
+		}
+		if block.Type == typ {
+			out = append(out, block.Bytes)
+		}
+	}
 }
 
 func newSerial() (*big.Int, error) {

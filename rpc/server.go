@@ -68,6 +68,7 @@ type Server struct {
 	health    *grpchealth.StaticChecker
 	http      *http.Server
 	errWriter *connect.ErrorWriter
+	expiry    *connExpiry              // closes connections whose peer certificate expired
 	pinned    map[[32]byte]spiffeid.ID // WithPinnedClientCertificate
 
 	requestIDs *requestIDs
@@ -122,6 +123,7 @@ func NewServer(src mtls.Source, authz policy.Authorizer, opts ...ServerOption) (
 		mux:        http.NewServeMux(),
 		health:     grpchealth.NewStaticChecker(),
 		errWriter:  connect.NewErrorWriter(),
+		expiry:     newConnExpiry(cfg.logger),
 		services:   map[string]bool{},
 		pinned:     pinned,
 		requestIDs: newRequestIDs(),
@@ -133,7 +135,7 @@ func NewServer(src mtls.Source, authz policy.Authorizer, opts ...ServerOption) (
 	protocols.SetHTTP1(true)
 	protocols.SetHTTP2(true)
 	s.http = &http.Server{
-		Handler:           s.front(s.mux),
+		Handler:           s.expiry.drain(s.front(s.mux)),
 		TLSConfig:         mtls.ServerConfig(src, "h2", "http/1.1"),
 		Protocols:         protocols,
 		ReadHeaderTimeout: cfg.readHeaderTimeout,
@@ -142,7 +144,8 @@ func NewServer(src mtls.Source, authz policy.Authorizer, opts ...ServerOption) (
 		HTTP2: &http.HTTP2Config{
 			MaxConcurrentStreams: cfg.maxConcurrentStreams,
 		},
-		ErrorLog: slog.NewLogLogger(cfg.logger.Handler(), slog.LevelWarn),
+		ErrorLog:  slog.NewLogLogger(cfg.logger.Handler(), slog.LevelWarn),
+		ConnState: s.expiry.connState,
 	}
 
 	if err := Mount(s, grpchealth.NewHandler, grpchealth.Checker(s.health)); err != nil {
@@ -260,6 +263,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	s.addr = ln.Addr()
 	s.mu.Unlock()
 	defer s.tel.close()
+	defer s.expiry.stop()
 
 	errc := make(chan error, 1)
 	go func() { errc <- s.http.ServeTLS(ln, "", "") }()

@@ -5,8 +5,8 @@ package certstest
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"math/big"
 	"net"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -85,7 +85,8 @@ type Files struct {
 }
 
 // WriteFiles writes issued and the CA as PEM files into dir under name and
-// returns their paths.
+// returns their paths. Each file is replaced atomically
+// (certs.WriteFileAtomic), so a watcher never reads half a file.
 func (ca *CA) WriteFiles(dir, name string, issued *certs.Issued) Files {
 	ca.tb.Helper()
 	key, err := issued.KeyPEM()
@@ -98,9 +99,54 @@ func (ca *CA) WriteFiles(dir, name string, issued *certs.Issued) Files {
 		CA:   filepath.Join(dir, "ca.pem"),
 	}
 	for path, data := range map[string][]byte{f.Cert: issued.CertPEM(), f.Key: key, f.CA: ca.CertPEM()} {
-		if err := os.WriteFile(path, data, 0o600); err != nil {
+		if err := certs.WriteFileAtomic(path, data, 0o600); err != nil {
 			ca.tb.Fatal(err)
 		}
 	}
 	return f
+}
+
+// WritePair replaces the certificate and key files of f with issued's, key
+// first, each atomically: what a certificate rotation does.
+func (ca *CA) WritePair(f Files, issued *certs.Issued) {
+	ca.tb.Helper()
+	key, err := issued.KeyPEM()
+	if err != nil {
+		ca.tb.Fatal(err)
+	}
+	if err := certs.WriteFileAtomic(f.Key, key, 0o600); err != nil {
+		ca.tb.Fatal(err)
+	}
+	if err := certs.WriteFileAtomic(f.Cert, issued.CertPEM(), 0o600); err != nil {
+		ca.tb.Fatal(err)
+	}
+}
+
+// WriteBundle writes the certificates of cas to path as one CA bundle.
+func WriteBundle(tb testing.TB, path string, cas ...*CA) {
+	tb.Helper()
+	var pemData []byte
+	for _, ca := range cas {
+		pemData = append(pemData, ca.CertPEM()...)
+	}
+	if err := certs.WriteFileAtomic(path, pemData, 0o600); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// WriteCRL writes to path a CRL signed by the CA, numbered number, that
+// revokes the given certificates.
+func (ca *CA) WriteCRL(path string, number int64, revoked ...*x509.Certificate) {
+	ca.tb.Helper()
+	var entries []x509.RevocationListEntry
+	for _, c := range revoked {
+		entries = append(entries, x509.RevocationListEntry{SerialNumber: c.SerialNumber, RevocationTime: time.Now()})
+	}
+	data, _, err := ca.CreateCRL(certs.CRL{Revoked: entries, Number: big.NewInt(number)})
+	if err != nil {
+		ca.tb.Fatal(err)
+	}
+	if err := certs.WriteFileAtomic(path, data, 0o600); err != nil {
+		ca.tb.Fatal(err)
+	}
 }

@@ -56,12 +56,13 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	src, err := common.Source()
+	src, err := common.Source(logger)
 	if err != nil {
 		return err
 	}
 	ctx, stop := svcmain.SignalContext()
 	defer stop()
+	common.WatchSource(ctx, src)
 
 	store, err := order.OpenStore(ctx, *db)
 	if err != nil {

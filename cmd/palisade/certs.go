@@ -1,10 +1,16 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"math/big"
+	"os"
 	"path/filepath"
+	"strings"
+	"time"
 
 	"github.com/palisade-rpc/palisade/certs"
+	"github.com/palisade-rpc/palisade/security/spiffeid"
 )
 
 func certsInit(args []string) error {
@@ -35,4 +41,90 @@ Existing files are never overwritten without --force.`)
 		fmt.Println("wrote", path)
 	}
 	return nil
+}
+
+func certsRotate(args []string) error {
+	fs := newFlagSet("palisade certs rotate", `Re-issue one leaf of the development PKI with the dev CA: a new key and
+serial number, the same SPIFFE ID, SANs and usage. The key and then the
+certificate are replaced atomically; running services notice within
+--cert-reload-interval and use the new certificate for new connections
+(open ones keep working).`)
+	dir := fs.String("dir", filepath.Join(".palisade", "certs"), "`directory` of the development PKI")
+	name := fs.String("name", "", "the leaf to re-issue: usersvc, ordersvc, cli or other")
+	validity := fs.Duration("validity", 90*24*time.Hour, "`lifetime` of the new certificate")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	if *name == "" {
+		return errors.New("--name is required (usersvc, ordersvc, cli or other)")
+	}
+	issued, err := certs.RotateDev(*dir, *name, *validity)
+	if err != nil {
+		return err
+	}
+	id, _ := spiffeid.FromCertificate(issued.Cert)
+	fmt.Printf("rotated %s: %s serial %s, valid until %s\n", *name, id, issued.Cert.SerialNumber.Text(16),
+		issued.Cert.NotAfter.UTC().Format(time.RFC3339))
+	return nil
+}
+
+func certsRevoke(args []string) error {
+	fs := newFlagSet("palisade certs revoke", `Add a certificate's serial number to the dev CA's revocation list,
+<dir>/crl.pem (created when missing; its number is incremented and its next
+update set). Services started with --crl <dir>/crl.pem reload it within
+--cert-reload-interval and refuse the certificate at the handshake.`)
+	dir := fs.String("dir", filepath.Join(".palisade", "certs"), "`directory` of the development PKI")
+	certFile := fs.String("cert", "", "PEM `file` of the certificate to revoke (it must be issued by the dev CA)")
+	serialHex := fs.String("serial", "", "serial number to revoke, in `hex` (colons allowed)")
+	validity := fs.Duration("next-update", certs.DefaultCRLValidity, "`time` until the CRL's next update")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	serial, err := serialToRevoke(*dir, *certFile, *serialHex)
+	if err != nil {
+		return err
+	}
+	crl, err := certs.RevokeDev(*dir, []*big.Int{serial}, *validity)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("revoked serial %s; %s number %s lists %d certificates, next update %s\n", serial.Text(16),
+		filepath.Join(*dir, certs.DevCRLFile), crl.Number, len(crl.RevokedCertificateEntries), crl.NextUpdate.UTC().Format(time.RFC3339))
+	return nil
+}
+
+// serialToRevoke reads the serial from exactly one of --cert and --serial.
+func serialToRevoke(dir, certFile, serialHex string) (*big.Int, error) {
+	switch {
+	case (certFile == "") == (serialHex == ""):
+		return nil, errors.New("give exactly one of --cert and --serial")
+	case serialHex != "":
+		s, ok := new(big.Int).SetString(strings.ReplaceAll(strings.TrimPrefix(strings.ToLower(serialHex), "0x"), ":", ""), 16)
+		if !ok || s.Sign() <= 0 {
+			return nil, fmt.Errorf("--serial %q is not a positive hex number", serialHex)
+		}
+		return s, nil
+	}
+	data, err := os.ReadFile(certFile)
+	if err != nil {
+		return nil, err
+	}
+	parsed, err := certs.ParseCertificates(data)
+	if err != nil {
+		return nil, fmt.Errorf("--cert %s: %w", certFile, err)
+	}
+	ca, err := certs.LoadDevCA(dir)
+	if err != nil {
+		return nil, err
+	}
+	if err := parsed[0].CheckSignatureFrom(ca.Cert); err != nil {
+		return nil, fmt.Errorf("--cert %s was not issued by the CA in %s: %w", certFile, dir, err)
+	}
+	return parsed[0].SerialNumber, nil
 }

@@ -24,7 +24,9 @@ func commands() map[string]command {
 	return map[string]command{
 		"bench": {summary: "measure what security costs: Palisade's chain against bare Connect and grpc-go", run: benchCmd},
 		"certs": {summary: "development PKI", sub: map[string]command{
-			"init": {summary: "create a CA and the demo's workload and client certificates", run: certsInit},
+			"init":   {summary: "create a CA and the demo's workload and client certificates", run: certsInit},
+			"rotate": {summary: "re-issue one leaf (same identity, new key)", run: certsRotate},
+			"revoke": {summary: "add a certificate to the dev CA's revocation list", run: certsRevoke},
 		}},
 		"keys": {summary: "token signing keys", sub: map[string]command{
 			"rotate": {summary: "add a signing key; retire the oldest", run: keysRotate},

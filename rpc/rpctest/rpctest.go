@@ -151,6 +151,19 @@ func (l *Logs) WaitForLog(tb testing.TB, substrs ...string) string {
 	}
 }
 
+// Count returns how many lines so far contain substr.
+func (l *Logs) Count(substr string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, line := range l.lines {
+		if strings.Contains(line, substr) {
+			n++
+		}
+	}
+	return n
+}
+
 // Lines returns the lines so far.
 func (l *Logs) Lines() []string {
 	l.mu.Lock()

@@ -33,16 +33,36 @@ func AuthorizeMemberOf(trustDomain string) Authorizer {
 	}
 }
 
+// RevocationChecker is implemented by a Source that knows revoked
+// certificates (a FileSource with WithCRL). ServerConfig and ClientConfig
+// call it in VerifyConnection with the peer's verified chains, on full and
+// resumed handshakes, and refuse the peer if it fails.
+type RevocationChecker interface {
+	CheckRevocation(verifiedChains [][]*x509.Certificate) error
+}
+
+// verifyNotRevoked returns the VerifyConnection check of src's revocation
+// list, or nil when src keeps none.
+func verifyNotRevoked(src Source) func(tls.ConnectionState) error {
+	rc, ok := src.(RevocationChecker)
+	if !ok {
+		return nil
+	}
+	return func(cs tls.ConnectionState) error { return rc.CheckRevocation(cs.VerifiedChains) }
+}
+
 // ServerConfig returns the TLS configuration of a Palisade server: TLS 1.3,
 // the server's certificate from src, and a client certificate required and
-// verified against src's trust bundle (for the clientAuth usage). Both are
-// read from src on every handshake. Checking the client's SPIFFE ID is left
+// verified against src's trust bundle (for the clientAuth usage) and, when
+// src is a RevocationChecker, not revoked. Both are read from src on every
+// handshake. Checking the client's SPIFFE ID is left
 // to HTTP middleware, so that a refusal can be reported as an RPC error
 // (unauthenticated) rather than a bare handshake alert.
 //
 // nextProtos are the ALPN protocols to offer, for example "h2", "http/1.1".
 func ServerConfig(src Source, nextProtos ...string) *tls.Config {
 	protos := append([]string(nil), nextProtos...)
+	notRevoked := verifyNotRevoked(src)
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		NextProtos: protos,
@@ -56,11 +76,12 @@ func ServerConfig(src Source, nextProtos ...string) *tls.Config {
 				return nil, fmt.Errorf("mtls: trust bundle: %w", err)
 			}
 			return &tls.Config{
-				MinVersion:   tls.VersionTLS13,
-				NextProtos:   protos,
-				Certificates: []tls.Certificate{*cert},
-				ClientCAs:    bundle,
-				ClientAuth:   tls.RequireAndVerifyClientCert,
+				MinVersion:       tls.VersionTLS13,
+				NextProtos:       protos,
+				Certificates:     []tls.Certificate{*cert},
+				ClientCAs:        bundle,
+				ClientAuth:       tls.RequireAndVerifyClientCert,
+				VerifyConnection: notRevoked,
 			}, nil
 		},
 	}
@@ -68,33 +89,46 @@ func ServerConfig(src Source, nextProtos ...string) *tls.Config {
 
 // ClientConfig returns a TLS configuration for one connection from a
 // Palisade client: TLS 1.3, the client certificate from src (read at the
-// handshake), the server verified against src's current trust bundle and
-// serverName, and then its SPIFFE ID checked by authorize. A nil authorize
-// is refused: a client must say which servers it expects.
+// handshake), the server's chain verified for serverName and the serverAuth
+// usage against the trust bundle src holds at that moment, not revoked when
+// src is a RevocationChecker, and then its SPIFFE ID checked by authorize.
+// A nil authorize or an empty serverName is refused: a client must say
+// which servers it expects.
 //
-// Build a new config per dial (the rpc client does) so that a rotated trust
-// bundle applies to new connections.
+// The chain is verified in VerifyConnection rather than by crypto/tls with
+// RootCAs fixed when the config is made (crypto/tls's own verification is
+// switched off and replaced, as go-spiffe's tlsconfig does): a dial that
+// straddles a rotation of the trust bundle must check the server against
+// the new bundle, or a server that has just moved to a new CA is refused.
 func ClientConfig(src Source, serverName string, authorize Authorizer, nextProtos ...string) (*tls.Config, error) {
 	if authorize == nil {
 		return nil, errors.New("mtls: client config needs a server authorizer")
 	}
-	bundle, err := src.TrustBundle()
-	if err != nil {
-		return nil, fmt.Errorf("mtls: trust bundle: %w", err)
+	if serverName == "" {
+		return nil, errors.New("mtls: client config needs the server's name")
 	}
+	notRevoked := verifyNotRevoked(src)
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		ServerName: serverName,
-		RootCAs:    bundle,
 		NextProtos: append([]string(nil), nextProtos...),
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 			return src.Certificate()
 		},
+		// Not insecure: VerifyConnection verifies the chain (verifyServer).
+		InsecureSkipVerify: true,
 		VerifyConnection: func(cs tls.ConnectionState) error {
-			if len(cs.VerifiedChains) == 0 || len(cs.VerifiedChains[0]) == 0 {
-				return errors.New("mtls: server certificate was not verified")
+			chains, err := verifyServer(src, serverName, cs.PeerCertificates)
+			if err != nil {
+				return err
 			}
-			chain := cs.VerifiedChains[0]
+			cs.VerifiedChains = chains
+			if notRevoked != nil {
+				if err := notRevoked(cs); err != nil {
+					return err
+				}
+			}
+			chain := chains[0]
 			id, err := spiffeid.FromCertificate(chain[0])
 			if err != nil {
 				return fmt.Errorf("mtls: server identity: %w", err)
@@ -102,4 +136,32 @@ func ClientConfig(src Source, serverName string, authorize Authorizer, nextProto
 			return authorize(id, chain)
 		},
 	}, nil
+}
+
+// verifyServer does what crypto/tls does for a client with RootCAs and
+// ServerName set, with the trust bundle src holds now: it verifies the
+// server's chain for the serverAuth usage, at the current time, and the
+// leaf for serverName (a DNS name or an IP address).
+func verifyServer(src Source, serverName string, peer []*x509.Certificate) ([][]*x509.Certificate, error) {
+	if len(peer) == 0 {
+		return nil, errors.New("mtls: server sent no certificate")
+	}
+	bundle, err := src.TrustBundle()
+	if err != nil {
+		return nil, fmt.Errorf("mtls: trust bundle: %w", err)
+	}
+	intermediates := x509.NewCertPool()
+	for _, c := range peer[1:] {
+		intermediates.AddCert(c)
+	}
+	chains, err := peer[0].Verify(x509.VerifyOptions{
+		Roots:         bundle,
+		Intermediates: intermediates,
+		DNSName:       serverName,
+		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("mtls: server certificate: %w", err)
+	}
+	return chains, nil
 }

@@ -7,6 +7,16 @@
 // per-dial config on the client), so a Source that rotates its material is
 // picked up by new connections without a restart.
 //
+// # Rotation and revocation
+//
+// FileSource.Watch polls the PEM files and swaps in new material only after
+// validating it in full (parsable, key matching the certificate, within its
+// validity period, same SPIFFE ID, chaining to the new CA bundle); a bad file
+// is refused and logged and the last good material keeps serving. Open
+// connections are not disturbed: TLS material only matters at the handshake.
+// A source with a CRL (WithCRL) makes ServerConfig and ClientConfig refuse
+// revoked peers in VerifyConnection.
+//
 // # Protocol versions
 //
 // Palisade accepts TLS 1.3 only. Every TLS 1.3 cipher suite is an AEAD with
@@ -19,8 +29,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"os"
-	"sync/atomic"
 
 	"github.com/palisade-rpc/palisade/certs"
 	"github.com/palisade-rpc/palisade/security/spiffeid"
@@ -52,62 +60,6 @@ func (s *StaticSource) Certificate() (*tls.Certificate, error) { return s.cert, 
 
 // TrustBundle implements Source.
 func (s *StaticSource) TrustBundle() (*x509.CertPool, error) { return s.bundle, nil }
-
-// FileSource is a Source read from PEM files: a certificate chain, its private
-// key, and a CA bundle. Reload re-reads the files; until a reload succeeds the
-// last good material keeps serving.
-type FileSource struct {
-	certFile, keyFile, caFile string
-	current                   atomic.Pointer[material]
-}
-
-type material struct {
-	cert   *tls.Certificate
-	bundle *x509.CertPool
-}
-
-// NewFileSource reads certFile, keyFile and caFile and returns a Source over
-// them. It fails if any file is missing or malformed or the key does not
-// match the certificate.
-func NewFileSource(certFile, keyFile, caFile string) (*FileSource, error) {
-	s := &FileSource{certFile: certFile, keyFile: keyFile, caFile: caFile}
-	if err := s.Reload(); err != nil {
-		return nil, err
-	}
-	return s, nil
-}
-
-// Reload re-reads the files. On error the previous material stays in force.
-func (s *FileSource) Reload() error {
-	m, err := loadMaterial(s.certFile, s.keyFile, s.caFile)
-	if err != nil {
-		return err
-	}
-	s.current.Store(m)
-	return nil
-}
-
-// Certificate implements Source.
-func (s *FileSource) Certificate() (*tls.Certificate, error) { return s.current.Load().cert, nil }
-
-// TrustBundle implements Source.
-func (s *FileSource) TrustBundle() (*x509.CertPool, error) { return s.current.Load().bundle, nil }
-
-func loadMaterial(certFile, keyFile, caFile string) (*material, error) {
-	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
-	if err != nil {
-		return nil, fmt.Errorf("mtls: load key pair %s: %w", certFile, err)
-	}
-	caPEM, err := os.ReadFile(caFile)
-	if err != nil {
-		return nil, fmt.Errorf("mtls: read CA bundle: %w", err)
-	}
-	bundle, err := PoolFromPEM(caPEM)
-	if err != nil {
-		return nil, fmt.Errorf("mtls: CA bundle %s: %w", caFile, err)
-	}
-	return &material{cert: &cert, bundle: bundle}, nil
-}
 
 // PoolFromPEM parses every certificate in pemData into a pool. Each must be a
 // CA certificate.

@@ -11,6 +11,7 @@ package spiffeid
 
 import (
 	"crypto/x509"
+	"encoding/asn1"
 	"errors"
 	"fmt"
 	"strings"
@@ -118,6 +119,11 @@ func (id ID) MemberOf(trustDomain string) bool {
 // exactly one URI SAN and it must be a valid SPIFFE ID; a certificate with
 // none, with several, or with other URI SANs beside it is refused, as the
 // X509-SVID specification requires.
+//
+// The URI SAN is parsed from the bytes the CA signed, not from the
+// url.URL crypto/x509 made of them: url.Parse normalizes (it lower-cases
+// the scheme and drops an empty fragment), so "SPIFFE://td/svc" or
+// "spiffe://td/svc#" would otherwise be read as spiffe://td/svc.
 func FromCertificate(cert *x509.Certificate) (ID, error) {
 	if cert == nil {
 		return ID{}, errors.New("spiffeid: no certificate")
@@ -129,5 +135,45 @@ func FromCertificate(cert *x509.Certificate) (ID, error) {
 	default:
 		return ID{}, fmt.Errorf("spiffeid: certificate has %d URI SANs, want exactly one", len(cert.URIs))
 	}
-	return Parse(cert.URIs[0].String())
+	raw, found, err := rawURISANs(cert)
+	if err != nil {
+		return ID{}, err
+	}
+	if !found {
+		// A certificate built in memory rather than parsed: only its URIs exist.
+		return Parse(cert.URIs[0].String())
+	}
+	if len(raw) != 1 {
+		return ID{}, fmt.Errorf("spiffeid: certificate has %d URI SANs, want exactly one", len(raw))
+	}
+	return Parse(raw[0])
+}
+
+var oidSubjectAltName = asn1.ObjectIdentifier{2, 5, 29, 17}
+
+// rawURISANs returns the uniformResourceIdentifier names of cert's
+// subjectAltName extension as encoded, and whether it has that extension.
+func rawURISANs(cert *x509.Certificate) ([]string, bool, error) {
+	for _, ext := range cert.Extensions {
+		if !ext.Id.Equal(oidSubjectAltName) {
+			continue
+		}
+		var seq asn1.RawValue
+		rest, err := asn1.Unmarshal(ext.Value, &seq)
+		if err != nil || len(rest) > 0 || seq.Class != asn1.ClassUniversal || seq.Tag != asn1.TagSequence || !seq.IsCompound {
+			return nil, true, errors.New("spiffeid: malformed subjectAltName extension")
+		}
+		var uris []string
+		for b := seq.Bytes; len(b) > 0; {
+			var name asn1.RawValue
+			if b, err = asn1.Unmarshal(b, &name); err != nil {
+				return nil, true, errors.New("spiffeid: malformed subjectAltName extension")
+			}
+			if name.Class == asn1.ClassContextSpecific && name.Tag == 6 { // uniformResourceIdentifier
+				uris = append(uris, string(name.Bytes))
+			}
+		}
+		return uris, true, nil
+	}
+	return nil, false, nil
 }

@@ -95,3 +95,19 @@ func (d *Delegator) Token(ctx context.Context) (string, error) {
 	d.entries[key] = delegated{token: tok, expires: exp}
 	return tok, nil
 }
+
+// Forget drops the delegated token cached for the call in ctx, so that the
+// next Token exchanges anew. A service calls it when the other side refused
+// the delegated token: after its own certificate rotated, a cached token is
+// still bound to the old one, and is refused on any connection that
+// presents the new one.
+func (d *Delegator) Forget(ctx context.Context) {
+	p, ok := security.FromContext(ctx)
+	if !ok || p.Token.IsZero() {
+		return
+	}
+	key := sha256.Sum256([]byte(p.Token.Reveal()))
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	delete(d.entries, key)
+}

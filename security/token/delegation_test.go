@@ -43,3 +43,30 @@ func TestDelegatorCachesUntilMargin(t *testing.T) {
 		t.Fatal("exchange error not returned")
 	}
 }
+
+func TestDelegatorForget(t *testing.T) {
+	t.Parallel()
+	calls := 0
+	d := NewDelegator(func(_ context.Context, subject string) (string, time.Time, error) {
+		calls++
+		return "delegated-" + subject, time.Now().Add(5 * time.Minute), nil
+	}, DelegatorOptions{})
+	call := func(tok string) context.Context {
+		return security.NewContext(context.Background(), &security.Principal{Token: security.NewSecret(tok)})
+	}
+	for _, user := range []string{"alice", "bob"} {
+		if _, err := d.Token(call(user)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d.Forget(call("alice"))
+	d.Forget(context.Background()) // no principal: nothing to forget
+	for _, user := range []string{"alice", "bob"} {
+		if _, err := d.Token(call(user)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if calls != 3 {
+		t.Fatalf("%d exchanges, want 3: alice's forgotten token exchanged again, bob's still cached", calls)
+	}
+}

@@ -2,6 +2,7 @@ package token
 
 import (
 	"context"
+	"crypto"
 	"strings"
 	"testing"
 )
@@ -41,6 +42,73 @@ func FuzzVerify(f *testing.F) {
 		}
 		if err != nil && len(raw) > 16 && strings.Contains(err.Error(), raw) {
 			t.Fatalf("error echoes the token: %v", err)
+		}
+	})
+}
+
+// FuzzParseJWKS: ParseJWKS never panics, and a key set it accepts
+// re-marshals (MarshalJWKS) and re-parses to the same keys, in order: same
+// kid, same algorithm, same public key. What the verifier trusts is
+// therefore exactly what the document says, with nothing lost or added by
+// a second reading.
+func FuzzParseJWKS(f *testing.F) {
+	var pubs []*PublicKey
+	for _, alg := range []string{AlgEdDSA, AlgES256} {
+		k, err := GenerateKey(alg)
+		if err != nil {
+			f.Fatal(err)
+		}
+		p, err := k.Public()
+		if err != nil {
+			f.Fatal(err)
+		}
+		pubs = append(pubs, p)
+	}
+	genuine, err := MarshalJWKS(pubs)
+	if err != nil {
+		f.Fatal(err)
+	}
+	one, err := MarshalJWKS(pubs[:1])
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, seed := range []string{
+		string(genuine),
+		string(one),
+		strings.Replace(string(one), `"use":"sig"`, `"use":"sig","d":"AAAA"`, 1),
+		strings.Replace(string(genuine), pubs[1].ID, pubs[0].ID, 1),
+		strings.Replace(string(one), `"kty"`, `"extra":1,"kty"`, 1),
+		strings.Replace(string(one), `"kty"`, `"kty":"RSA","kty"`, 1),
+		`{"keys":[]}`,
+		`{"keys":null}`,
+		`{"keys":[{"kty":"oct","k":"c2VjcmV0","kid":"h","alg":"HS256"}]}`,
+		`{"keys":[{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo=","kid":"p","alg":"EdDSA"}]}`,
+		"\xef\xbb\xbf" + string(one),
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		keys, err := ParseJWKS(data)
+		if err != nil {
+			return
+		}
+		out, err := MarshalJWKS(keys)
+		if err != nil {
+			t.Fatalf("accepted keys do not marshal: %v", err)
+		}
+		again, err := ParseJWKS(out)
+		if err != nil {
+			t.Fatalf("re-marshalled JWKS %s does not parse: %v", out, err)
+		}
+		if len(again) != len(keys) {
+			t.Fatalf("%d keys became %d", len(keys), len(again))
+		}
+		for i, k := range keys {
+			a := again[i]
+			eq, ok := k.Key.(interface{ Equal(crypto.PublicKey) bool })
+			if a.ID != k.ID || a.Alg != k.Alg || !ok || !eq.Equal(a.Key) {
+				t.Fatalf("key %d changed in the round trip: %+v became %+v", i, k, a)
+			}
 		}
 	})
 }

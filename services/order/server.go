@@ -129,7 +129,7 @@ func NewServer(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := rpc.Mount(srv, orderv1connect.NewOrderServiceHandler, orderv1connect.OrderServiceHandler(NewService(cfg.Store, users, cfg.Logger))); err != nil {
+	if err := rpc.Mount(srv, orderv1connect.NewOrderServiceHandler, orderv1connect.OrderServiceHandler(NewService(cfg.Store, redelegating{users, delegator}, cfg.Logger))); err != nil {
 		return nil, err
 	}
 	return &Server{Server: srv, Keys: keys}, nil

@@ -39,8 +39,14 @@ type Flags struct {
 	PolicyDir      string
 	PolicyBundle   string
 	PolicyInterval time.Duration
-	AdminAddr      string
-	TraceStdout    bool
+	// CRL is an optional certificate revocation list; CertReloadInterval is
+	// how often the certificate, key, CA bundle and CRL files are checked.
+	CRL                string
+	CertReloadInterval time.Duration
+	// AdminAddr is the admin listener's address (metrics); TraceStdout
+	// writes spans to stdout.
+	AdminAddr   string
+	TraceStdout bool
 }
 
 // Register defines the common flags on fs. name is the service's file name in
@@ -58,6 +64,8 @@ func (f *Flags) Register(fs *flag.FlagSet, name, defaultAddr string) {
 	fs.StringVar(&f.PolicyDir, "policy-dir", "", "`directory` of rego policies (and their *_test.rego tests) to use instead of the embedded ones; watched, and a changed policy is swapped in only if it compiles and its tests pass")
 	fs.StringVar(&f.PolicyBundle, "policy-bundle", "", "OPA bundle (tar.gz) `path or URL` to take policies from, polled with the same tests-before-swap rule; a URL is fetched over mTLS with this service's certificate")
 	fs.DurationVar(&f.PolicyInterval, "policy-reload-interval", 2*time.Second, "how often to check --policy-dir or --policy-bundle for changes (`duration`)")
+	fs.StringVar(&f.CRL, "crl", "", "PEM or DER `file` of a certificate revocation list signed by a CA of --ca (e.g. .palisade/certs/crl.pem from 'palisade certs revoke'); peers with a revoked certificate fail the handshake")
+	fs.DurationVar(&f.CertReloadInterval, "cert-reload-interval", 2*time.Second, "how often to check --cert, --key, --ca and --crl for changes (`duration`; 0 never); changed files are validated in full before they are used, and refused (and logged) otherwise")
 	fs.StringVar(&f.AdminAddr, "admin-addr", "", "`host:port` of the admin listener: plain HTTP on a loopback address, serving Prometheus metrics at /metrics (off when empty)")
 	fs.BoolVar(&f.TraceStdout, "trace-stdout", false, "write every trace span to stdout, one JSON object per line (OpenTelemetry stdout exporter)")
 }
@@ -121,13 +129,26 @@ func (f *Flags) Logger(service string) (*slog.Logger, error) {
 	return slog.New(rpc.LogHandler(h)).With("service", service), nil
 }
 
-// Source loads the service's certificate, key and CA bundle.
-func (f *Flags) Source() (*mtls.FileSource, error) {
-	src, err := mtls.NewFileSource(f.Cert, f.Key, f.CA)
+// Source loads the service's certificate, key and CA bundle, and the CRL
+// when --crl is set; logger records reloads and refused files.
+func (f *Flags) Source(logger *slog.Logger) (*mtls.FileSource, error) {
+	opts := []mtls.FileSourceOption{mtls.WithLogger(logger)}
+	if f.CRL != "" {
+		opts = append(opts, mtls.WithCRL(f.CRL))
+	}
+	src, err := mtls.NewFileSource(f.Cert, f.Key, f.CA, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("%w (run `bin/palisade certs init` to create a development PKI)", err)
 	}
 	return src, nil
+}
+
+// WatchSource keeps reloading src's files every --cert-reload-interval
+// until ctx is done, so certificates rotate without a restart.
+func (f *Flags) WatchSource(ctx context.Context, src *mtls.FileSource) {
+	if f.CertReloadInterval > 0 {
+		go func() { _ = src.Watch(ctx, f.CertReloadInterval) }()
+	}
 }
 
 // ServerOptions returns the rpc options the common flags set.

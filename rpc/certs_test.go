@@ -1,0 +1,380 @@
+package rpc_test
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptrace"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"github.com/palisade-rpc/palisade/certs"
+	"github.com/palisade-rpc/palisade/certs/certstest"
+	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
+	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
+	"github.com/palisade-rpc/palisade/rpc"
+	"github.com/palisade-rpc/palisade/rpc/rpctest"
+	"github.com/palisade-rpc/palisade/security/mtls"
+)
+
+// peerPath answers with the serial number (hex) of the client certificate
+// the server sees on the connection.
+const peerPath = "/.well-known/peer"
+
+// startWith serves rpctest.Users and the peer echo with src.
+func startWith(t *testing.T, src mtls.Source, users *rpctest.Users, opts ...rpc.ServerOption) *rpctest.Server {
+	t.Helper()
+	return rpctest.Start(t, src, allowAll(t), func(s *rpc.Server) error {
+		if err := users.Mount(s); err != nil {
+			return err
+		}
+		return s.HandleHTTP(peerPath, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprint(w, r.TLS.PeerCertificates[0].SerialNumber.Text(16))
+		}))
+	}, opts...)
+}
+
+// watched writes issued and the bundle of cas into a new directory and
+// returns a FileSource over the files, watched every 5ms until the test
+// ends (goleak then checks that the watcher stopped), and its log.
+func watched(t *testing.T, issued *certs.Issued, cas []*certstest.CA, opts ...mtls.FileSourceOption) (*mtls.FileSource, certstest.Files, *rpctest.Logs) {
+	t.Helper()
+	files := cas[0].WriteFiles(t.TempDir(), "leaf", issued)
+	certstest.WriteBundle(t, files.CA, cas...)
+	logger, logs := rpctest.NewLogger(t)
+	src, err := mtls.NewFileSource(files.Cert, files.Key, files.CA, append([]mtls.FileSourceOption{mtls.WithLogger(logger)}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = src.Watch(ctx, 5*time.Millisecond) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return src, files, logs
+}
+
+// peerInfo is what one request over a client's connection saw.
+type peerInfo struct {
+	reused       bool   // the request went over a connection used before
+	serverSerial string // of the certificate the server presented on it
+	clientSerial string // of the client certificate the server saw on it
+}
+
+func peer(t *testing.T, hc *http.Client, srv *rpctest.Server) peerInfo {
+	t.Helper()
+	var info peerInfo
+	ctx := httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{GotConn: func(ci httptrace.GotConnInfo) {
+		info.reused = ci.Reused
+		if tc, ok := ci.Conn.(*tls.Conn); ok {
+			info.serverSerial = tc.ConnectionState().PeerCertificates[0].SerialNumber.Text(16)
+		}
+	}})
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+peerPath, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := hc.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", peerPath, err)
+	}
+	defer res.Body.Close()
+	body, err := io.ReadAll(res.Body)
+	if err != nil || res.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %d %s %v", peerPath, res.StatusCode, body, err)
+	}
+	info.clientSerial = string(body)
+	return info
+}
+
+func httpClient(t *testing.T, src mtls.Source) *http.Client {
+	t.Helper()
+	hc, err := rpc.NewHTTPClient(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(hc.CloseIdleConnections)
+	return hc
+}
+
+func hex(i *certs.Issued) string { return i.Cert.SerialNumber.Text(16) }
+
+// waitServing waits until src serves issued.
+func waitServing(t *testing.T, src mtls.Source, issued *certs.Issued) {
+	t.Helper()
+	rpctest.WaitFor(t, "the watcher to load serial "+hex(issued), func() bool {
+		c, _ := src.Certificate()
+		return c.Leaf.SerialNumber.Cmp(issued.Cert.SerialNumber) == 0
+	})
+}
+
+// rotate replaces the certificate and key in files with issued and waits
+// until src serves it.
+func rotate(t *testing.T, ca *certstest.CA, files certstest.Files, src mtls.Source, issued *certs.Issued) {
+	t.Helper()
+	ca.WritePair(files, issued)
+	waitServing(t, src, issued)
+}
+
+// waitBundle writes the bundle of cas to files.CA and waits until src has
+// loaded it.
+func waitBundle(t *testing.T, src mtls.Source, files certstest.Files, cas ...*certstest.CA) {
+	t.Helper()
+	before, _ := src.TrustBundle()
+	certstest.WriteBundle(t, files.CA, cas...)
+	rpctest.WaitFor(t, "the watcher to load the CA bundle", func() bool {
+		now, _ := src.TrustBundle()
+		return now != before
+	})
+}
+
+// TestRotationWithoutRestart rotates the server's certificate, the client's
+// certificate and then the CA itself through the files both sides watch.
+// After each step the connection opened at the start keeps working with the
+// material of its handshake, and a new connection carries the new material.
+func TestRotationWithoutRestart(t *testing.T) {
+	t.Parallel()
+	ca1, ca2 := certstest.NewCA(t), certstest.NewCA(t)
+	serverCert, clientCert := ca1.Server("/svc/user"), ca1.Client("/client/cli")
+	serverSrc, serverFiles, _ := watched(t, serverCert, []*certstest.CA{ca1})
+	clientSrc, clientFiles, _ := watched(t, clientCert, []*certstest.CA{ca1})
+	srv := startWith(t, serverSrc, &rpctest.Users{})
+
+	first := httpClient(t, clientSrc)
+	if got := peer(t, first, srv); got != (peerInfo{false, hex(serverCert), hex(clientCert)}) {
+		t.Fatalf("first connection: %+v", got)
+	}
+	check := func(step string, fresh peerInfo, wantServer, wantClient *certs.Issued) {
+		t.Helper()
+		if got := peer(t, first, srv); got != (peerInfo{true, hex(serverCert), hex(clientCert)}) {
+			t.Fatalf("%s: the first connection got %+v, want it reused with its original certificates", step, got)
+		}
+		if fresh != (peerInfo{false, hex(wantServer), hex(wantClient)}) {
+			t.Fatalf("%s: a new connection got %+v, want server %s client %s", step, fresh, hex(wantServer), hex(wantClient))
+		}
+	}
+
+	server2 := ca1.Server("/svc/user")
+	rotate(t, ca1, serverFiles, serverSrc, server2)
+	check("server certificate rotated", peer(t, httpClient(t, clientSrc), srv), server2, clientCert)
+
+	client2 := ca1.Client("/client/cli")
+	rotate(t, ca1, clientFiles, clientSrc, client2)
+	check("client certificate rotated", peer(t, httpClient(t, clientSrc), srv), server2, client2)
+
+	// CA rotation: both trust both CAs, then both get leaves of the new CA,
+	// then both drop the old CA.
+	waitBundle(t, serverSrc, serverFiles, ca1, ca2)
+	waitBundle(t, clientSrc, clientFiles, ca1, ca2)
+	server3, client3 := ca2.Server("/svc/user"), ca2.Client("/client/cli")
+	rotate(t, ca2, serverFiles, serverSrc, server3)
+	rotate(t, ca2, clientFiles, clientSrc, client3)
+	waitBundle(t, serverSrc, serverFiles, ca2)
+	waitBundle(t, clientSrc, clientFiles, ca2)
+	check("CA rotated", peer(t, httpClient(t, clientSrc), srv), server3, client3)
+
+	// The server no longer trusts the old CA for new handshakes.
+	old, err := rpc.NewClient(userv1connect.NewUserServiceClient, srv.URL, mtls.NewStaticSource(certstest.TLSCertificate(ca1.Client("/client/cli")), ca2.Pool()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := old.GetUser(context.Background(), &userv1.GetUserRequest{Id: "alice"}); err == nil {
+		t.Fatal("a certificate of the retired CA was accepted")
+	}
+	srv.WaitForLog(t, "TLS handshake error", "certificate signed by unknown authority")
+}
+
+// TestRotationUnderLoad rotates the server's and the client's certificates,
+// and then the CA, while calls run without pause: over long-lived
+// connections, and over a new connection per call so that handshakes race
+// with the swaps. No call may fail.
+func TestRotationUnderLoad(t *testing.T) {
+	t.Parallel()
+	ca1, ca2 := certstest.NewCA(t), certstest.NewCA(t)
+	serverSrc, serverFiles, _ := watched(t, ca1.Server("/svc/user"), []*certstest.CA{ca1})
+	clientSrc, clientFiles, _ := watched(t, ca1.Client("/client/cli"), []*certstest.CA{ca1})
+	srv := startWith(t, serverSrc, &rpctest.Users{})
+
+	// Four callers over long-lived connections, two that dial per call.
+	clients := make([]*http.Client, 6)
+	for i := range clients {
+		clients[i] = httpClient(t, clientSrc)
+	}
+	load := rpctest.StartLoad(t, len(clients), func(i int) error {
+		_, err := userv1connect.NewUserServiceClient(clients[i], srv.URL).GetUser(context.Background(), &userv1.GetUserRequest{Id: "alice"})
+		if i >= 4 {
+			clients[i].CloseIdleConnections() // the next call dials anew
+		}
+		return err
+	})
+	progress := func(step string) { t.Helper(); load.Progress(t, step, 50) }
+
+	progress("start")
+	server2, client2 := ca1.Server("/svc/user"), ca1.Client("/client/cli")
+	rotate(t, ca1, serverFiles, serverSrc, server2)
+	progress("server rotation")
+	rotate(t, ca1, clientFiles, clientSrc, client2)
+	progress("client rotation")
+	waitBundle(t, serverSrc, serverFiles, ca1, ca2)
+	waitBundle(t, clientSrc, clientFiles, ca1, ca2)
+	server3, client3 := ca2.Server("/svc/user"), ca2.Client("/client/cli")
+	rotate(t, ca2, serverFiles, serverSrc, server3)
+	progress("server moved to the new CA")
+	rotate(t, ca2, clientFiles, clientSrc, client3)
+	progress("client moved to the new CA")
+	waitBundle(t, serverSrc, serverFiles, ca2)
+	waitBundle(t, clientSrc, clientFiles, ca2)
+	progress("old CA retired")
+	load.Stop()
+
+	t.Logf("%d calls succeeded, %d failed, across three rotations", load.OK(), load.Failed())
+	if n := load.Failed(); n > 0 {
+		t.Fatalf("%d calls failed during rotation; first: %v", n, load.FirstError())
+	}
+	if got := peer(t, httpClient(t, clientSrc), srv); got != (peerInfo{false, hex(server3), hex(client3)}) {
+		t.Fatalf("a new connection after the rotations got %+v, want server %s client %s", got, hex(server3), hex(client3))
+	}
+}
+
+// TestExpiredPeerConnectionClosed: a client whose certificate expires while
+// its HTTP/2 connection is open loses the connection at expiry, with the
+// call it had in flight; another client's connection is untouched; the
+// expired certificate cannot connect again.
+func TestExpiredPeerConnectionClosed(t *testing.T) {
+	t.Parallel()
+	ca := certstest.NewCA(t)
+	users := &rpctest.Users{Hold: make(chan struct{})}
+	srv := startWith(t, ca.Source(ca.Server("/svc/user")), users)
+	shortLived := ca.Issue(certs.Leaf{SPIFFEID: "spiffe://palisade.local/client/cli", Usage: certs.UsageClient,
+		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(3 * time.Second)})
+	short, long := httpClient(t, ca.Source(shortLived)), httpClient(t, ca.Source(ca.Client("/client/other")))
+	peer(t, short, srv)
+	peer(t, long, srv)
+
+	held := func(hc *http.Client) chan error {
+		errc := make(chan error, 1)
+		go func() {
+			_, err := userv1connect.NewUserServiceClient(hc, srv.URL).GetUser(context.Background(), &userv1.GetUserRequest{Id: "alice"})
+			errc <- err
+		}()
+		return errc
+	}
+	shortCall, longCall := held(short), held(long)
+	select {
+	case err := <-shortCall:
+		if connect.CodeOf(err) != connect.CodeUnavailable {
+			t.Fatalf("in-flight call of the expired client: %v, want unavailable (connection closed)", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the connection of an expired certificate stayed open")
+	}
+	srv.WaitForLog(t, "closing connection: the peer's certificate has expired", "not_after="+shortLived.Cert.NotAfter.UTC().Format(time.RFC3339))
+	close(users.Hold)
+	if err := <-longCall; err != nil {
+		t.Fatalf("the other client's in-flight call: %v", err)
+	}
+	if got := peer(t, long, srv); !got.reused {
+		t.Fatal("the other client's connection was closed too")
+	}
+	if _, err := userv1connect.NewUserServiceClient(short, srv.URL).GetUser(context.Background(), &userv1.GetUserRequest{Id: "alice"}); err == nil {
+		t.Fatal("the expired certificate connected again")
+	}
+	srv.WaitForLog(t, "TLS handshake error", "is after "+shortLived.Cert.NotAfter.UTC().Format(time.RFC3339))
+}
+
+// TestRevokedPeersRefusedAtHandshake: with a CRL, a revoked client
+// certificate fails the handshake while an unrevoked one of the same CA and
+// identity connects; a CRL the CA did not sign is refused and logged and the
+// last good one stays in force; a new CRL is picked up; and a client with a
+// CRL refuses a revoked server.
+func TestRevokedPeersRefusedAtHandshake(t *testing.T) {
+	t.Parallel()
+	ca := certstest.NewCA(t)
+	revoked, kept := ca.Client("/client/cli"), ca.Client("/client/cli")
+	crlFile := filepath.Join(t.TempDir(), "crl.pem")
+	ca.WriteCRL(crlFile, 1, revoked.Cert)
+	serverCert := ca.Server("/svc/user")
+	serverSrc, _, serverLogs := watched(t, serverCert, []*certstest.CA{ca}, mtls.WithCRL(crlFile))
+	srv := startWith(t, serverSrc, &rpctest.Users{})
+
+	// Each attempt is a new client, so a new connection and handshake.
+	attempt := func(cert *certs.Issued) error {
+		client, err := rpc.NewClient(userv1connect.NewUserServiceClient, srv.URL, ca.Source(cert))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = client.GetUser(context.Background(), &userv1.GetUserRequest{Id: "alice"})
+		return err
+	}
+	refused := func(cert *certs.Issued) {
+		t.Helper()
+		err := attempt(cert)
+		if err == nil {
+			t.Fatalf("revoked certificate %s was accepted", hex(cert))
+		}
+		if code := connect.CodeOf(err); code == connect.CodeUnauthenticated || code == connect.CodePermissionDenied {
+			t.Fatalf("revoked certificate got an RPC answer (%v); the handshake should fail", err)
+		}
+		srv.WaitForLog(t, "TLS handshake error", "serial number "+hex(cert)+" is revoked")
+	}
+	refused(revoked)
+	if err := attempt(kept); err != nil {
+		t.Fatalf("unrevoked certificate: %v", err)
+	}
+
+	certstest.NewCA(t).WriteCRL(crlFile, 2, kept.Cert)
+	serverLogs.WaitForLog(t, "CRL refused", "not signed by a CA of the trust bundle")
+	if err := attempt(kept); err != nil {
+		t.Fatalf("a foreign CRL took effect: %v", err)
+	}
+	refused(revoked)
+
+	ca.WriteCRL(crlFile, 3, revoked.Cert, kept.Cert)
+	rpctest.WaitFor(t, "the new CRL", func() bool {
+		return serverSrc.CheckRevocation([][]*x509.Certificate{{kept.Cert}}) != nil
+	})
+	refused(kept)
+
+	// The client side checks the server against its CRL too.
+	serverCRL := filepath.Join(t.TempDir(), "crl.pem")
+	ca.WriteCRL(serverCRL, 1, serverCert.Cert)
+	clientSrc, _, _ := watched(t, ca.Client("/client/other"), []*certstest.CA{ca}, mtls.WithCRL(serverCRL))
+	client, err := rpc.NewClient(userv1connect.NewUserServiceClient, srv.URL, clientSrc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.GetUser(context.Background(), &userv1.GetUserRequest{Id: "alice"}); err == nil || !strings.Contains(err.Error(), "is revoked") {
+		t.Fatalf("call to a revoked server: %v", err)
+	}
+}
+
+// TestExpiringPeerDrained: within rpc.ExpiryDrainWindow of its certificate's
+// expiry, a client is asked to leave each connection after the response
+// (HTTP/2 GOAWAY), so its next call opens a new connection — where a
+// rotated certificate would be presented — while a client with time left
+// keeps its connection.
+func TestExpiringPeerDrained(t *testing.T) {
+	t.Parallel()
+	ca := certstest.NewCA(t)
+	srv := startWith(t, ca.Source(ca.Server("/svc/user")), &rpctest.Users{})
+	expiring := ca.Issue(certs.Leaf{SPIFFEID: "spiffe://palisade.local/client/cli", Usage: certs.UsageClient,
+		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(rpc.ExpiryDrainWindow / 2)})
+	drained, kept := httpClient(t, ca.Source(expiring)), httpClient(t, ca.Source(ca.Client("/client/other")))
+	for i := range 3 {
+		if got := peer(t, drained, srv); got.reused {
+			t.Fatalf("call %d of the expiring client reused a connection it was asked to leave", i)
+		}
+		if got := peer(t, kept, srv); got.reused != (i > 0) {
+			t.Fatalf("call %d of the other client: reused=%v", i, got.reused)
+		}
+	}
+	if n := srv.Count("closing connection: the peer's certificate has expired"); n != 0 {
+		t.Fatalf("%d connections were cut; they should have been left", n)
+	}
+}

@@ -13,7 +13,7 @@ TEST_DEMO_ENV := USER_ADDR=127.0.0.1:18443 ORDER_ADDR=127.0.0.1:19443
 FUZZ_TARGETS := ./security/token:FuzzVerify ./security/spiffeid:FuzzParse \
 	./security/password:FuzzVerify ./rpc:FuzzBearer \
 	./security/spiffeid:FuzzFromCertificate ./policy:FuzzMessageValue \
-	./security/token:FuzzParseJWKS
+	./security/token:FuzzParseJWKS ./rpc:FuzzRequestID
 FUZZTIME ?= 30s
 TEST_FUZZTIME ?= 3s
 # `make bench` flags beyond the issue's defaults, e.g. BENCH_FLAGS="--duration 10s --rounds 6".
@@ -31,6 +31,7 @@ help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 generate: ## regenerate the Go code in proto/ and conformance/gen from the .proto files (buf via go tool)
+	$(GO) -C tools run ./validateproto -out ../third_party/protovalidate
 	find proto -name '*.pb.go' -delete
 	find proto -type d -name '*connect' -prune -exec rm -rf {} +
 	$(BUF) lint

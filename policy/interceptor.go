@@ -30,6 +30,7 @@ type Interceptor struct {
 	decisions  *slog.Logger
 	perMessage map[string]bool
 	ids        *idSource
+	hooks      []DecisionHook
 }
 
 var _ connect.Interceptor = (*Interceptor)(nil)
@@ -63,6 +64,22 @@ func WithPerMessage(procedures ...string) InterceptorOption {
 	return interceptorOptionFunc(func(i *Interceptor) {
 		for _, p := range procedures {
 			i.perMessage[p] = true
+		}
+	})
+}
+
+// DecisionHook is told of every decision an Interceptor takes — call-level,
+// per-message and resource-level — after it is logged: in carries the
+// decision id, d the answer (Allow false when evalErr is set). Hooks run on
+// the call's goroutine and must be quick; telemetry uses them to count
+// decisions and to record them on the call's trace span.
+type DecisionHook func(ctx context.Context, in *Input, d Decision, evalErr error)
+
+// WithDecisionHook adds a hook told of every decision.
+func WithDecisionHook(h DecisionHook) InterceptorOption {
+	return interceptorOptionFunc(func(i *Interceptor) {
+		if h != nil {
+			i.hooks = append(i.hooks, h)
 		}
 	})
 }
@@ -188,6 +205,9 @@ func (i *Interceptor) decide(ctx context.Context, in *Input) error {
 		d = Decision{Allow: false, Revision: d.Revision}
 	}
 	i.logDecision(ctx, in, d, elapsed, err)
+	for _, h := range i.hooks {
+		h(ctx, in, d, err)
+	}
 	if d.Allow {
 		return nil
 	}

@@ -33,7 +33,7 @@ func TestGeneratedCodeIsCurrent(t *testing.T) {
 func copyTree(t *testing.T, dirs ...string) string {
 	t.Helper()
 	root := t.TempDir()
-	for _, dir := range append([]string{"proto", "tools"}, dirs...) {
+	for _, dir := range append([]string{"proto", "tools", "third_party"}, dirs...) {
 		if err := os.CopyFS(filepath.Join(root, dir), os.DirFS(filepath.Join("..", dir))); err != nil {
 			t.Fatal(err)
 		}
@@ -53,8 +53,8 @@ func copyTree(t *testing.T, dirs ...string) string {
 	return root
 }
 
-// TestStaleGeneratedCodeFails changes a .proto in a copy of the tree and
-// checks that the check notices.
+// TestStaleGeneratedCodeFails changes a .proto in a copy of the tree, then
+// the printed validate.proto, and checks that the check notices each.
 func TestStaleGeneratedCodeFails(t *testing.T) {
 	t.Parallel()
 	root := copyTree(t)
@@ -63,7 +63,7 @@ func TestStaleGeneratedCodeFails(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	changed := strings.Replace(string(src), "message GetUserRequest {\n  string id = 1;\n", "message GetUserRequest {\n  string id = 1;\n  string added = 2;\n", 1)
+	changed := strings.Replace(string(src), "message GetUserRequest {\n", "message GetUserRequest {\n  string added = 2;\n", 1)
 	if changed == string(src) {
 		t.Fatal("test could not change user.proto")
 	}
@@ -76,6 +76,23 @@ func TestStaleGeneratedCodeFails(t *testing.T) {
 	}
 	if !strings.Contains(out, "user.pb.go") || !strings.Contains(out, "stale") {
 		t.Fatalf("check output does not name the stale file:\n%s", out)
+	}
+
+	// A hand-edited (or outdated) validate.proto is noticed too.
+	if err := os.WriteFile(path, src, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	validate := filepath.Join(root, "third_party", "protovalidate", "buf", "validate", "validate.proto")
+	vsrc, err := os.ReadFile(validate)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(validate, append(vsrc, "// edited\n"...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err = checkGenerated(t, root)
+	if err == nil || !strings.Contains(out, "third_party/protovalidate is stale") {
+		t.Fatalf("check passed after validate.proto changed (%v):\n%s", err, out)
 	}
 }
 
@@ -94,5 +111,39 @@ func TestStaleConformanceCodeFails(t *testing.T) {
 	}
 	if out, err := checkGenerated(t, root); err == nil || !strings.Contains(out, "service.pb.go") || !strings.Contains(out, "conformance/gen is stale") {
 		t.Fatalf("check after a conformance .proto change: %v\n%s", err, out)
+	}
+}
+
+// TestValidateProtoIsTheRuntimes checks that buf/validate/validate.proto,
+// which the protos are compiled against, was printed from the same version
+// of the protovalidate Go module that the services validate with (go.mod),
+// and that tools/go.mod — which prints it — pins that version too.
+func TestValidateProtoIsTheRuntimes(t *testing.T) {
+	t.Parallel()
+	const mod = "buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go"
+	version := func(file string) string {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			if f := strings.Fields(line); len(f) >= 2 && f[0] == mod {
+				return f[1]
+			}
+		}
+		t.Fatalf("%s does not require %s", file, mod)
+		return ""
+	}
+	runtime, tools := version("../go.mod"), version("../tools/go.mod")
+	if runtime != tools {
+		t.Fatalf("go.mod has %s@%s, tools/go.mod %s: pin the same version in both", mod, runtime, tools)
+	}
+	src, err := os.ReadFile("../third_party/protovalidate/buf/validate/validate.proto")
+	if err != nil {
+		t.Fatal(err)
+	}
+	header, _, _ := strings.Cut(string(src), "\n")
+	if want := mod + "@" + runtime + "."; !strings.Contains(header, want) {
+		t.Fatalf("validate.proto header %q does not name %s", header, want)
 	}
 }

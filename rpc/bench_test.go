@@ -13,13 +13,14 @@ import (
 	"testing"
 
 	"connectrpc.com/connect"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/palisade-rpc/palisade/certs/certstest"
 	"github.com/palisade-rpc/palisade/policy"
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
 	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
-	"github.com/palisade-rpc/palisade/security"
 	"github.com/palisade-rpc/palisade/security/mtls"
 	"github.com/palisade-rpc/palisade/security/token"
 )
@@ -187,11 +188,12 @@ func BenchmarkPrincipal(b *testing.B) {
 				b.Fatal(err)
 			}
 			var reached int
-			h := s.authenticate(http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) {
-				if p, ok := security.FromContext(r.Context()); ok && (p.User != nil) == c.withToken {
+			rec := &callRecord{}
+			h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if p, ok := s.authenticate(r.Context(), w, r, rec); ok && (p.User != nil) == c.withToken {
 					reached++
 				}
-			}))
+			})
 			reqs, _ := f.requests(b, c.withToken)
 			w := &sink{header: http.Header{}}
 			for _, r := range reqs { // fill the token cache
@@ -221,7 +223,9 @@ func BenchmarkPrincipal(b *testing.B) {
 //     a Palisade server gives it: the cost of the call without security;
 //   - workload-only: Palisade's server, no token, an authorizer that allows all;
 //   - mtls+jwt: with the token verified (cache warm), allow-all;
-//   - mtls+jwt+opa: the whole chain, the OPA engine on the default policy.
+//   - mtls+jwt+opa: the whole chain, the OPA engine on the default policy;
+//   - mtls+jwt+opa+otel: the same with tracing and metrics on (SDK providers
+//     that record but export nowhere).
 //
 // The chain's own cost is mtls+jwt+opa minus bare. One goroutine runs the
 // calls, so ns/op is CPU time per call, except for garbage collection done
@@ -237,8 +241,8 @@ func BenchmarkChain(b *testing.B) {
 		b.Fatal(err)
 	}
 	handlerOptions := []connect.HandlerOption{connect.WithReadMaxBytes(DefaultReadMaxBytes), connect.WithCompressMinBytes(DefaultCompressMinBytes)}
-	palisade := func(b *testing.B, authz policy.Authorizer) http.Handler {
-		s, err := NewServer(f.src, authz, WithLogger(slog.New(slog.DiscardHandler)), WithTokenVerifier(f.verifier(b, 0)))
+	palisade := func(b *testing.B, authz policy.Authorizer, opts ...ServerOption) http.Handler {
+		s, err := NewServer(f.src, authz, append([]ServerOption{WithLogger(slog.New(slog.DiscardHandler)), WithTokenVerifier(f.verifier(b, 0))}, opts...)...)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -259,6 +263,10 @@ func BenchmarkChain(b *testing.B) {
 		{"workload-only", false, func(b *testing.B) http.Handler { return palisade(b, policy.AuthorizerFunc(allowEverything)) }},
 		{"mtls+jwt", true, func(b *testing.B) http.Handler { return palisade(b, policy.AuthorizerFunc(allowEverything)) }},
 		{"mtls+jwt+opa", true, func(b *testing.B) http.Handler { return palisade(b, engine) }},
+		{"mtls+jwt+opa+otel", true, func(b *testing.B) http.Handler {
+			return palisade(b, engine, WithTracerProvider(sdktrace.NewTracerProvider()),
+				WithMeterProvider(sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))))
+		}},
 	}
 	for _, c := range cases {
 		b.Run(c.name, func(b *testing.B) {

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/palisade-rpc/palisade/security/mtls"
 	"github.com/palisade-rpc/palisade/security/spiffeid"
@@ -44,6 +46,8 @@ type clientConfig struct {
 	protocol       Protocol
 	connectOptions []connect.ClientOption
 	tokenSource    TokenSource
+	tracerProvider trace.TracerProvider
+	meterProvider  metric.MeterProvider
 }
 
 // TokenSource returns the bearer token to send with a call made in ctx, or
@@ -126,7 +130,13 @@ func NewClient[T any](newClient func(connect.HTTPClient, string, ...connect.Clie
 	if err != nil {
 		return zero, err
 	}
-	interceptors := []connect.Interceptor{callTimeout(cfg.callTimeout)}
+	var interceptors []connect.Interceptor
+	if _, _, otel, err := newOtelconnect(cfg.tracerProvider, cfg.meterProvider); err != nil {
+		return zero, err
+	} else if otel != nil {
+		interceptors = append(interceptors, otel)
+	}
+	interceptors = append(interceptors, forwardRequestID{}, callTimeout(cfg.callTimeout))
 	if cfg.tokenSource != nil {
 		interceptors = append(interceptors, bearerInterceptor(cfg.tokenSource))
 	}
@@ -189,6 +199,37 @@ func newHTTPClient(src mtls.Source, cfg clientConfig) (*http.Client, error) {
 		},
 	}
 	return &http.Client{Transport: transport}, nil
+}
+
+// forwardRequestID sends the request id of the call being served (in ctx)
+// with outgoing calls, unless the caller set one.
+type forwardRequestID struct{}
+
+func (forwardRequestID) set(ctx context.Context, h http.Header) {
+	if id, ok := RequestIDFromContext(ctx); ok && h.Get(RequestIDHeader) == "" {
+		h.Set(RequestIDHeader, id)
+	}
+}
+
+func (f forwardRequestID) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		if req.Spec().IsClient {
+			f.set(ctx, req.Header())
+		}
+		return next(ctx, req)
+	}
+}
+
+func (f forwardRequestID) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return func(ctx context.Context, spec connect.Spec) connect.StreamingClientConn {
+		conn := next(ctx, spec)
+		f.set(ctx, conn.RequestHeader())
+		return conn
+	}
+}
+
+func (forwardRequestID) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return next
 }
 
 // callTimeout bounds unary calls by the configured timeout.

@@ -9,6 +9,7 @@ import (
 	"connectrpc.com/connect"
 
 	"github.com/palisade-rpc/palisade/security"
+	"github.com/palisade-rpc/palisade/security/token"
 )
 
 // TokenVerifier verifies a bearer token presented by a workload and returns
@@ -24,40 +25,47 @@ const MaxAuthorizationBytes = 8 << 10
 // WWWAuthenticateInvalidToken is the challenge sent with a refused token (RFC 6750).
 const WWWAuthenticateInvalidToken = `Bearer error="invalid_token"`
 
-// authenticate is the HTTP middleware that establishes who is calling before
-// any message is read: the workload from the verified client certificate
-// and, when the request carries a bearer token, the user. A request it cannot
-// attribute is refused with unauthenticated in the protocol the client speaks
-// (a plain 401 for non-RPC requests). A request without a token is not
-// refused here: its Principal has no user and the policy decides.
-func (s *Server) authenticate(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.TLS == nil {
-			s.reject(w, r, "", errors.New("request did not arrive over TLS"))
-			return
+// authenticate establishes who is calling before any message is read: the
+// workload from the verified client certificate and, when the request
+// carries a bearer token, the user. A request it cannot attribute is refused
+// with unauthenticated in the protocol the client speaks (a plain 401 for
+// non-RPC requests), and authenticate returns false. A request without a
+// token is not refused here: its Principal has no user and the policy
+// decides. The caller, as far as it is known, goes on rec for the access log.
+func (s *Server) authenticate(ctx context.Context, w http.ResponseWriter, r *http.Request, rec *callRecord) (*security.Principal, bool) {
+	if r.TLS == nil {
+		s.reject(ctx, w, r, "", FailureNoTLS, errors.New("request did not arrive over TLS"))
+		return nil, false
+	}
+	workload, err := s.workload(r.TLS.VerifiedChains)
+	if err != nil {
+		s.reject(ctx, w, r, "", FailureCertificate, err)
+		return nil, false
+	}
+	p := &security.Principal{Workload: workload}
+	rec.workload = &p.Workload
+	if values := r.Header.Values("Authorization"); len(values) > 0 {
+		raw, err := bearer(values)
+		reason := FailureAuthorizationHeader
+		if err == nil && s.cfg.tokens == nil {
+			err, reason = errors.New("this server accepts no tokens (no verifier configured)"), FailureNoVerifier
 		}
-		workload, err := s.workload(r.TLS.VerifiedChains)
+		if err == nil {
+			if p.User, err = s.cfg.tokens.Verify(ctx, raw, workload); err != nil {
+				reason = token.ReasonOf(err)
+				if reason == "" {
+					reason = FailureInvalidToken
+				}
+			}
+		}
 		if err != nil {
-			s.reject(w, r, "", err)
-			return
+			s.reject(ctx, w, r, WWWAuthenticateInvalidToken, reason, err)
+			return nil, false
 		}
-		p := &security.Principal{Workload: workload}
-		if values := r.Header.Values("Authorization"); len(values) > 0 {
-			raw, err := bearer(values)
-			if err == nil && s.cfg.tokens == nil {
-				err = errors.New("this server accepts no tokens (no verifier configured)")
-			}
-			if err == nil {
-				p.User, err = s.cfg.tokens.Verify(r.Context(), raw, workload)
-			}
-			if err != nil {
-				s.reject(w, r, WWWAuthenticateInvalidToken, err)
-				return
-			}
-			p.Token = security.NewSecret(raw)
-		}
-		next.ServeHTTP(w, r.WithContext(security.NewContext(r.Context(), p)))
-	})
+		p.Token = security.NewSecret(raw)
+		rec.user = p.User
+	}
+	return p, true
 }
 
 // bearer extracts the token from the Authorization header values: exactly
@@ -83,15 +91,29 @@ func bearer(values []string) (string, error) {
 	return raw, nil
 }
 
+// Reasons authentication refuses a request, besides the token verifier's
+// (token.ReasonExpired, token.ReasonBinding, …): the "reason" label of the
+// authentication failure metric and the span attribute AttrAuthnReason.
+const (
+	FailureNoTLS               = "no_tls"               // the request did not come over TLS
+	FailureCertificate         = "certificate"          // no SPIFFE ID of the trust domain in the client certificate
+	FailureAuthorizationHeader = "authorization_header" // not exactly one well-formed "Bearer" Authorization header
+	FailureNoVerifier          = "no_verifier"          // a token came to a server that accepts none
+	FailureInvalidToken        = "invalid_token"        // the verifier refused the token without a reason
+)
+
 // reject answers unauthenticated. The client sees a fixed message; the
-// reason goes to the log. challenge, when set, is the WWW-Authenticate value.
-func (s *Server) reject(w http.ResponseWriter, r *http.Request, challenge string, reason error) {
+// reason goes to the log, the metrics and the trace. challenge, when set,
+// is the WWW-Authenticate value.
+func (s *Server) reject(ctx context.Context, w http.ResponseWriter, r *http.Request, challenge, failure string, reason error) {
+	recordOf(ctx).set(connect.CodeUnauthenticated)
+	s.tel.refused(ctx, r, failure)
 	msg := "client certificate does not carry a SPIFFE ID of this trust domain"
 	if challenge != "" {
 		msg = "invalid token"
 		w.Header().Set("WWW-Authenticate", challenge)
 	}
-	s.cfg.logger.WarnContext(r.Context(), "request refused: unauthenticated",
+	s.cfg.logger.WarnContext(ctx, "request refused: unauthenticated",
 		"path", r.URL.Path, "remote", r.RemoteAddr, "reason", reason.Error())
 	err := connect.NewError(connect.CodeUnauthenticated, errors.New(msg))
 	if s.errWriter.IsSupported(r) {

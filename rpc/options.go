@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/palisade-rpc/palisade/policy"
 )
@@ -27,6 +29,8 @@ type serverConfig struct {
 	interceptors         []connect.Interceptor
 	tokens               TokenVerifier
 	authzOptions         []policy.InterceptorOption
+	tracerProvider       trace.TracerProvider
+	meterProvider        metric.MeterProvider
 	pinned               []pinnedClient
 }
 
@@ -103,7 +107,7 @@ func WithCompressMinBytes(n int) ServerOption {
 }
 
 // WithInterceptors adds interceptors to every mounted service. They run inside
-// the security chain: after authentication and authorization.
+// the security chain: after authentication, authorization and validation.
 func WithInterceptors(interceptors ...connect.Interceptor) ServerOption {
 	return serverOptionFunc(func(c *serverConfig) { c.interceptors = append(c.interceptors, interceptors...) })
 }
@@ -120,4 +124,48 @@ func WithAuthorizationOptions(opts ...policy.InterceptorOption) ServerOption {
 // the server refuses every request that carries a token.
 func WithTokenVerifier(v TokenVerifier) ServerOption {
 	return serverOptionFunc(func(c *serverConfig) { c.tokens = v })
+}
+
+// Option configures servers and clients alike: it is both a ServerOption
+// and a ClientOption.
+type Option interface {
+	ServerOption
+	ClientOption
+}
+
+type sharedOption struct {
+	server func(*serverConfig)
+	client func(*clientConfig)
+}
+
+func (o sharedOption) applyServer(c *serverConfig) { o.server(c) }
+func (o sharedOption) applyClient(c *clientConfig) { o.client(c) }
+
+// WithTracerProvider traces every call with tp (OpenTelemetry, through
+// connectrpc.com/otelconnect). A server makes a span per call it receives —
+// a child of the caller's when the request carries a W3C traceparent — with
+// the caller's identity, the authorization decisions and the request id as
+// attributes (never a token); a request that authentication refuses gets a
+// span too. A client makes a span per call and sends its context in the
+// traceparent header, so a call a service makes while serving another joins
+// that call's trace. Without this option (or WithMeterProvider) nothing is
+// traced and the chain has no tracing cost.
+func WithTracerProvider(tp trace.TracerProvider) Option {
+	return sharedOption{
+		server: func(c *serverConfig) { c.tracerProvider = tp },
+		client: func(c *clientConfig) { c.tracerProvider = tp },
+	}
+}
+
+// WithMeterProvider records metrics with mp: otelconnect's call durations
+// (rpc.server.call.duration, rpc.client.call.duration, by method and code)
+// and, on a server, Palisade's own — authorization decisions by result,
+// authentication failures by reason, token cache lookups by result, the
+// policy revision in force, and the expiry time of the served certificate.
+// Without it nothing is recorded.
+func WithMeterProvider(mp metric.MeterProvider) Option {
+	return sharedOption{
+		server: func(c *serverConfig) { c.meterProvider = mp },
+		client: func(c *clientConfig) { c.meterProvider = mp },
+	}
 }

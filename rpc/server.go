@@ -5,10 +5,16 @@
 // The chain, outermost first:
 //
 //	TLS 1.3 handshake, client certificate verified against the trust bundle
+//	HTTP middleware: the request id (X-Request-Id) and the access log, one line per request
 //	HTTP middleware: the peer's SPIFFE ID, before any message is read   -> security.Principal
+//	interceptor: tracing and RPC metrics (otelconnect), with WithTracerProvider / WithMeterProvider
 //	interceptor: authorization (policy.Authorizer), failing closed
+//	interceptor: validation of request messages (protovalidate rules in the .proto)
 //	interceptors added with WithInterceptors
 //	handler
+//
+// Validation runs after authorization, so a caller the policy refuses
+// learns nothing about what a valid request looks like.
 //
 // Services are mounted with Mount, which hands the server's handler options
 // (the chain, the size limits) to the generated constructor itself, so a
@@ -65,6 +71,11 @@ type Server struct {
 	expiry    *connExpiry              // closes connections whose peer certificate expired
 	pinned    map[[32]byte]spiffeid.ID // WithPinnedClientCertificate
 
+	requestIDs *requestIDs
+	accessLog  *slog.Logger // the logger without LogHandler: its lines add the request id themselves
+	tel        *serverTelemetry
+	validation *validation
+
 	mu       sync.Mutex
 	services map[string]bool // mounted service names, for health and reflection
 	serving  bool
@@ -93,22 +104,38 @@ func NewServer(src mtls.Source, authz policy.Authorizer, opts ...ServerOption) (
 	if err != nil {
 		return nil, err
 	}
+	// Every line the server logs for a call carries its request id.
+	accessLog := slog.New(withoutLogHandler(cfg.logger.Handler()))
+	cfg.logger = slog.New(LogHandler(cfg.logger.Handler()))
+	tel, err := newServerTelemetry(&cfg, src, authz)
+	if err != nil {
+		return nil, err
+	}
+	validation, err := newValidation(cfg.logger)
+	if err != nil {
+		return nil, err
+	}
+	authzOptions := append([]policy.InterceptorOption{policy.WithLogger(cfg.logger), policy.WithDecisionHook(tel.decided)}, cfg.authzOptions...)
 	s := &Server{
-		cfg:       cfg,
-		src:       src,
-		authz:     policy.NewInterceptor(authz, append([]policy.InterceptorOption{policy.WithLogger(cfg.logger)}, cfg.authzOptions...)...),
-		mux:       http.NewServeMux(),
-		health:    grpchealth.NewStaticChecker(),
-		errWriter: connect.NewErrorWriter(),
-		expiry:    newConnExpiry(cfg.logger),
-		services:  map[string]bool{},
-		pinned:    pinned,
+		cfg:        cfg,
+		src:        src,
+		authz:      policy.NewInterceptor(authz, authzOptions...),
+		mux:        http.NewServeMux(),
+		health:     grpchealth.NewStaticChecker(),
+		errWriter:  connect.NewErrorWriter(),
+		expiry:     newConnExpiry(cfg.logger),
+		services:   map[string]bool{},
+		pinned:     pinned,
+		requestIDs: newRequestIDs(),
+		accessLog:  accessLog,
+		tel:        tel,
+		validation: validation,
 	}
 	protocols := new(http.Protocols)
 	protocols.SetHTTP1(true)
 	protocols.SetHTTP2(true)
 	s.http = &http.Server{
-		Handler:           s.expiry.drain(s.authenticate(s.mux)),
+		Handler:           s.expiry.drain(s.front(s.mux)),
 		TLSConfig:         mtls.ServerConfig(src, "h2", "http/1.1"),
 		Protocols:         protocols,
 		ReadHeaderTimeout: cfg.readHeaderTimeout,
@@ -147,7 +174,8 @@ func Mount[T any](s *Server, newHandler func(T, ...connect.HandlerOption) (strin
 }
 
 func (s *Server) handlerOptions() []connect.HandlerOption {
-	interceptors := append([]connect.Interceptor{newAccessLog(s.cfg.logger), s.authz}, s.cfg.interceptors...)
+	interceptors := append(s.tel.interceptors(), s.authz, s.validation)
+	interceptors = append(interceptors, s.cfg.interceptors...)
 	return []connect.HandlerOption{
 		connect.WithInterceptors(interceptors...),
 		connect.WithReadMaxBytes(s.cfg.readMaxBytes),
@@ -234,6 +262,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	s.serving = true
 	s.addr = ln.Addr()
 	s.mu.Unlock()
+	defer s.tel.close()
 	defer s.expiry.stop()
 
 	errc := make(chan error, 1)

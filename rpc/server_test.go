@@ -51,11 +51,11 @@ func allowAll(t testing.TB) policy.Authorizer {
 	return a
 }
 
-func newFixture(t *testing.T, authz policy.Authorizer) *fixture {
+func newFixture(t *testing.T, authz policy.Authorizer, opts ...rpc.ServerOption) *fixture {
 	t.Helper()
 	ca := certstest.NewCA(t)
 	users := &rpctest.Users{}
-	srv := rpctest.Start(t, ca.Source(ca.Server("/svc/user")), authz, users.Mount)
+	srv := rpctest.Start(t, ca.Source(ca.Server("/svc/user")), authz, users.Mount, opts...)
 	return &fixture{ca: ca, srv: srv, users: users, client: ca.Client("/client/cli")}
 }
 

@@ -54,7 +54,7 @@ step() {
 		got="refused (curl exit $rc: $(tr -d '\n' <"$tmp/err" | sed 's/^curl: ([0-9]*) //'))"
 		[ "$want" = refused ] && ok=1
 	else
-		got="HTTP $code $(head -c 400 "$tmp/body")"
+		got="HTTP $code $(head -c 400 "$tmp/body" | tr '\n' ' ')"
 		local want_code=${want%%:*} want_text=""
 		[[ $want == *:* ]] && want_text=${want#*:}
 		if [ "$code" = "$want_code" ] && { [ -z "$want_text" ] || grep -qF -- "$want_text" "$tmp/body"; }; then
@@ -69,6 +69,18 @@ step() {
 		printf '  %sFAIL%s (expected %s)\n' "$red" "$off" "$want"
 		failed=$((failed + 1))
 	fi
+}
+
+# trace_spans REQUEST_ID: the spans of the trace that the request with that
+# id started, from both services' span files, in the order they started:
+# service, kind, name, span id and parent span id ("-" for the root).
+trace_spans() {
+	local files=("$PALISADE_HOME/logs/ordersvc.traces.jsonl" "$PALISADE_HOME/logs/usersvc.traces.jsonl") trace
+	trace=$(grep -h -F "\"Value\":\"$1\"" "${files[@]}" | tail -n 1 | grep -o '"TraceID":"[0-9a-f]*"' | head -n 1 | cut -d'"' -f4)
+	[ -n "$trace" ] || return 0
+	grep -h -F "\"TraceID\":\"$trace\"" "${files[@]}" |
+		sed -E 's/^\{"Name":"([^"]*)","SpanContext":\{"TraceID":"[0-9a-f]*","SpanID":"([0-9a-f]*)".*"Parent":\{"TraceID":"[0-9a-f]*","SpanID":"([0-9a-f]*)".*"SpanKind":([0-9]),"StartTime":"([^"]*)".*"service.name","Value":\{"Type":"STRING","Value":"([a-z]*)".*$/\5 \6 \4 \1 span=\2 parent=\3/' |
+		sort | cut -d' ' -f2- | sed -E 's/ 2 / server /; s/ 3 / client /; s/parent=0{16}$/parent=-/'
 }
 
 CLI=(--cacert "$CERTS/ca.pem" --cert "$CERTS/cli.pem" --key "$CERTS/cli-key.pem")
@@ -114,11 +126,29 @@ printf '  usersvc log: %s\n' "$(serverlog usersvc 'token: binding')"
 
 step "CreateOrder: the order service exchanges alice's token for a delegated one and asks the user service about her" \
 	'200:"status":"ORDER_STATUS_ACCEPTED"' \
-	"${CLI[@]}" -H "Authorization: Bearer $ALICE" --json '{"userId":"alice","items":[{"sku":"book-1","quantity":2}]}' \
+	"${CLI[@]}" -H "Authorization: Bearer $ALICE" -H "X-Request-Id: demo-order-1" \
+	--json '{"userId":"alice","items":[{"sku":"book-1","quantity":2}]}' \
 	"$ORDER_URL/order.v1.OrderService/CreateOrder"
 printf '  usersvc log: %s\n' "$(serverlog usersvc '"msg":"token exchanged"')"
 printf '  usersvc log: %s\n' "$(serverlog usersvc '"actor":"spiffe://palisade.local/svc/order"')"
 order_id=$(grep -o '"id":"ord_[a-z0-9]*"' "$tmp/body" | head -n 1 | cut -d'"' -f4)
+
+# The trace of that call: both services write their spans with --trace-stdout.
+printf '\n%s▶ The trace of request demo-order-1 across both services (logs/*.traces.jsonl)%s\n' "$bold" "$off"
+trace_spans demo-order-1 >"$tmp/spans"
+sed 's/^/    /' "$tmp/spans"
+if [ "$(grep -c . "$tmp/spans")" = 5 ] && [ "$(grep -c 'parent=-' "$tmp/spans")" = 1 ]; then
+	printf '  %sPASS%s (5 spans, one root: the order service'"'"'s; the user service'"'"'s are its descendants)\n' "$green" "$off"
+	passed=$((passed + 1))
+else
+	printf '  %sFAIL%s (expected 5 spans with one root)\n' "$red" "$off"
+	failed=$((failed + 1))
+fi
+
+step "CreateOrder with quantity 0 and no sku: 400, the request's rules (protovalidate) name the field and the rule" \
+	'400:items[0].quantity: must be greater than or equal to 1' \
+	"${CLI[@]}" -H "Authorization: Bearer $ALICE" --json '{"userId":"alice","items":[{"sku":"","quantity":0}]}' \
+	"$ORDER_URL/order.v1.OrderService/CreateOrder"
 
 step "alice creates an order for bob: 403, customers order for themselves only" \
 	'403:customers may only create orders for themselves' \
@@ -146,6 +176,10 @@ step "A caller whose certificate comes from another CA: refused" refused \
 	--json '{"id":"alice"}' "$USER_URL/user.v1.UserService/GetUser"
 sleep 0.2
 printf '  usersvc log: %s\n' "$(serverlog usersvc "certificate signed by unknown authority")"
+
+step "Metrics: the user service's admin listener (plain HTTP, loopback only) in Prometheus format" \
+	'200:palisade_authz_decisions_total{result="deny"}' "http://$USER_ADMIN_ADDR/metrics"
+grep -E '^(palisade_|rpc_server_call_duration_seconds_count\{rpc_method="user.v1.UserService/GetUser")' "$tmp/body" | sed 's/^/    /'
 
 printf '\n%d steps passed, %d failed\n' "$passed" "$failed"
 [ "$failed" -eq 0 ]

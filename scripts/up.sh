@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Start usersvc, then ordersvc (which depends on it), in the background and
-# return once both are healthy. Logs go to $PALISADE_HOME/logs, pids to
-# $PALISADE_HOME/run. Creates the development PKI first when it is missing.
+# return once both are healthy. Logs go to $PALISADE_HOME/logs (NAME.log),
+# trace spans too (NAME.traces.jsonl, one JSON span per line: --trace-stdout),
+# pids to $PALISADE_HOME/run. Metrics are served on $USER_ADMIN_ADDR and
+# $ORDER_ADMIN_ADDR (/metrics). Creates the development PKI first when it is
+# missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
@@ -21,7 +24,7 @@ start() {
 		echo "$name is already running (pid $(cat "$pidfile"))"
 		return
 	fi
-	"$BIN/$name" "$@" >>"$PALISADE_HOME/logs/$name.log" 2>&1 &
+	"$BIN/$name" "$@" >>"$PALISADE_HOME/logs/$name.traces.jsonl" 2>>"$PALISADE_HOME/logs/$name.log" &
 	echo $! >"$pidfile"
 	for _ in $(seq 1 100); do
 		if healthy "$url"; then
@@ -43,10 +46,10 @@ start() {
 policy=()
 [ -n "${POLICY_DIR:-}" ] && policy=(--policy-dir "$POLICY_DIR")
 
-start usersvc "$USER_URL" --addr "$USER_ADDR" "${policy[@]}" \
+start usersvc "$USER_URL" --addr "$USER_ADDR" "${policy[@]}" --admin-addr "$USER_ADMIN_ADDR" --trace-stdout \
 	--ca "$CERTS/ca.pem" --cert "$CERTS/usersvc.pem" --key "$CERTS/usersvc-key.pem" \
 	--db "$PALISADE_HOME/users.db" --keys "$PALISADE_HOME/keys/signing-keys.json" \
 	--demo-passwords "$PALISADE_HOME/demo-passwords.json"
-start ordersvc "$ORDER_URL" --addr "$ORDER_ADDR" "${policy[@]}" \
+start ordersvc "$ORDER_URL" --addr "$ORDER_ADDR" "${policy[@]}" --admin-addr "$ORDER_ADMIN_ADDR" --trace-stdout \
 	--ca "$CERTS/ca.pem" --cert "$CERTS/ordersvc.pem" --key "$CERTS/ordersvc-key.pem" \
 	--db "$PALISADE_HOME/orders.db" --user-service "$USER_URL"

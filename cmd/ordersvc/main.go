@@ -73,6 +73,10 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
+	tel, err := common.Telemetry("ordersvc")
+	if err != nil {
+		return err
+	}
 	srv, err := order.NewServer(ctx, order.Config{
 		Source:          src,
 		Store:           store,
@@ -84,10 +88,11 @@ func run(args []string) error {
 		JWKSMinRefresh:  *jwksRefresh,
 		UpstreamTimeout: *upstreamTimeout,
 		Logger:          logger,
-		ServerOptions:   common.ServerOptions(logger),
+		ServerOptions:   append(common.ServerOptions(logger), tel.ServerOptions()...),
+		ClientOptions:   tel.ClientOptions(),
 	})
 	if err != nil {
 		return err
 	}
-	return srv.ListenAndServe(ctx, common.Addr)
+	return common.Serve(ctx, srv.Server, tel, logger)
 }

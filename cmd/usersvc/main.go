@@ -90,6 +90,10 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
+	tel, err := common.Telemetry("usersvc")
+	if err != nil {
+		return err
+	}
 	cfg := user.Config{
 		Source:            src,
 		Store:             store,
@@ -100,7 +104,7 @@ func run(args []string) error {
 		TokenTTL:          *ttl,
 		Issuer:            *issuer,
 		Logger:            logger,
-		ServerOptions:     common.ServerOptions(logger),
+		ServerOptions:     append(common.ServerOptions(logger), tel.ServerOptions()...),
 	}
 	if *audiences != "" {
 		cfg.Audiences = strings.Split(*audiences, ",")
@@ -109,5 +113,5 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	return srv.ListenAndServe(ctx, common.Addr)
+	return common.Serve(ctx, srv.Server, tel, logger)
 }

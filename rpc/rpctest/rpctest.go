@@ -86,10 +86,12 @@ func (s *Server) Stop() error {
 
 // NewLogger returns a debug-level text logger that writes to the test's log
 // (shown on failure or with -v) and keeps every line in the returned Logs.
+// Like a service's logger, it adds the request id of the call to each line
+// (rpc.LogHandler).
 func NewLogger(tb testing.TB) (*slog.Logger, *Logs) {
 	logs := &Logs{tb: tb}
 	tb.Cleanup(func() { logs.done.Store(true) }) // after servers stop: cleanups run last-in first-out
-	return slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), logs
+	return slog.New(rpc.LogHandler(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))), logs
 }
 
 // Logs keeps the lines a NewLogger logger wrote. Lines written after the

@@ -73,6 +73,9 @@ func TestIssueVerifyRoundTrip(t *testing.T) {
 			if v.cache.len() != 1 {
 				t.Fatalf("cache holds %d entries, want 1", v.cache.len())
 			}
+			if hits, misses := v.CacheStats(); hits != 1 || misses != 1 {
+				t.Fatalf("CacheStats = %d hits, %d misses; want 1 and 1 (cold, then cached)", hits, misses)
+			}
 			other := workload(t, "spiffe://palisade.local/client/other", []byte("other cert"))
 			if _, err := v.Verify(context.Background(), tok, other); ReasonOf(err) != ReasonBinding {
 				t.Fatalf("bound token from another certificate: %v", err)

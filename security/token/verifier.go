@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -46,6 +47,15 @@ type Verifier struct {
 	opts   VerifierOptions
 	parser *jwt.Parser
 	cache  *cache
+	// hits and misses count Verify's cache lookups, for metrics.
+	hits, misses atomic.Uint64
+}
+
+// CacheStats returns how many Verify calls found the token in the cache of
+// verified tokens (hits) and how many had to verify it (misses), since the
+// Verifier was made. With the cache disabled every call is a miss.
+func (v *Verifier) CacheStats() (hits, misses uint64) {
+	return v.hits.Load(), v.misses.Load()
 }
 
 // NewVerifier returns a Verifier.
@@ -116,7 +126,10 @@ func (v *Verifier) Verify(ctx context.Context, raw string, workload security.Wor
 	gen := v.opts.Keys.Generation()
 	key := sha256.Sum256([]byte(raw))
 	e, ok := v.cache.get(key, gen, now)
-	if !ok {
+	if ok {
+		v.hits.Add(1)
+	} else {
+		v.misses.Add(1)
 		var err error
 		if e, err = v.verify(ctx, raw, v.parser); err != nil {
 			return nil, err

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"connectrpc.com/connect"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/palisade-rpc/palisade/certs"
@@ -23,20 +24,29 @@ import (
 	"github.com/palisade-rpc/palisade/security/token"
 	"github.com/palisade-rpc/palisade/services/order"
 	"github.com/palisade-rpc/palisade/services/user"
+	"github.com/palisade-rpc/palisade/telemetry"
 )
 
 var fastHashes = password.Params{Memory: 64, Iterations: 1, Parallelism: 1, SaltLength: 16, KeyLength: 32}
 
 var passwords = map[string]string{"alice": "alice's password", "bob": "bob's password", "admin": "admin's password"}
 
-// System is both services running with the default policies.
+// System is both services running with the default policies, traced and
+// metered as the binaries are with --trace-stdout and --admin-addr.
 type System struct {
 	CA        *certstest.CA
 	Users     *rpctest.Server
 	Orders    *rpctest.Server
 	UserLogs  *rpctest.Logs
 	OrderLogs *rpctest.Logs
-	Certs     map[string]*certs.Issued // cli, order, intruder
+	Certs     map[string]*certs.Issued // cli, order, intruder, user (the user service's)
+	// Spans receives the spans of both services.
+	Spans *tracetest.InMemoryExporter
+	// UserTelemetry and OrderTelemetry are the services' providers.
+	UserTelemetry, OrderTelemetry *telemetry.Telemetry
+	// Policy is the policy engine both services decide with (one engine, so
+	// starting a system compiles and tests the policy once).
+	Policy *policy.Engine
 }
 
 // Start runs the user and order services until the test ends.
@@ -47,7 +57,15 @@ func Start(t *testing.T) *System {
 	ca := certstest.NewCA(t)
 	s := &System{CA: ca, Certs: map[string]*certs.Issued{
 		"cli": ca.Client("/client/cli"), "order": ca.Server("/svc/order"), "intruder": ca.Server("/svc/intruder"),
-	}}
+		"user": ca.Server("/svc/user"),
+	}, Spans: tracetest.NewInMemoryExporter()}
+	var err error
+	for name, tel := range map[string]**telemetry.Telemetry{"usersvc": &s.UserTelemetry, "ordersvc": &s.OrderTelemetry} {
+		if *tel, err = telemetry.New(telemetry.Options{ServiceName: name, SpanExporter: s.Spans, Metrics: true}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = (*tel).Shutdown(context.Background()) })
+	}
 
 	users, err := user.OpenStore(ctx, t.TempDir()+"/users.db")
 	if err != nil {
@@ -71,9 +89,11 @@ func Start(t *testing.T) *System {
 		t.Fatal(err)
 	}
 	userLogger, userLogs := rpctest.NewLogger(t)
+	s.Policy = engine(t, userLogger)
 	userSrv, err := user.NewServer(ctx, user.Config{
-		Source: ca.Source(ca.Server("/svc/user")), Store: users, Authorizer: engine(t, userLogger),
+		Source: ca.Source(s.Certs["user"]), Store: users, Authorizer: s.Policy,
 		Keys: keys, PasswordParams: &fastHashes, Logger: userLogger,
+		ServerOptions: s.UserTelemetry.ServerOptions(),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -87,8 +107,9 @@ func Start(t *testing.T) *System {
 	t.Cleanup(func() { _ = orders.Close() })
 	orderLogger, orderLogs := rpctest.NewLogger(t)
 	orderSrv, err := order.NewServer(ctx, order.Config{
-		Source: ca.Source(s.Certs["order"]), Store: orders, Authorizer: engine(t, orderLogger),
+		Source: ca.Source(s.Certs["order"]), Store: orders, Authorizer: s.Policy,
 		UserURL: s.Users.URL, Logger: orderLogger,
+		ServerOptions: s.OrderTelemetry.ServerOptions(), ClientOptions: s.OrderTelemetry.ClientOptions(),
 	})
 	if err != nil {
 		t.Fatal(err)

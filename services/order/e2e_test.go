@@ -218,7 +218,8 @@ func TestEndToEndRefusedUsers(t *testing.T) {
 	}
 }
 
-// TestEndToEndBadRequests are refused with invalid_argument before the user
+// TestEndToEndBadRequests are refused with invalid_argument, naming the
+// field and the protovalidate rule, before the handler runs and the user
 // service is asked.
 func TestEndToEndBadRequests(t *testing.T) {
 	t.Parallel()
@@ -227,10 +228,10 @@ func TestEndToEndBadRequests(t *testing.T) {
 		req     *orderv1.CreateOrderRequest
 		message string
 	}{
-		"no items":   {req: &orderv1.CreateOrderRequest{UserId: "alice"}, message: "items: at least one item is required"},
-		"quantity 0": {req: &orderv1.CreateOrderRequest{UserId: "alice", Items: []*orderv1.LineItem{{Sku: "book-1"}}}, message: "items[0].quantity: must be between 1 and 1000"},
-		"empty sku":  {req: &orderv1.CreateOrderRequest{UserId: "alice", Items: []*orderv1.LineItem{{Sku: "book-1", Quantity: 1}, {Quantity: 1}}}, message: "items[1].sku: required"},
-		"no user":    {req: &orderv1.CreateOrderRequest{Items: []*orderv1.LineItem{{Sku: "book-1", Quantity: 1}}}, message: "user_id: required"},
+		"no items":   {req: &orderv1.CreateOrderRequest{UserId: "alice"}, message: "invalid request: items: must contain at least 1 item(s) [repeated.min_items]"},
+		"quantity 0": {req: &orderv1.CreateOrderRequest{UserId: "alice", Items: []*orderv1.LineItem{{Sku: "book-1"}}}, message: "invalid request: items[0].quantity: must be greater than or equal to 1 and less than or equal to 1000 [int32.gte_lte]"},
+		"empty sku":  {req: &orderv1.CreateOrderRequest{UserId: "alice", Items: []*orderv1.LineItem{{Sku: "book-1", Quantity: 1}, {Quantity: 1}}}, message: "invalid request: items[1].sku: value is required [required]"},
+		"no user":    {req: &orderv1.CreateOrderRequest{Items: []*orderv1.LineItem{{Sku: "book-1", Quantity: 1}}}, message: "invalid request: user_id: value is required [required]"},
 	}
 	t.Run("cases", func(t *testing.T) {
 		for name, c := range cases {

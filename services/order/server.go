@@ -41,6 +41,10 @@ type Config struct {
 	Logger          *slog.Logger
 	// ServerOptions are passed to rpc.NewServer after the ones Config sets.
 	ServerOptions []rpc.ServerOption
+	// ClientOptions are passed to the clients of the user service (and its
+	// JWKS) after the ones Config sets, for example rpc.WithTracerProvider
+	// so the call to the user service joins the caller's trace.
+	ClientOptions []rpc.ClientOption
 }
 
 // Server is a running configuration of the order service.
@@ -59,6 +63,8 @@ func NewServer(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	// The handlers' lines carry the request id of the call, like the server's.
+	cfg.Logger = slog.New(rpc.LogHandler(cfg.Logger.Handler()))
 	self, err := mtls.IdentityOf(cfg.Source)
 	if err != nil {
 		return nil, err
@@ -81,6 +87,7 @@ func NewServer(ctx context.Context, cfg Config) (*Server, error) {
 		rpc.WithClientTrustDomain(td),
 		rpc.WithCallTimeout(cfg.UpstreamTimeout),
 	}
+	upstream = append(upstream, cfg.ClientOptions...)
 
 	// Tokens are verified with the issuer's keys, fetched over mTLS from the
 	// user service and refreshed in the background until ctx is done.

@@ -14,7 +14,9 @@
 //     unreachable yields unavailable before the caller's deadline, rather than
 //     the caller's own deadline_exceeded.
 //   - ListOrders: page_size 0 means 50; sizes above 500 are clamped to 500
-//     (AIP-158); a negative size is invalid_argument.
+//     (AIP-158); a negative size is invalid_argument. Over the network the
+//     request's protovalidate rules refuse sizes outside 0..500 before the
+//     handler runs.
 package order
 
 import (

@@ -66,6 +66,8 @@ func NewServer(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	// The handlers' lines carry the request id of the call, like the server's.
+	cfg.Logger = slog.New(rpc.LogHandler(cfg.Logger.Handler()))
 	self, err := mtls.IdentityOf(cfg.Source)
 	if err != nil {
 		return nil, err

@@ -4,7 +4,9 @@
 // Choices a caller can observe:
 //
 //   - ListUsers: page_size 0 means 50; sizes above 500 are clamped to 500
-//     (AIP-158); a negative size is invalid_argument.
+//     (AIP-158); a negative size is invalid_argument. Over the network the
+//     request's protovalidate rules refuse sizes outside 0..500 before the
+//     handler runs.
 //   - CreateUser stores user.active as sent: a user created without
 //     "active": true is inactive and cannot place orders until updated.
 //   - UpdateUser needs an update_mask naming at least one of display_name,

@@ -1,7 +1,7 @@
 // Package svcmain is the shared main of Palisade's service binaries: the
 // flags every service has (listen address, certificate files, trust domain,
-// logging, drain grace period), the logger, and the signal handling that
-// turns SIGINT/SIGTERM into a graceful drain.
+// logging, drain grace period, telemetry), the logger, the admin listener,
+// and the signal handling that turns SIGINT/SIGTERM into a graceful drain.
 package svcmain
 
 import (
@@ -20,6 +20,7 @@ import (
 	"github.com/palisade-rpc/palisade/policy"
 	"github.com/palisade-rpc/palisade/rpc"
 	"github.com/palisade-rpc/palisade/security/mtls"
+	"github.com/palisade-rpc/palisade/telemetry"
 )
 
 // DefaultHome is where the demo keeps its state (certificates, databases, logs).
@@ -42,6 +43,10 @@ type Flags struct {
 	// how often the certificate, key, CA bundle and CRL files are checked.
 	CRL                string
 	CertReloadInterval time.Duration
+	// AdminAddr is the admin listener's address (metrics); TraceStdout
+	// writes spans to stdout.
+	AdminAddr   string
+	TraceStdout bool
 }
 
 // Register defines the common flags on fs. name is the service's file name in
@@ -61,6 +66,47 @@ func (f *Flags) Register(fs *flag.FlagSet, name, defaultAddr string) {
 	fs.DurationVar(&f.PolicyInterval, "policy-reload-interval", 2*time.Second, "how often to check --policy-dir or --policy-bundle for changes (`duration`)")
 	fs.StringVar(&f.CRL, "crl", "", "PEM or DER `file` of a certificate revocation list signed by a CA of --ca (e.g. .palisade/certs/crl.pem from 'palisade certs revoke'); peers with a revoked certificate fail the handshake")
 	fs.DurationVar(&f.CertReloadInterval, "cert-reload-interval", 2*time.Second, "how often to check --cert, --key, --ca and --crl for changes (`duration`; 0 never); changed files are validated in full before they are used, and refused (and logged) otherwise")
+	fs.StringVar(&f.AdminAddr, "admin-addr", "", "`host:port` of the admin listener: plain HTTP on a loopback address, serving Prometheus metrics at /metrics (off when empty)")
+	fs.BoolVar(&f.TraceStdout, "trace-stdout", false, "write every trace span to stdout, one JSON object per line (OpenTelemetry stdout exporter)")
+}
+
+// Telemetry returns the tracing and metrics the flags ask for: spans to
+// stdout with --trace-stdout, metrics with --admin-addr. Without either,
+// the providers are no-ops.
+func (f *Flags) Telemetry(service string) (*telemetry.Telemetry, error) {
+	opts := telemetry.Options{ServiceName: service, Metrics: f.AdminAddr != ""}
+	if f.TraceStdout {
+		opts.TraceWriter = os.Stdout
+	}
+	return telemetry.New(opts)
+}
+
+// Serve serves srv on --addr and, with --admin-addr, the admin listener,
+// until ctx is done; then it flushes and stops tel.
+func (f *Flags) Serve(ctx context.Context, srv *rpc.Server, tel *telemetry.Telemetry, logger *slog.Logger) error {
+	defer func() {
+		flushCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := tel.Shutdown(flushCtx); err != nil {
+			logger.Warn("telemetry shutdown", "error", err)
+		}
+	}()
+	if f.AdminAddr == "" {
+		return srv.ListenAndServe(ctx, f.Addr)
+	}
+	admin, err := telemetry.ListenAdmin(ctx, f.AdminAddr, tel, logger)
+	if err != nil {
+		return fmt.Errorf("--admin-addr: %w", err)
+	}
+	adminCtx, stopAdmin := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- admin.Serve(adminCtx) }()
+	err = srv.ListenAndServe(ctx, f.Addr)
+	stopAdmin()
+	if adminErr := <-done; err == nil {
+		err = adminErr
+	}
+	return err
 }
 
 // Logger returns the logger the flags ask for, writing to stderr.
@@ -79,7 +125,8 @@ func (f *Flags) Logger(service string) (*slog.Logger, error) {
 	default:
 		return nil, fmt.Errorf("--log-format: %q is not json or text", f.LogFormat)
 	}
-	return slog.New(h).With("service", service), nil
+	// Every line logged for a call carries the call's request id.
+	return slog.New(rpc.LogHandler(h)).With("service", service), nil
 }
 
 // Source loads the service's certificate, key and CA bundle, and the CRL

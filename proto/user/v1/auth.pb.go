@@ -7,6 +7,7 @@
 package userv1
 
 import (
+	_ "buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	reflect "reflect"
@@ -24,8 +25,10 @@ const (
 type LoginRequest struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Username string                 `protobuf:"bytes,1,opt,name=username,proto3" json:"username,omitempty"`
-	Password string                 `protobuf:"bytes,2,opt,name=password,proto3" json:"password,omitempty"`
-	// ttl_seconds asks for a shorter lifetime than the default; 0 means the default.
+	// password may be empty (that login fails like any wrong password).
+	Password string `protobuf:"bytes,2,opt,name=password,proto3" json:"password,omitempty"`
+	// ttl_seconds asks for a shorter lifetime than the default; 0 means the
+	// default, and so does anything longer than it.
 	TtlSeconds    int64 `protobuf:"varint,3,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -146,7 +149,7 @@ func (x *LoginResponse) GetTokenType() string {
 
 type ExchangeTokenRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// subject_token is the user's access token.
+	// subject_token is the user's access token (at most 8 KiB, like any token).
 	SubjectToken string `protobuf:"bytes,1,opt,name=subject_token,json=subjectToken,proto3" json:"subject_token,omitempty"`
 	// audience is the service the new token is for; empty means the user service.
 	Audience      string `protobuf:"bytes,2,opt,name=audience,proto3" json:"audience,omitempty"`
@@ -262,21 +265,22 @@ var File_user_v1_auth_proto protoreflect.FileDescriptor
 
 const file_user_v1_auth_proto_rawDesc = "" +
 	"\n" +
-	"\x12user/v1/auth.proto\x12\auser.v1\"g\n" +
-	"\fLoginRequest\x12\x1a\n" +
-	"\busername\x18\x01 \x01(\tR\busername\x12\x1a\n" +
-	"\bpassword\x18\x02 \x01(\tR\bpassword\x12\x1f\n" +
-	"\vttl_seconds\x18\x03 \x01(\x03R\n" +
+	"\x12user/v1/auth.proto\x12\auser.v1\x1a\x1bbuf/validate/validate.proto\"\x86\x01\n" +
+	"\fLoginRequest\x12&\n" +
+	"\busername\x18\x01 \x01(\tB\n" +
+	"\xbaH\a\xc8\x01\x01r\x02(@R\busername\x12$\n" +
+	"\bpassword\x18\x02 \x01(\tB\b\xbaH\x05r\x03(\x80\bR\bpassword\x12(\n" +
+	"\vttl_seconds\x18\x03 \x01(\x03B\a\xbaH\x04\"\x02(\x00R\n" +
 	"ttlSeconds\"p\n" +
 	"\rLoginResponse\x12!\n" +
 	"\faccess_token\x18\x01 \x01(\tR\vaccessToken\x12\x1d\n" +
 	"\n" +
 	"expires_in\x18\x02 \x01(\x03R\texpiresIn\x12\x1d\n" +
 	"\n" +
-	"token_type\x18\x03 \x01(\tR\ttokenType\"W\n" +
-	"\x14ExchangeTokenRequest\x12#\n" +
-	"\rsubject_token\x18\x01 \x01(\tR\fsubjectToken\x12\x1a\n" +
-	"\baudience\x18\x02 \x01(\tR\baudience\"x\n" +
+	"token_type\x18\x03 \x01(\tR\ttokenType\"n\n" +
+	"\x14ExchangeTokenRequest\x120\n" +
+	"\rsubject_token\x18\x01 \x01(\tB\v\xbaH\b\xc8\x01\x01r\x03(\x80@R\fsubjectToken\x12$\n" +
+	"\baudience\x18\x02 \x01(\tB\b\xbaH\x05r\x03(\x80\x10R\baudience\"x\n" +
 	"\x15ExchangeTokenResponse\x12!\n" +
 	"\faccess_token\x18\x01 \x01(\tR\vaccessToken\x12\x1d\n" +
 	"\n" +

@@ -7,6 +7,7 @@
 package userv1
 
 import (
+	_ "buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	fieldmaskpb "google.golang.org/protobuf/types/known/fieldmaskpb"
@@ -76,6 +77,11 @@ func (UserChangeKind) EnumDescriptor() ([]byte, []int) {
 }
 
 // User is a person who can place orders.
+//
+// The rules below (protovalidate) are checked on every request that carries
+// a User, after authorization: an empty display_name or email passes them
+// because UpdateUser sends only the fields it changes; CreateUserRequest
+// requires both.
 type User struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// id is the user's stable identifier; for the demo users it equals the username.
@@ -802,38 +808,43 @@ var File_user_v1_user_proto protoreflect.FileDescriptor
 
 const file_user_v1_user_proto_rawDesc = "" +
 	"\n" +
-	"\x12user/v1/user.proto\x12\auser.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xba\x01\n" +
-	"\x04User\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +
-	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12\x14\n" +
-	"\x05email\x18\x03 \x01(\tR\x05email\x12\x14\n" +
-	"\x05roles\x18\x04 \x03(\tR\x05roles\x12\x16\n" +
+	"\x12user/v1/user.proto\x12\auser.v1\x1a\x1bbuf/validate/validate.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa5\x02\n" +
+	"\x04User\x125\n" +
+	"\x02id\x18\x01 \x01(\tB%\xbaH\"\xc8\x01\x01r\x1d2\x1b^[a-z0-9][a-z0-9._-]{0,62}$R\x02id\x12.\n" +
+	"\fdisplay_name\x18\x02 \x01(\tB\v\xbaH\b\xd8\x01\x01r\x03\x18\xc8\x01R\vdisplayName\x12#\n" +
+	"\x05email\x18\x03 \x01(\tB\r\xbaH\n" +
+	"\xd8\x01\x01r\x05(\xfe\x01`\x01R\x05email\x12<\n" +
+	"\x05roles\x18\x04 \x03(\tB&\xbaH#\x92\x01 \x10 \"\x1cr\x1a2\x18^[a-z][a-z0-9._-]{0,62}$R\x05roles\x12\x16\n" +
 	"\x06active\x18\x05 \x01(\bR\x06active\x12;\n" +
 	"\vcreate_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime\" \n" +
-	"\x0eGetUserRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"4\n" +
+	"createTime\",\n" +
+	"\x0eGetUserRequest\x12\x1a\n" +
+	"\x02id\x18\x01 \x01(\tB\n" +
+	"\xbaH\a\xc8\x01\x01r\x02\x18?R\x02id\"4\n" +
 	"\x0fGetUserResponse\x12!\n" +
-	"\x04user\x18\x01 \x01(\v2\r.user.v1.UserR\x04user\"N\n" +
-	"\x10ListUsersRequest\x12\x1b\n" +
-	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\x04user\x18\x01 \x01(\v2\r.user.v1.UserR\x04user\"d\n" +
+	"\x10ListUsersRequest\x12'\n" +
+	"\tpage_size\x18\x01 \x01(\x05B\n" +
+	"\xbaH\a\x1a\x05\x18\xf4\x03(\x00R\bpageSize\x12'\n" +
 	"\n" +
-	"page_token\x18\x02 \x01(\tR\tpageToken\"`\n" +
+	"page_token\x18\x02 \x01(\tB\b\xbaH\x05r\x03(\x80\x04R\tpageToken\"`\n" +
 	"\x11ListUsersResponse\x12#\n" +
 	"\x05users\x18\x01 \x03(\v2\r.user.v1.UserR\x05users\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"6\n" +
-	"\x11CreateUserRequest\x12!\n" +
-	"\x04user\x18\x01 \x01(\v2\r.user.v1.UserR\x04user\"7\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xe8\x01\n" +
+	"\x11CreateUserRequest\x12\xd2\x01\n" +
+	"\x04user\x18\x01 \x01(\v2\r.user.v1.UserB\xae\x01\xbaH\xaa\x01\xba\x01[\n" +
+	"!create_user.display_name_required\x12\x1duser.display_name is required\x1a\x17this.display_name != ''\xba\x01F\n" +
+	"\x1acreate_user.email_required\x12\x16user.email is required\x1a\x10this.email != ''\xc8\x01\x01R\x04user\"7\n" +
 	"\x12CreateUserResponse\x12!\n" +
-	"\x04user\x18\x01 \x01(\v2\r.user.v1.UserR\x04user\"s\n" +
-	"\x11UpdateUserRequest\x12!\n" +
-	"\x04user\x18\x01 \x01(\v2\r.user.v1.UserR\x04user\x12;\n" +
-	"\vupdate_mask\x18\x02 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
+	"\x04user\x18\x01 \x01(\v2\r.user.v1.UserR\x04user\"\xaa\x01\n" +
+	"\x11UpdateUserRequest\x12)\n" +
+	"\x04user\x18\x01 \x01(\v2\r.user.v1.UserB\x06\xbaH\x03\xc8\x01\x01R\x04user\x12j\n" +
+	"\vupdate_mask\x18\x02 \x01(\v2\x1a.google.protobuf.FieldMaskB-\xbaH*\xc8\x01\x01\xe2\x01$\x12\fdisplay_name\x12\x05email\x12\x05roles\x12\x06activeR\n" +
 	"updateMask\"7\n" +
 	"\x12UpdateUserResponse\x12!\n" +
-	"\x04user\x18\x01 \x01(\v2\r.user.v1.UserR\x04user\"@\n" +
-	"\x17WatchUserChangesRequest\x12%\n" +
-	"\x0eafter_sequence\x18\x01 \x01(\x03R\rafterSequence\"\x7f\n" +
+	"\x04user\x18\x01 \x01(\v2\r.user.v1.UserR\x04user\"I\n" +
+	"\x17WatchUserChangesRequest\x12.\n" +
+	"\x0eafter_sequence\x18\x01 \x01(\x03B\a\xbaH\x04\"\x02(\x00R\rafterSequence\"\x7f\n" +
 	"\x18WatchUserChangesResponse\x12-\n" +
 	"\x06change\x18\x01 \x01(\v2\x13.user.v1.UserChangeH\x00R\x06change\x12+\n" +
 	"\x05reset\x18\x02 \x01(\v2\x13.user.v1.WatchResetH\x00R\x05resetB\a\n" +

@@ -32,6 +32,7 @@ type serverConfig struct {
 	tracerProvider       trace.TracerProvider
 	meterProvider        metric.MeterProvider
 	pinned               []pinnedClient
+	rateLimit            RateLimit
 }
 
 func defaultServerConfig() serverConfig {

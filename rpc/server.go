@@ -9,6 +9,7 @@
 //	HTTP middleware: the peer's SPIFFE ID, before any message is read   -> security.Principal
 //	interceptor: tracing and RPC metrics (otelconnect), with WithTracerProvider / WithMeterProvider
 //	interceptor: rate limit per principal (WithRateLimit)
+//	interceptor: message cap on client streams (WithMaxStreamMessages)
 //	interceptor: authorization (policy.Authorizer), failing closed
 //	interceptor: validation of request messages (protovalidate rules in the .proto)
 //	interceptors added with WithInterceptors
@@ -181,11 +182,15 @@ func (s *Server) handlerOptions() []connect.HandlerOption {
 	if s.rateLimit != nil {
 		interceptors = append(interceptors, s.rateLimit)
 	}
+	if s.cfg.maxStreamMessages > 0 {
+		interceptors = append(interceptors, streamLimit(s.cfg.maxStreamMessages))
+	}
 	interceptors = append(interceptors, s.authz, s.validation)
 	interceptors = append(interceptors, s.cfg.interceptors...)
 	return []connect.HandlerOption{
 		connect.WithInterceptors(interceptors...),
 		connect.WithReadMaxBytes(s.cfg.readMaxBytes),
+		boundedGzip(s.cfg.readMaxBytes),
 		connect.WithCompressMinBytes(s.cfg.compressMinBytes),
 	}
 }
@@ -273,7 +278,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	defer s.expiry.stop()
 
 	errc := make(chan error, 1)
-	go func() { errc <- s.http.ServeTLS(ln, "", "") }()
+	go func() { errc <- s.http.ServeTLS(slowClientListener{Listener: ln, log: s.cfg.logger}, "", "") }()
 	s.cfg.logger.Info("serving", "addr", ln.Addr().String(), "services", s.Services())
 
 	select {

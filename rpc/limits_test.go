@@ -41,7 +41,7 @@ func startLimited(t *testing.T, users *rpctest.Users, opts ...rpc.ServerOption) 
 	if users == nil {
 		users = &rpctest.Users{}
 	}
-	srv := rpctest.Start(t, ca.Source(ca.Server("/svc/user")), allowWithStreams(t), users.Mount, opts...)
+	srv := rpctest.Start(t, ca.Source(ca.Server("/svc/user")), allowAll(t), users.Mount, opts...)
 	return &limited{ca: ca, srv: srv, users: users, cli: ca.Client("/client/cli")}
 }
 

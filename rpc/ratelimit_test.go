@@ -15,7 +15,6 @@ import (
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 
 	"github.com/palisade-rpc/palisade/certs/certstest"
-	"github.com/palisade-rpc/palisade/policy"
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
 	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
 	"github.com/palisade-rpc/palisade/rpc"
@@ -53,20 +52,6 @@ func (subjectVerifier) Verify(_ context.Context, tok string, _ security.Workload
 	return &security.User{Subject: tok}, nil
 }
 
-func allowWithStreams(t testing.TB) policy.Authorizer {
-	t.Helper()
-	anyone := policy.Rule{Workloads: []string{policy.AnyWorkload}}
-	a, err := policy.NewAllowList(map[string]policy.Rule{
-		userv1connect.UserServiceGetUserProcedure: anyone,
-		rpc.HealthCheckProcedure:                  anyone,
-		rpc.ReflectionV1Procedure:                 anyone,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return a
-}
-
 // TestRateLimitPerPrincipal: with 1 call/s and bursts of 3, a user's burst
 // passes, the next call is resource_exhausted with Retry-After (HTTP 429 in
 // the Connect protocol) and never reaches the handler, other users and the
@@ -77,7 +62,7 @@ func TestRateLimitPerPrincipal(t *testing.T) {
 	ca := certstest.NewCA(t)
 	clock := &fakeClock{now: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
 	users := &rpctest.Users{}
-	srv := rpctest.Start(t, ca.Source(ca.Server("/svc/user")), allowWithStreams(t), users.Mount,
+	srv := rpctest.Start(t, ca.Source(ca.Server("/svc/user")), allowAll(t), users.Mount,
 		rpc.WithTokenVerifier(subjectVerifier{}),
 		rpc.WithRateLimit(rpc.RateLimit{PerSecond: 1, Burst: 3, Now: clock.Now}))
 	cli := ca.Client("/client/cli")

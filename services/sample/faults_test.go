@@ -178,4 +178,3 @@ func TestUserServiceKilledDuringCreateOrderLoad(t *testing.T) {
 		t.Logf("user service %-10s: %4d orders, %4d unavailable", p, ok, failed)
 	}
 }
-

@@ -273,8 +273,8 @@ func TestStreamLimits(t *testing.T) {
 
 // TestSlowLoris: a client that completes the TLS handshake and then sends
 // its request headers one byte every 20ms is disconnected once
-// WithReadHeaderTimeout passes, long before it could finish, and the server
-// logs it.
+// WithReadHeaderTimeout passes, long before it could finish, the handler
+// never runs, and the server logs it.
 func TestSlowLoris(t *testing.T) {
 	t.Parallel()
 	l := startLimited(t, nil, rpc.WithReadHeaderTimeout(time.Second))
@@ -297,14 +297,15 @@ func TestSlowLoris(t *testing.T) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}()
+	// The server closes the connection: silently, or, when the deadline
+	// cut a TLS record in half, after a 400 with "Connection: close".
 	_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
-	var buf [512]byte
-	n, err := conn.Read(buf[:])
-	if err == nil {
-		t.Fatalf("server answered %q instead of closing", buf[:n])
-	}
+	answer, err := io.ReadAll(conn)
 	if ne, ok := err.(net.Error); ok && ne.Timeout() {
-		t.Fatal("the server kept the connection open")
+		t.Fatalf("the server kept the connection open (read %q)", answer)
+	}
+	if len(answer) > 0 && !strings.HasPrefix(string(answer), "HTTP/1.1 400 ") {
+		t.Fatalf("server answered %q", answer)
 	}
 	_ = conn.Close()
 	if n := <-sent; n >= len(headers) {

@@ -28,7 +28,8 @@ type Call func(ctx context.Context, w, i int) error
 type Options struct {
 	// Calls is the number of calls to make (0: no bound).
 	Calls int
-	// Duration is how long to keep making calls (0: no bound).
+	// Duration is how long to keep starting calls (0: no bound); calls in
+	// flight at the end finish.
 	Duration time.Duration
 	// Concurrency is the number of workers, each making one call at a time.
 	Concurrency int
@@ -91,7 +92,8 @@ type worker struct {
 }
 
 // Run makes calls until opts' bound is reached or ctx is done, and returns
-// what happened. It returns once every call it started has returned.
+// what happened. It returns once every call it started has returned. Calls
+// get ctx itself: Run adds no deadline to them.
 func Run(ctx context.Context, opts Options, call Call) (*Result, error) {
 	if opts.Concurrency < 1 {
 		return nil, errors.New("loadgen: concurrency must be at least 1")
@@ -99,10 +101,13 @@ func Run(ctx context.Context, opts Options, call Call) (*Result, error) {
 	if opts.Calls < 0 || opts.Duration < 0 || (opts.Calls == 0 && opts.Duration == 0) {
 		return nil, errors.New("loadgen: set a number of calls, a duration, or both")
 	}
+	// A duration stops the run from starting calls; it does not cut calls
+	// short. (A deadline on ctx would travel with every call, and a server
+	// that answers before its caller's deadline, as it should, would fail
+	// the last calls of the run.)
+	var stopAt time.Time
 	if opts.Duration > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, opts.Duration)
-		defer cancel()
+		stopAt = time.Now().Add(opts.Duration)
 	}
 	var next atomic.Int64
 	workers := make([]worker, opts.Concurrency)
@@ -112,7 +117,7 @@ func Run(ctx context.Context, opts Options, call Call) (*Result, error) {
 		wk := &workers[w]
 		wk.errors, wk.first = map[string]int{}, map[string]string{}
 		wg.Go(func() {
-			for ctx.Err() == nil {
+			for ctx.Err() == nil && (stopAt.IsZero() || time.Now().Before(stopAt)) {
 				i := int(next.Add(1) - 1)
 				if opts.Calls > 0 && i >= opts.Calls {
 					return
@@ -120,8 +125,8 @@ func Run(ctx context.Context, opts Options, call Call) (*Result, error) {
 				t0 := time.Now()
 				err := call(ctx, w, i)
 				if err != nil && ctx.Err() != nil {
-					// The end of the run cut this call short: it is not
-					// the service's error, and not counted.
+					// The caller ended the run (ctx) and cut this call
+					// short: not the service's error, and not counted.
 					return
 				}
 				wk.latency.Record(time.Since(t0))

@@ -58,11 +58,36 @@ func TestRunCountsCallsAndCodes(t *testing.T) {
 	}
 }
 
-// TestRunForADuration: calls cut short by the end of the run are not
-// counted as errors.
+// TestRunForADuration: the duration puts no deadline on the calls (a
+// server would answer them before it), and calls in flight at the end
+// finish and count.
 func TestRunForADuration(t *testing.T) {
 	t.Parallel()
+	var started, finished atomic.Int64
 	res, err := loadgen.Run(context.Background(), loadgen.Options{Duration: 50 * time.Millisecond, Concurrency: 4}, func(ctx context.Context, _, _ int) error {
+		started.Add(1)
+		if _, ok := ctx.Deadline(); ok {
+			return connect.NewError(connect.CodeInternal, errors.New("the call has a deadline"))
+		}
+		time.Sleep(20 * time.Millisecond)
+		finished.Add(1)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Calls == 0 || res.ErrorCount() != 0 || int64(res.Calls) != started.Load() || finished.Load() != started.Load() {
+		t.Fatalf("calls %d (started %d, finished %d) errors %v", res.Calls, started.Load(), finished.Load(), res.Errors)
+	}
+}
+
+// TestRunStopsWhenCtxIsDone: calls cut short by the caller's ctx are not
+// counted as errors.
+func TestRunStopsWhenCtxIsDone(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(30*time.Millisecond, cancel)
+	res, err := loadgen.Run(ctx, loadgen.Options{Calls: 1 << 30, Concurrency: 4}, func(ctx context.Context, _, _ int) error {
 		select {
 		case <-ctx.Done():
 			return connect.NewError(connect.CodeCanceled, ctx.Err())

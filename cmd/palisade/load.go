@@ -98,6 +98,7 @@ func loadCmd(args []string) error {
 	jsonOut := fs.Bool("json", false, "print the report as JSON")
 	userURL := fs.String("user-url", "", "base `URL` of a running user service (with --order-url)")
 	orderURL := fs.String("order-url", "", "base `URL` of a running order service (with --user-url)")
+	logLevel := fs.String("log-level", "error", "`level` of the in-process services' log on stderr: debug, info, warn or error")
 	home := fs.String("home", ".palisade", "demo state `directory` for --user-url/--order-url: certs/ and demo-passwords.json")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -117,7 +118,11 @@ func loadCmd(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	target, err := newLoadTarget(ctx, *userURL, *orderURL, *home, *users)
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	target, err := newLoadTarget(ctx, *userURL, *orderURL, *home, *users, level)
 	if err != nil {
 		return err
 	}
@@ -210,7 +215,7 @@ func runMeasured(ctx context.Context, opts loadgen.Options, call loadgen.Call, s
 	if runErr != nil {
 		return nil, runErr
 	}
-	// Let the goroutines of calls cut short at the end finish.
+	// Let the servers' goroutines of the last calls wind down.
 	time.Sleep(time.Second)
 	if soak.End, err = measure(start, true); err != nil {
 		return nil, err
@@ -264,7 +269,7 @@ type loadTarget struct {
 	close             func()
 }
 
-func newLoadTarget(ctx context.Context, userURL, orderURL, home string, users int) (*loadTarget, error) {
+func newLoadTarget(ctx context.Context, userURL, orderURL, home string, users int, level slog.Level) (*loadTarget, error) {
 	if userURL != "" {
 		return runningTarget(ctx, userURL, orderURL, home)
 	}
@@ -275,7 +280,7 @@ func newLoadTarget(ctx context.Context, userURL, orderURL, home string, users in
 	if err != nil {
 		return nil, err
 	}
-	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	sys, err := sample.Start(ctx, sample.Options{Dir: dir, Users: users, Logger: logger})
 	if err != nil {
 		_ = os.RemoveAll(dir)

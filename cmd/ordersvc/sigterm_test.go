@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"go.uber.org/goleak"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/palisade-rpc/palisade/certs"
@@ -22,13 +23,15 @@ import (
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
 	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
 	"github.com/palisade-rpc/palisade/rpc"
+	"github.com/palisade-rpc/palisade/rpc/rpctest"
 	"github.com/palisade-rpc/palisade/services/order"
 	"github.com/palisade-rpc/palisade/services/sample"
 )
 
 // childEnv makes the test binary run ordersvc's main instead of the tests,
 // so the SIGTERM test runs the real binary's code as a process without a
-// separate build.
+// separate build. Otherwise TestMain checks that the tests leave no
+// goroutine behind.
 const childEnv = "PALISADE_TEST_RUN_ORDERSVC"
 
 func TestMain(m *testing.M) {
@@ -39,7 +42,7 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(0)
 	}
-	os.Exit(m.Run())
+	goleak.VerifyTestMain(m)
 }
 
 // lookupDelay holds every GetUser at the user service, so that CreateOrder
@@ -209,11 +212,7 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 		}
 		return n
 	}
-	for deadline := time.Now().Add(30 * time.Second); okCount() < 32; time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("only %d orders in 30 s", okCount())
-		}
-	}
+	rpctest.WaitFor(t, "32 orders", func() bool { return okCount() >= 32 })
 
 	sigterm := time.Now()
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {

@@ -12,6 +12,7 @@ import (
 	orderv1 "github.com/palisade-rpc/palisade/proto/order/v1"
 	"github.com/palisade-rpc/palisade/proto/order/v1/orderv1connect"
 	"github.com/palisade-rpc/palisade/rpc"
+	"github.com/palisade-rpc/palisade/rpc/rpctest"
 	"github.com/palisade-rpc/palisade/services/sample"
 )
 
@@ -65,18 +66,6 @@ func (l *ledger) count(phase string) (ok, failed int) {
 		}
 	}
 	return ok, failed
-}
-
-// waitFor waits until cond holds, failing the test after 20 s.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 type tokenKey struct{}
@@ -134,19 +123,19 @@ func TestUserServiceKilledDuringCreateOrderLoad(t *testing.T) {
 	}
 	t.Cleanup(func() { stopLoad(); wg.Wait() })
 
-	waitFor(t, "50 orders before the kill", func() bool { ok, _ := l.count("up"); return ok >= 50 })
+	rpctest.WaitFor(t, "50 orders before the kill", func() bool { ok, _ := l.count("up"); return ok >= 50 })
 	l.setPhase("stopping")
 	if err := sys.StopUsers(); err != nil && !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("stop the user service: %v", err)
 	}
 	l.setPhase("down")
-	waitFor(t, "50 calls while the user service is down", func() bool { _, failed := l.count("down"); return failed >= 50 })
+	rpctest.WaitFor(t, "50 calls while the user service is down", func() bool { _, failed := l.count("down"); return failed >= 50 })
 	l.setPhase("restarting")
 	if err := sys.StartUsers(); err != nil {
 		t.Fatal(err)
 	}
 	l.setPhase("back")
-	waitFor(t, "50 orders after the restart", func() bool { ok, _ := l.count("back"); return ok >= 50 })
+	rpctest.WaitFor(t, "50 orders after the restart", func() bool { ok, _ := l.count("back"); return ok >= 50 })
 	stopLoad()
 	wg.Wait()
 

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/palisade-rpc/palisade/certs"
 	"github.com/palisade-rpc/palisade/certs/certstest"
@@ -69,6 +70,24 @@ func wantCode(t *testing.T, err error, code connect.Code, msgPart string) {
 	}
 }
 
+// paddedRequest returns a GetUserRequest for id "x" that marshals to size
+// bytes: the padding is an unknown field (number 15), which the validation
+// rules of the request do not see.
+func paddedRequest(t *testing.T, size int) *userv1.GetUserRequest {
+	t.Helper()
+	req := &userv1.GetUserRequest{Id: "x"}
+	for n := size - proto.Size(req) - 2; n > 0; n-- {
+		pad := binary.AppendUvarint([]byte{15<<3 | 2}, uint64(n))
+		pad = append(pad, bytes.Repeat([]byte{'p'}, n)...)
+		req.ProtoReflect().SetUnknown(pad)
+		if proto.Size(req) == size {
+			return req
+		}
+	}
+	t.Fatalf("no padding makes a request of %d bytes", size)
+	return nil
+}
+
 // TestMessageTooLarge: a request message above WithReadMaxBytes is refused
 // with resource_exhausted before the handler, in Connect and gRPC; one at
 // the limit passes.
@@ -82,11 +101,10 @@ func TestMessageTooLarge(t *testing.T) {
 				t.Fatal(err)
 			}
 			before := l.users.Calls()
-			// 3 bytes of framing: tag, two-byte length.
-			if _, err := client.GetUser(context.Background(), &userv1.GetUserRequest{Id: strings.Repeat("a", 1021)}); err != nil {
+			if _, err := client.GetUser(context.Background(), paddedRequest(t, 1024)); err != nil {
 				t.Fatalf("message of exactly 1024 bytes: %v", err)
 			}
-			_, err = client.GetUser(context.Background(), &userv1.GetUserRequest{Id: strings.Repeat("a", 1022)})
+			_, err = client.GetUser(context.Background(), paddedRequest(t, 1025))
 			wantCode(t, err, connect.CodeResourceExhausted, "message size 1025 is larger than configured max 1024")
 			if n := l.users.Calls() - before; n != 1 {
 				t.Fatalf("%d calls reached the handler, want 1", n)
@@ -158,9 +176,8 @@ func TestGzipBomb(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			id := strings.Repeat("b", 60<<10)
-			res, err := client.GetUser(context.Background(), &userv1.GetUserRequest{Id: id})
-			if err != nil || res.GetUser().GetId() != id {
+			res, err := client.GetUser(context.Background(), paddedRequest(t, 60<<10))
+			if err != nil || res.GetUser().GetId() != "x" {
 				t.Fatalf("%s: compressed request under the limit: %v", name, err)
 			}
 		}

@@ -25,7 +25,10 @@ BENCH_MICRO := -bench='^(BenchmarkVerify|BenchmarkDefaultPolicy|BenchmarkPrincip
 # `make conformance` installs it into bin/ with go install.
 CONFORMANCE_VERSION := v1.0.7
 
-.PHONY: help generate check-generate build test test-go test-demo test-fuzz fuzz vet demo up down bench bench-micro conformance
+# Extra flags for `make load` and `make soak` (bin/palisade load --help).
+LOAD_FLAGS ?=
+
+.PHONY: help generate check-generate build test test-go test-demo test-fuzz fuzz vet demo up down bench bench-micro conformance load soak
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -89,3 +92,9 @@ bench: build ## measure the chain against bare Connect and grpc-go (c=64); table
 
 bench-micro: ## micro-benchmarks: token verification, policy evaluation, Principal extraction, the whole chain in-process
 	$(GO) test -run='^$$' $(BENCH_MICRO)
+
+load: build ## 100,000 calls at 64 concurrency through the full chain on in-process sample services; fails on any error
+	bin/palisade load --calls 100000 --concurrency 64 $(LOAD_FLAGS)
+
+soak: build ## 2 minutes of load; reports RSS and goroutines at start and end, fails if they grow past the bounds
+	bin/palisade load --soak 2m --concurrency 64 $(LOAD_FLAGS)

@@ -140,6 +140,7 @@ func NewClient[T any](newClient func(connect.HTTPClient, string, ...connect.Clie
 	if cfg.tokenSource != nil {
 		interceptors = append(interceptors, bearerInterceptor(cfg.tokenSource))
 	}
+	interceptors = append(interceptors, brokenConnUnavailable{})
 	connectOpts := []connect.ClientOption{connect.WithInterceptors(interceptors...)}
 	switch cfg.protocol {
 	case ProtocolGRPC:

@@ -32,6 +32,8 @@ type serverConfig struct {
 	tracerProvider       trace.TracerProvider
 	meterProvider        metric.MeterProvider
 	pinned               []pinnedClient
+	rateLimit            RateLimit
+	maxStreamMessages    int
 }
 
 func defaultServerConfig() serverConfig {
@@ -45,6 +47,7 @@ func defaultServerConfig() serverConfig {
 		shutdownGrace:        DefaultShutdownGrace,
 		maxConcurrentStreams: DefaultMaxConcurrentStreams,
 		compressMinBytes:     DefaultCompressMinBytes,
+		maxStreamMessages:    DefaultMaxStreamMessages,
 	}
 }
 
@@ -69,7 +72,8 @@ func WithLogger(l *slog.Logger) ServerOption {
 }
 
 // WithReadMaxBytes caps the size of one request message after decompression
-// (default 4 MiB). Larger messages fail with resource_exhausted.
+// (default 4 MiB), and so also its compressed size. Larger messages fail
+// with resource_exhausted; a compressed one is not decompressed past the cap.
 func WithReadMaxBytes(n int) ServerOption {
 	return serverOptionFunc(func(c *serverConfig) { c.readMaxBytes = n })
 }

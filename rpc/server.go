@@ -8,6 +8,8 @@
 //	HTTP middleware: the request id (X-Request-Id) and the access log, one line per request
 //	HTTP middleware: the peer's SPIFFE ID, before any message is read   -> security.Principal
 //	interceptor: tracing and RPC metrics (otelconnect), with WithTracerProvider / WithMeterProvider
+//	interceptor: rate limit per principal (WithRateLimit)
+//	interceptor: message cap on client streams (WithMaxStreamMessages)
 //	interceptor: authorization (policy.Authorizer), failing closed
 //	interceptor: validation of request messages (protovalidate rules in the .proto)
 //	interceptors added with WithInterceptors
@@ -64,6 +66,7 @@ type Server struct {
 	cfg       serverConfig
 	src       mtls.Source
 	authz     *policy.Interceptor
+	rateLimit *rateLimiter // nil when off
 	mux       *http.ServeMux
 	health    *grpchealth.StaticChecker
 	http      *http.Server
@@ -130,6 +133,7 @@ func NewServer(src mtls.Source, authz policy.Authorizer, opts ...ServerOption) (
 		accessLog:  accessLog,
 		tel:        tel,
 		validation: validation,
+		rateLimit:  newRateLimiter(cfg.rateLimit),
 	}
 	protocols := new(http.Protocols)
 	protocols.SetHTTP1(true)
@@ -174,11 +178,19 @@ func Mount[T any](s *Server, newHandler func(T, ...connect.HandlerOption) (strin
 }
 
 func (s *Server) handlerOptions() []connect.HandlerOption {
-	interceptors := append(s.tel.interceptors(), s.authz, s.validation)
+	interceptors := append([]connect.Interceptor(nil), s.tel.interceptors()...)
+	if s.rateLimit != nil {
+		interceptors = append(interceptors, s.rateLimit)
+	}
+	if s.cfg.maxStreamMessages > 0 {
+		interceptors = append(interceptors, streamLimit(s.cfg.maxStreamMessages))
+	}
+	interceptors = append(interceptors, s.authz, s.validation)
 	interceptors = append(interceptors, s.cfg.interceptors...)
 	return []connect.HandlerOption{
 		connect.WithInterceptors(interceptors...),
 		connect.WithReadMaxBytes(s.cfg.readMaxBytes),
+		boundedGzip(s.cfg.readMaxBytes),
 		connect.WithCompressMinBytes(s.cfg.compressMinBytes),
 	}
 }
@@ -266,7 +278,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	defer s.expiry.stop()
 
 	errc := make(chan error, 1)
-	go func() { errc <- s.http.ServeTLS(ln, "", "") }()
+	go func() { errc <- s.http.ServeTLS(slowClientListener{Listener: ln, log: s.cfg.logger}, "", "") }()
 	s.cfg.logger.Info("serving", "addr", ln.Addr().String(), "services", s.Services())
 
 	select {

@@ -1,6 +1,6 @@
 // Command palisade is the operator's tool for a Palisade deployment: it mints
-// the development PKI, rotates token signing keys, gets tokens for people and
-// measures what the security chain costs.
+// the development PKI, rotates token signing keys, gets tokens for people,
+// measures what the security chain costs and puts the services under load.
 package main
 
 import (
@@ -37,6 +37,7 @@ func commands() map[string]command {
 			"test": {summary: "run a policy directory's rego tests with coverage", run: policyTest},
 		}},
 		"token": {summary: "print an access token for a user (logs in over mTLS)", run: tokenCmd},
+		"load":  {summary: "drive calls through the full chain and report errors, calls/s, latency; --soak checks memory", run: loadCmd},
 	}
 }
 

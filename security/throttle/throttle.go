@@ -1,5 +1,6 @@
 // Package throttle slows down repeated failures, such as password guesses,
-// per key: a username, a peer's address or identity, or both.
+// per key: a username, a peer's address or identity, or both ([Limiter]);
+// and limits the rate of calls per key with token buckets ([Buckets]).
 //
 // A [Limiter] keeps, for each key, a sliding log of its most recent failure
 // times and refuses a key once maxFailures of them fall within the window.

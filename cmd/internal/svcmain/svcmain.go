@@ -47,6 +47,9 @@ type Flags struct {
 	// writes spans to stdout.
 	AdminAddr   string
 	TraceStdout bool
+	// RateLimit and RateBurst configure rpc.WithRateLimit (0: off).
+	RateLimit float64
+	RateBurst int
 }
 
 // Register defines the common flags on fs. name is the service's file name in
@@ -68,6 +71,8 @@ func (f *Flags) Register(fs *flag.FlagSet, name, defaultAddr string) {
 	fs.DurationVar(&f.CertReloadInterval, "cert-reload-interval", 2*time.Second, "how often to check --cert, --key, --ca and --crl for changes (`duration`; 0 never); changed files are validated in full before they are used, and refused (and logged) otherwise")
 	fs.StringVar(&f.AdminAddr, "admin-addr", "", "`host:port` of the admin listener: plain HTTP on a loopback address, serving Prometheus metrics at /metrics (off when empty)")
 	fs.BoolVar(&f.TraceStdout, "trace-stdout", false, "write every trace span to stdout, one JSON object per line (OpenTelemetry stdout exporter)")
+	fs.Float64Var(&f.RateLimit, "rate-limit", 0, "calls per second each principal (the token's user, else the workload) may make on average; past it, resource_exhausted (429) with Retry-After (`rate`; 0 = no limit)")
+	fs.IntVar(&f.RateBurst, "rate-burst", 0, "calls a principal may make at once under --rate-limit (`n`; default --rate-limit rounded up)")
 }
 
 // Telemetry returns the tracing and metrics the flags ask for: spans to
@@ -157,6 +162,7 @@ func (f *Flags) ServerOptions(logger *slog.Logger) []rpc.ServerOption {
 		rpc.WithLogger(logger),
 		rpc.WithTrustDomain(f.TrustDomain),
 		rpc.WithShutdownGrace(f.ShutdownGrace),
+		rpc.WithRateLimit(rpc.RateLimit{PerSecond: f.RateLimit, Burst: f.RateBurst}),
 	}
 }
 

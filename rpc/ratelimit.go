@@ -1,0 +1,130 @@
+package rpc
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"strconv"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"github.com/palisade-rpc/palisade/security"
+	"github.com/palisade-rpc/palisade/security/throttle"
+)
+
+// DefaultRateLimitPrincipals is how many principals WithRateLimit tracks at
+// once unless RateLimit.MaxPrincipals says otherwise.
+const DefaultRateLimitPrincipals = 100_000
+
+// RateLimit configures per-principal rate limiting (WithRateLimit).
+type RateLimit struct {
+	// PerSecond is how many calls per second a principal may make on
+	// average. Zero or less turns rate limiting off.
+	PerSecond float64
+	// Burst is how many calls a principal may make at once (default:
+	// PerSecond rounded up).
+	Burst int
+	// MaxPrincipals bounds the principals tracked at once (default
+	// DefaultRateLimitPrincipals). A principal idle long enough to have its
+	// whole burst back is forgotten; past the bound, the least recently seen
+	// principal is forgotten, and its next call finds a full burst.
+	MaxPrincipals int
+	// Now returns the current time (default time.Now), for tests.
+	Now func() time.Time
+}
+
+// WithRateLimit limits the calls each principal may make: the user (a
+// verified token's subject) when a token came with the call, else the
+// calling workload (its SPIFFE ID). Each principal has a token bucket of
+// Burst calls refilled at PerSecond; a unary call takes a token, a stream
+// takes one when it opens. A call over the limit fails with
+// resource_exhausted (HTTP 429 in the Connect protocol), a Retry-After header
+// (trailer in gRPC) with the whole seconds to wait, and those seconds in the
+// message; it never reaches the policy or the handler.
+//
+// The limiter runs after authentication (it needs the principal) and
+// before authorization, so a caller over its limit costs no policy
+// evaluation. It keeps no goroutine and bounded memory (see
+// RateLimit.MaxPrincipals).
+func WithRateLimit(l RateLimit) ServerOption {
+	return serverOptionFunc(func(c *serverConfig) { c.rateLimit = l })
+}
+
+// rateLimiter is the interceptor WithRateLimit puts in the chain.
+type rateLimiter struct {
+	buckets *throttle.Buckets
+	now     func() time.Time
+}
+
+var _ connect.Interceptor = (*rateLimiter)(nil)
+
+// newRateLimiter returns the interceptor for l, or nil when l is off.
+func newRateLimiter(l RateLimit) *rateLimiter {
+	if !(l.PerSecond > 0) {
+		return nil
+	}
+	burst := l.Burst
+	if burst <= 0 {
+		burst = int(math.Min(math.Ceil(l.PerSecond), math.MaxInt32))
+	}
+	maxKeys := l.MaxPrincipals
+	if maxKeys <= 0 {
+		maxKeys = DefaultRateLimitPrincipals
+	}
+	now := l.Now
+	if now == nil {
+		now = time.Now
+	}
+	return &rateLimiter{buckets: throttle.NewBuckets(l.PerSecond, burst, maxKeys), now: now}
+}
+
+// rateKey is the bucket of the principal in ctx: users and workloads are
+// kept apart by a prefix, so no subject can share a workload's bucket.
+func rateKey(ctx context.Context) string {
+	p, ok := security.FromContext(ctx)
+	switch {
+	case !ok:
+		return "none"
+	case p.User != nil:
+		return "user:" + p.User.Subject
+	default:
+		return "workload:" + p.Workload.ID.String()
+	}
+}
+
+func (r *rateLimiter) take(ctx context.Context) error {
+	ok, wait := r.buckets.Take(rateKey(ctx), r.now())
+	if ok {
+		return nil
+	}
+	secs := max(int64(math.Ceil(wait.Seconds())), 1)
+	err := connect.NewError(connect.CodeResourceExhausted, fmt.Errorf("rate limit exceeded: retry after %d s", secs))
+	err.Meta().Set("Retry-After", strconv.FormatInt(secs, 10))
+	return err
+}
+
+func (r *rateLimiter) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		if req.Spec().IsClient {
+			return next(ctx, req)
+		}
+		if err := r.take(ctx); err != nil {
+			return nil, err
+		}
+		return next(ctx, req)
+	}
+}
+
+func (r *rateLimiter) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return next
+}
+
+func (r *rateLimiter) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
+		if err := r.take(ctx); err != nil {
+			return err
+		}
+		return next(ctx, conn)
+	}
+}

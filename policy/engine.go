@@ -76,7 +76,7 @@ func (e *Engine) Load(ctx context.Context, b *Bundle) error {
 
 // prepare compiles b, runs its tests, and prepares the decision query.
 func prepare(ctx context.Context, b *Bundle) (*version, error) {
-	report, err := RunTests(ctx, b)
+	report, err := runTests(ctx, b, false)
 	if err != nil {
 		return nil, err
 	}

@@ -69,6 +69,13 @@ func parseModules(b *Bundle) (map[string]*ast.Module, error) {
 // conventionally in *_test.rego files) with OPA's tester and measures the
 // coverage of the policy files.
 func RunTests(ctx context.Context, b *Bundle) (*TestReport, error) {
+	return runTests(ctx, b, true)
+}
+
+// runTests runs the tests, measuring coverage only when asked: tracing
+// every evaluation step makes the tests several times slower, and loading a
+// policy only needs to know that they pass.
+func runTests(ctx context.Context, b *Bundle, coverage bool) (*TestReport, error) {
 	mods, err := parseModules(b)
 	if err != nil {
 		return nil, err
@@ -77,11 +84,14 @@ func RunTests(ctx context.Context, b *Bundle) (*TestReport, error) {
 	if data == nil {
 		data = map[string]any{}
 	}
-	cov := cover.New()
-	ch, err := tester.NewRunner().
+	runner := tester.NewRunner().
 		SetStore(inmem.NewFromObject(data)).
-		SetModules(mods).
-		SetCoverageQueryTracer(cov).
+		SetModules(mods)
+	cov := cover.New()
+	if coverage {
+		runner = runner.SetCoverageQueryTracer(cov)
+	}
+	ch, err := runner.
 		RaiseBuiltinErrors(true).
 		// OPA's default is 5 s per test, which a loaded machine can exceed
 		// while compiling; a hung test is still bounded.
@@ -105,6 +115,9 @@ func RunTests(ctx context.Context, b *Bundle) (*TestReport, error) {
 	}
 	sort.Slice(report.Results, func(i, j int) bool { return report.Results[i].Name < report.Results[j].Name })
 
+	if !coverage {
+		return report, nil
+	}
 	policyMods := map[string]*ast.Module{}
 	for name, m := range mods {
 		if !IsTestFile(name) {

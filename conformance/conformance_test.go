@@ -71,6 +71,8 @@ func (r runner) request() *conformancev1.ServerCompatRequest {
 func start(t *testing.T, r runner, opts conformance.Options) string {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
+	// A loaded machine can take longer than the default 2 s to drain.
+	opts.ShutdownGrace = 30 * time.Second
 	srv, err := conformance.Start(ctx, r.request(), opts)
 	if err != nil {
 		cancel()

@@ -68,6 +68,9 @@ type Options struct {
 	Tokens rpc.TokenVerifier
 	// Logger receives the server's log (default: discarded).
 	Logger *slog.Logger
+	// ShutdownGrace is how long in-flight calls may run once ctx is done
+	// (default 2s: the runner's clients leave connections open).
+	ShutdownGrace time.Duration
 }
 
 // Server is a conformance server that Start started.
@@ -118,6 +121,10 @@ func Start(ctx context.Context, req *conformancev1.ServerCompatRequest, opts Opt
 	bundle.AddCert(clientCerts[0])
 	src := mtls.NewStaticSource(serverCert, bundle)
 
+	grace := opts.ShutdownGrace
+	if grace <= 0 {
+		grace = 2 * time.Second
+	}
 	engine, err := policy.NewEngine(ctx, PolicyBundle(), policy.EngineOptions{Logger: opts.Logger})
 	if err != nil {
 		return nil, fmt.Errorf("conformance: policy: %w", err)
@@ -125,7 +132,7 @@ func Start(ctx context.Context, req *conformancev1.ServerCompatRequest, opts Opt
 	serverOpts := []rpc.ServerOption{
 		rpc.WithLogger(opts.Logger),
 		rpc.WithPinnedClientCertificate(clientCerts[0], opts.ClientID),
-		rpc.WithShutdownGrace(2 * time.Second),
+		rpc.WithShutdownGrace(grace),
 	}
 	if opts.Tokens != nil {
 		serverOpts = append(serverOpts, rpc.WithTokenVerifier(opts.Tokens))

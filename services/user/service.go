@@ -24,6 +24,7 @@ import (
 	"net/mail"
 	"regexp"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"connectrpc.com/connect"
@@ -50,20 +51,25 @@ var (
 
 // Service implements user.v1.UserService on a Store.
 type Service struct {
-	store *Store
-	log   *slog.Logger
+	store     *Store
+	log       *slog.Logger
+	heartbeat time.Duration
 }
 
 var _ userv1connect.UserServiceHandler = (*Service)(nil)
 
 // NewService returns a Service serving store. logger receives the "user
-// read" audit lines and the causes of internal errors; nil means
-// slog.Default().
-func NewService(store *Store, logger *slog.Logger) *Service {
+// read" audit lines, the change feed's opens and closes, and the causes of
+// internal errors; nil means slog.Default().
+func NewService(store *Store, logger *slog.Logger, opts ...ServiceOption) *Service {
 	if logger == nil {
 		logger = slog.Default()
 	}
-	return &Service{store: store, log: logger}
+	s := &Service{store: store, log: logger, heartbeat: DefaultHeartbeatInterval}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
 }
 
 // GetUser returns one user. Every successful read is logged at Info level as

@@ -80,20 +80,7 @@ func (s *Store) currentRetention() Retention {
 // ChangeSignal returns a channel that is closed when the next change is
 // committed. Take it before reading the history, so that a change committed
 // after the read is not missed.
-func (s *Store) ChangeSignal() <-chan struct{} {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.changed
-}
-
-// notifyChange wakes every reader waiting on the change signal; writers call
-// it after they commit.
-func (s *Store) notifyChange() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	close(s.changed)
-	s.changed = make(chan struct{})
-}
+func (s *Store) ChangeSignal() <-chan struct{} { return s.changed.Wait() }
 
 // recordChange writes the change of kind to user id in tx, and prunes the
 // history to the retention. The change's time is now.

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
+	"github.com/palisade-rpc/palisade/services/internal/broadcast"
 	"github.com/palisade-rpc/palisade/services/internal/sqlitedb"
 )
 
@@ -51,8 +52,10 @@ type Store struct {
 	db  *sql.DB
 	now func() time.Time
 
+	// changed is notified when a change commits.
+	changed broadcast.Signal
+
 	mu        sync.Mutex
-	changed   chan struct{} // closed when a change commits, then replaced
 	retention Retention
 }
 
@@ -68,7 +71,7 @@ func OpenStore(ctx context.Context, path string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("user store: %w", err)
 	}
-	return &Store{db: db, now: time.Now, changed: make(chan struct{}), retention: DefaultRetention()}, nil
+	return &Store{db: db, now: time.Now, retention: DefaultRetention()}, nil
 }
 
 // Close closes the database.
@@ -117,7 +120,7 @@ func (s *Store) SeedDemoUsers(ctx context.Context) (bool, error) {
 	if err := tx.Commit(); err != nil {
 		return false, fmt.Errorf("user store: seed: %w", err)
 	}
-	s.notifyChange()
+	s.changed.Notify()
 	return true, nil
 }
 
@@ -301,7 +304,7 @@ func (s *Store) Create(ctx context.Context, u *userv1.User) (*userv1.User, error
 	if err := tx.Commit(); err != nil {
 		return nil, fmt.Errorf("user store: create: %w", err)
 	}
-	s.notifyChange()
+	s.changed.Notify()
 	return out, nil
 }
 
@@ -386,6 +389,6 @@ func (s *Store) Update(ctx context.Context, u *userv1.User, paths []string) (*us
 	if err := tx.Commit(); err != nil {
 		return nil, fmt.Errorf("user store: update %q: %w", u.GetId(), err)
 	}
-	s.notifyChange()
+	s.changed.Notify()
 	return out, nil
 }

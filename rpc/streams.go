@@ -191,3 +191,19 @@ func (s *guardedStream) Send(msg any) error {
 	}
 	return err
 }
+
+// StreamEnded returns the error a streaming handler should return once its
+// context is done: the *connect.Error the server ended the stream with
+// (token expired, server draining), or canceled when the client went away.
+// The server reports the former whatever the handler returns; this lets
+// the handler's own logs agree.
+func StreamEnded(ctx context.Context) error {
+	cause := context.Cause(ctx)
+	if ce := new(connect.Error); errors.As(cause, &ce) {
+		return ce
+	}
+	if errors.Is(cause, context.DeadlineExceeded) {
+		return connect.NewError(connect.CodeDeadlineExceeded, cause)
+	}
+	return connect.NewError(connect.CodeCanceled, cause)
+}

@@ -253,3 +253,23 @@ func TestDrainEndsStreamsAndFinishesUnaryCalls(t *testing.T) {
 		})
 	}
 }
+
+func TestStreamEnded(t *testing.T) {
+	t.Parallel()
+	draining := connect.NewError(connect.CodeUnavailable, errors.New("server is draining"))
+	ctx, cancel := context.WithCancelCause(context.Background())
+	cancel(draining)
+	if err := rpc.StreamEnded(ctx); !errors.Is(err, draining) {
+		t.Errorf("ended by the server: %v; want its error", err)
+	}
+	ctx, cancel2 := context.WithCancel(context.Background())
+	cancel2()
+	if err := rpc.StreamEnded(ctx); connect.CodeOf(err) != connect.CodeCanceled {
+		t.Errorf("ended by the client: %v; want canceled", err)
+	}
+	ctx, cancel3 := context.WithTimeout(context.Background(), -time.Second)
+	defer cancel3()
+	if err := rpc.StreamEnded(ctx); connect.CodeOf(err) != connect.CodeDeadlineExceeded {
+		t.Errorf("deadline: %v; want deadline_exceeded", err)
+	}
+}

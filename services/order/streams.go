@@ -13,6 +13,7 @@ import (
 
 	"github.com/palisade-rpc/palisade/policy"
 	orderv1 "github.com/palisade-rpc/palisade/proto/order/v1"
+	"github.com/palisade-rpc/palisade/rpc"
 )
 
 // Limits of the streaming methods.
@@ -106,7 +107,7 @@ func (s *Service) TrackOrders(ctx context.Context, stream *connect.BidiStream[or
 	}
 	select {
 	case <-ctx.Done():
-		return connect.NewError(connect.CodeCanceled, context.Cause(ctx))
+		return rpc.StreamEnded(ctx)
 	case err := <-pushed:
 		return err
 	}

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
+	"github.com/palisade-rpc/palisade/rpc"
 )
 
 // DefaultHeartbeatInterval is how often a caught-up WatchUserChanges stream
@@ -131,7 +132,7 @@ func (w *watch) run() error {
 		timer.Reset(w.s.heartbeat - time.Since(lastBeat))
 		select {
 		case <-w.ctx.Done():
-			return connect.NewError(connect.CodeCanceled, context.Cause(w.ctx))
+			return rpc.StreamEnded(w.ctx)
 		case <-signal:
 		case <-timer.C:
 		}

@@ -3,6 +3,7 @@ package rpc_test
 import (
 	"context"
 	"errors"
+	"net/http"
 	"sync"
 	"testing"
 	"time"
@@ -17,6 +18,7 @@ import (
 	"github.com/palisade-rpc/palisade/rpc"
 	"github.com/palisade-rpc/palisade/rpc/rpctest"
 	"github.com/palisade-rpc/palisade/security"
+	"github.com/palisade-rpc/palisade/security/mtls"
 )
 
 // feedUsers is rpctest.Users with a WatchUserChanges that sends one
@@ -271,5 +273,71 @@ func TestStreamEnded(t *testing.T) {
 	defer cancel3()
 	if err := rpc.StreamEnded(ctx); connect.CodeOf(err) != connect.CodeDeadlineExceeded {
 		t.Errorf("deadline: %v; want deadline_exceeded", err)
+	}
+}
+
+// http1Transport speaks HTTP/1.1 only, refuses any other answer, and adds
+// a bearer token to every request when it has one.
+type http1Transport struct {
+	token string
+	next  *http.Transport
+}
+
+func (h http1Transport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if h.token != "" {
+		r = r.Clone(r.Context())
+		r.Header.Set("Authorization", "Bearer "+h.token)
+	}
+	res, err := h.next.RoundTrip(r)
+	if err == nil && res.ProtoMajor != 1 {
+		_ = res.Body.Close()
+		return nil, errors.New("not an HTTP/1 response: " + res.Proto)
+	}
+	return res, err
+}
+
+// TestStreamsOverHTTP1End: a server stream over HTTP/1.1 (Connect
+// protocol, as curl speaks it) is ended by token expiry and by a drain
+// just as over HTTP/2.
+func TestStreamsOverHTTP1End(t *testing.T) {
+	t.Parallel()
+	tokens := &expiringTokens{ttl: 300 * time.Millisecond}
+	f := startStreamFixture(t, rpc.WithTokenVerifier(tokens), rpc.WithShutdownGrace(time.Minute))
+	cfg, err := mtls.ClientConfig(f.ca.Source(f.ca.Client("/client/cli")), "127.0.0.1", mtls.AuthorizeMemberOf(certstest.TrustDomain), "http/1.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	open := func(token string) *connect.ServerStreamForClient[userv1.WatchUserChangesResponse] {
+		protocols := new(http.Protocols)
+		protocols.SetHTTP1(true)
+		rt := http1Transport{token: token, next: &http.Transport{TLSClientConfig: cfg, Protocols: protocols}}
+		client := userv1connect.NewUserServiceClient(&http.Client{Transport: rt}, f.srv.URL)
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		t.Cleanup(cancel)
+		stream, err := client.WatchUserChanges(ctx, &userv1.WatchUserChangesRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !stream.Receive() {
+			t.Fatalf("first message: %v", stream.Err())
+		}
+		return stream
+	}
+
+	expiring := open("any.token.value")
+	for expiring.Receive() {
+	}
+	wantStreamEnd(t, "HTTP/1.1 stream with a token", expiring.Err(), connect.CodeUnauthenticated, "token expired")
+	<-f.users.causes
+
+	draining := open("")
+	stopped := make(chan error, 1)
+	go func() { stopped <- f.srv.Stop() }()
+	for draining.Receive() {
+	}
+	wantStreamEnd(t, "HTTP/1.1 stream during a drain", draining.Err(), connect.CodeUnavailable, "server is draining")
+	<-f.users.causes
+	if err := <-stopped; err != nil {
+		t.Errorf("Serve after the drain: %v", err)
 	}
 }

@@ -212,6 +212,11 @@ func TestSubscriberFarBehindIsResetAndFlushes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	bad, err := feed.WatchUserChanges(ctx, &userv1.WatchUserChangesRequest{AfterSequence: -1})
+	if err == nil && !bad.Receive() {
+		err = bad.Err()
+	}
+	wantError(t, "a negative position", err, connect.CodeInvalidArgument, "after_sequence: must not be negative")
 	for _, after := range []int64{2, 100} {
 		streamCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		stream, err := feed.WatchUserChanges(streamCtx, &userv1.WatchUserChangesRequest{AfterSequence: after})

@@ -14,6 +14,14 @@
 //   - Messages of invalid_argument, not_found and already_exists errors name
 //     the field or the user id; any other failure is reported as internal
 //     with a fixed message, and the cause is logged.
+//   - Every change to a user (CreateUser; UpdateUser, DEACTIVATED when it
+//     makes the user inactive) is recorded with a strictly increasing
+//     sequence in the transaction that makes it, and streamed by
+//     WatchUserChanges (changes.go, watch.go): the retained history after
+//     the subscriber's position, then live changes, with heartbeats; a
+//     reset first when the position is outside the history. Setting a
+//     password records no change: credentials are not part of the user a
+//     subscriber caches.
 package user
 
 import (

@@ -182,7 +182,6 @@ func (f *Fleet) StopUsers(t testing.TB) {
 func (f *Fleet) AddReplica(t testing.TB) *Replica {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
 	r := &Replica{stop: cancel}
 	var err error
 	if r.Store, err = order.OpenStore(ctx, t.TempDir()+"/orders.db"); err != nil {
@@ -198,6 +197,9 @@ func (f *Fleet) AddReplica(t testing.TB) *Replica {
 	}); err != nil {
 		t.Fatal(err)
 	}
+	// Cleanups run last-in first-out: the subscriber stops (and is waited
+	// for) after the replica's server, and before the user service.
+	t.Cleanup(func() { cancel(); <-r.Srv.UserCache.Done() })
 	r.Server = rpctest.Serve(t, r.Srv.Server, logs)
 	f.Replicas = append(f.Replicas, r)
 	return r

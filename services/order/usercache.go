@@ -34,8 +34,9 @@ type UserCacheOptions struct {
 	// Liveness is how long after the feed's last heartbeat the cache still
 	// serves entries, and how long the feed may stay silent before it is
 	// dropped and reconnected (default DefaultUserCacheLiveness). It bounds
-	// how stale a served user can be when the feed fails silently; keep it
-	// a few times the user service's heartbeat interval (1s by default).
+	// how stale a served user can be when the feed fails, silently or not;
+	// keep it a few times the user service's heartbeat interval (1s by
+	// default).
 	Liveness time.Duration
 	// MinBackoff and MaxBackoff bound the delay before a reconnection
 	// (defaults DefaultFeedMinBackoff, DefaultFeedMaxBackoff). The delay
@@ -85,16 +86,19 @@ type UserCacheStats struct {
 // UserCache is the order service's bounded, in-memory cache of users, kept
 // fresh by the user service's change feed (WatchUserChanges; see Run).
 //
-// While the feed is down, or catching up after a reconnection, the cache is
-// bypassed: every lookup asks the user service, and nothing is cached.
-// Entries are kept, and the changes missed while the feed was down are
-// applied (replayed from the last sequence applied) before the cache serves
-// again. The cache serves only within Liveness of the feed's last
-// heartbeat, and a heartbeat arrives only after every change committed
-// before it was sent; so a user changed at time T is never served as it was
-// before T later than T + Liveness (3s by default) plus the heartbeat's
-// network delay, and in normal operation no later than the change's
-// invalidation (milliseconds).
+// While the feed is down — from the moment its stream ends, or Liveness
+// after its last heartbeat if it fails without ending — and while it
+// catches up after a reconnection, the cache is bypassed: every lookup asks
+// the user service, and nothing is cached. So an order is not accepted on
+// cached data while the user service is known to be down. The cache serves
+// only within Liveness (3s by default) of the feed's last heartbeat, and a
+// heartbeat arrives only after every change committed before it was sent;
+// so a user changed at time T is never served as it was before T later
+// than T + Liveness plus the heartbeat's network delay, even when the feed
+// fails silently, and in normal operation no later than the change's
+// invalidation (milliseconds). Entries are kept across an outage: the
+// changes missed meanwhile are replayed, from the last sequence applied,
+// before the cache serves again.
 //
 // A lookup that misses takes a lease on the user's entry before it asks the
 // user service; an invalidation (or a reset) that arrives before the answer
@@ -299,8 +303,8 @@ func (c *UserCache) applyHeartbeat(hb *userv1.WatchHeartbeat) {
 	c.liveUntil = time.Now().Add(c.opts.Liveness)
 }
 
-// down stops serving from the cache until the feed has caught up again.
-// Entries are kept: the changes missed meanwhile are replayed first.
+// down stops serving from the cache until the feed has caught up again (or
+// for good, once Run has returned). Entries are kept.
 func (c *UserCache) down() {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -62,18 +62,29 @@ func TestCacheServesOnlyWhileLive(t *testing.T) {
 	if get(t, c, f, "alice") != "alice3" || get(t, c, f, "alice") != "alice3" {
 		t.Fatal("a live cache did not keep alice")
 	}
-	c.down()
+	c.down() // the feed's stream ended
 	if get(t, c, f, "alice") != "alice4" {
 		t.Fatal("the cache answered with the feed down")
 	}
-	// The entry was kept: once caught up again, it answers.
+	c.applyHeartbeat(&userv1.WatchHeartbeat{})
+	c.mu.Lock()
+	c.liveUntil = time.Now() // the feed went silent: its liveness ran out
+	c.mu.Unlock()
+	if get(t, c, f, "alice") != "alice5" {
+		t.Fatal("the cache answered after its liveness ran out")
+	}
+	// The entry was kept: once caught up again, it answers, until Run stops.
 	c.applyHeartbeat(&userv1.WatchHeartbeat{})
 	if get(t, c, f, "alice") != "alice3" {
 		t.Fatal("the entry kept across the outage was lost")
 	}
-	want := UserCacheStats{Hits: 2, Misses: 1, Bypasses: 3, Entries: 1, Live: true}
+	want := UserCacheStats{Hits: 2, Misses: 1, Bypasses: 4, Entries: 1, Live: true}
 	if s := c.Stats(); s != want {
 		t.Fatalf("stats %+v; want %+v", s, want)
+	}
+	c.down()
+	if get(t, c, f, "alice") != "alice6" || c.Stats().Live {
+		t.Fatal("a stopped cache answered")
 	}
 }
 

@@ -210,24 +210,11 @@ func (f *Fleet) System(i int) *System {
 	return &System{CA: f.CA, Users: f.Users, Orders: f.Replicas[i].Server, Certs: f.certs}
 }
 
-// waitFor polls cond for up to 30 seconds (a loaded machine is slow, never
-// wrong) and fails the test with what if it never holds.
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // WaitLive waits until every replica's cache is live.
 func (f *Fleet) WaitLive(t testing.TB) {
 	t.Helper()
 	for i, r := range f.Replicas {
-		waitFor(t, fmt.Sprintf("replica %d is live", i), func() bool { return r.Srv.UserCache.Stats().Live })
+		rpctest.WaitFor(t, fmt.Sprintf("replica %d is live", i), func() bool { return r.Srv.UserCache.Stats().Live })
 	}
 }
 
@@ -235,7 +222,7 @@ func (f *Fleet) WaitLive(t testing.TB) {
 func (f *Fleet) WaitSequence(t testing.TB, seq int64) {
 	t.Helper()
 	for i, r := range f.Replicas {
-		waitFor(t, fmt.Sprintf("replica %d applied sequence %d", i, seq), func() bool {
+		rpctest.WaitFor(t, fmt.Sprintf("replica %d applied sequence %d", i, seq), func() bool {
 			return r.Srv.UserCache.Stats().LastSequence >= seq
 		})
 	}

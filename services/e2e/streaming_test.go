@@ -18,6 +18,7 @@ import (
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
 	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
 	"github.com/palisade-rpc/palisade/rpc"
+	"github.com/palisade-rpc/palisade/rpc/rpctest"
 	"github.com/palisade-rpc/palisade/security/token"
 	"github.com/palisade-rpc/palisade/services/user"
 )
@@ -135,14 +136,14 @@ func TestFeedResumesAfterTheUserServiceRestarts(t *testing.T) {
 			written.Add(1)
 		}
 	}()
-	waitFor(t, "20 changes are written", func() bool { return written.Load() >= 20 })
+	rpctest.WaitFor(t, "20 changes are written", func() bool { return written.Load() >= 20 })
 	f.StopUsers(t)
 	before := written.Load()
-	waitFor(t, "20 changes are written while the user service is down", func() bool { return written.Load() >= before+20 })
+	rpctest.WaitFor(t, "20 changes are written while the user service is down", func() bool { return written.Load() >= before+20 })
 	f.StartUsers(t)
 	f.WaitLive(t)
 	after := written.Load()
-	waitFor(t, "20 changes are written after the restart", func() bool { return written.Load() >= after+20 })
+	rpctest.WaitFor(t, "20 changes are written after the restart", func() bool { return written.Load() >= after+20 })
 	close(stop)
 	if err := <-writerDone; err != nil {
 		t.Fatalf("writer: %v", err)
@@ -339,7 +340,7 @@ func TestCacheIsBypassedWhileTheFeedIsDown(t *testing.T) {
 	}
 
 	f.StopUsers(t)
-	waitFor(t, "the cache stops serving", func() bool { return !r.Srv.UserCache.Stats().Live })
+	rpctest.WaitFor(t, "the cache stops serving", func() bool { return !r.Srv.UserCache.Stats().Live })
 	before := r.Srv.UserCache.Stats()
 	_, err := orders.CreateOrder(ctx, book("alice"))
 	wantError(t, "order while the user service is down", err, connect.CodeUnavailable, "user service unavailable")

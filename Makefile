@@ -73,7 +73,7 @@ test-demo: build ## the demo on its own ports and a temporary state directory
 	@home=$$(mktemp -d); trap 'rm -rf "$$home"' EXIT; \
 	  PALISADE_HOME=$$home $(TEST_DEMO_ENV) scripts/demo.sh
 
-demo: build ## mint a dev PKI if missing, start both services, play the scenario with curl, stop
+demo: build ## mint a dev PKI if missing, start usersvc and two ordersvc replicas, play the scenario with curl, stop
 	scripts/demo.sh
 
 conformance: ## the Connect conformance suite through the full chain: its default suite over mTLS, then the token suite
@@ -98,3 +98,7 @@ load: build ## 100,000 calls at 64 concurrency through the full chain on in-proc
 
 soak: build ## 2 minutes of load; reports RSS and goroutines at start and end, fails if they grow past the bounds
 	bin/palisade load --soak 2m --concurrency 64 $(LOAD_FLAGS)
+
+.PHONY: bench-fanout
+bench-fanout: ## invalidation latency, from a user change's commit to each of 3 order replicas (p50/p99/max)
+	$(GO) test -run='^$$' -bench='^BenchmarkInvalidationLatency$$' -benchtime=500x ./services/e2e

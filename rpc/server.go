@@ -12,6 +12,7 @@
 //	interceptor: message cap on client streams (WithMaxStreamMessages)
 //	interceptor: authorization (policy.Authorizer), failing closed
 //	interceptor: validation of request messages (protovalidate rules in the .proto)
+//	interceptor: streams end when their token expires or the server drains (streams.go)
 //	interceptors added with WithInterceptors
 //	handler
 //
@@ -67,6 +68,7 @@ type Server struct {
 	src       mtls.Source
 	authz     *policy.Interceptor
 	rateLimit *rateLimiter // nil when off
+	streams   *streamGuard
 	mux       *http.ServeMux
 	health    *grpchealth.StaticChecker
 	http      *http.Server
@@ -123,6 +125,7 @@ func NewServer(src mtls.Source, authz policy.Authorizer, opts ...ServerOption) (
 		cfg:        cfg,
 		src:        src,
 		authz:      policy.NewInterceptor(authz, authzOptions...),
+		streams:    newStreamGuard(),
 		mux:        http.NewServeMux(),
 		health:     grpchealth.NewStaticChecker(),
 		errWriter:  connect.NewErrorWriter(),
@@ -185,7 +188,7 @@ func (s *Server) handlerOptions() []connect.HandlerOption {
 	if s.cfg.maxStreamMessages > 0 {
 		interceptors = append(interceptors, streamLimit(s.cfg.maxStreamMessages))
 	}
-	interceptors = append(interceptors, s.authz, s.validation)
+	interceptors = append(interceptors, s.authz, s.validation, s.streams)
 	interceptors = append(interceptors, s.cfg.interceptors...)
 	return []connect.HandlerOption{
 		connect.WithInterceptors(interceptors...),
@@ -262,9 +265,10 @@ func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
 
 // Serve accepts TLS connections on ln (a plain TCP listener; the server does
 // the handshake) until ctx is done. Then it drains: health reports
-// NOT_SERVING, new connections are refused, in-flight calls get the grace
-// period (WithShutdownGrace) to finish, and what is still running after it is
-// cut off. Serve returns nil after a clean drain.
+// NOT_SERVING, open streams end with unavailable (see streams.go), new
+// connections are refused, in-flight unary calls get the grace period
+// (WithShutdownGrace) to finish, and what is still running after it is cut
+// off. Serve returns nil after a clean drain.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	s.mu.Lock()
 	if s.serving {
@@ -291,6 +295,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		s.health.SetStatus(name, grpchealth.StatusNotServing)
 	}
 	s.health.SetStatus("", grpchealth.StatusNotServing)
+	if n := s.streams.drain(); n > 0 {
+		s.cfg.logger.Info("ended open streams: server is draining", "streams", n)
+	}
 	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.shutdownGrace)
 	defer cancel()
 	err := s.http.Shutdown(shutdownCtx)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The Palisade demo: start both services, play a scripted scenario with curl,
-# print each step with its result, stop the services. Exits non-zero when
+# The Palisade demo: start the user service and two order replicas, play a
+# scripted scenario with curl, print each step with its result, stop the
+# services. Exits non-zero when
 # any step's result is not the expected one.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +11,11 @@ FOREIGN=$PALISADE_HOME/foreign-certs
 tmp=$(mktemp -d)
 trap 'scripts/down.sh >/dev/null; rm -rf "$tmp"' EXIT
 
-scripts/up.sh || exit 1
+# Where the order replicas' logs stand before this run (they are appended to).
+lines() { if [ -f "$1" ]; then wc -l <"$1"; else echo 0; fi; }
+start1=$(lines "$PALISADE_HOME/logs/ordersvc.log")
+start2=$(lines "$PALISADE_HOME/logs/ordersvc-2.log")
+ORDER_REPLICAS=2 scripts/up.sh || exit 1
 if [ ! -f "$FOREIGN/cli.pem" ]; then
 	"$BIN/palisade" certs init --dir "$FOREIGN" >/dev/null || exit 1
 fi
@@ -180,6 +185,75 @@ printf '  usersvc log: %s\n' "$(serverlog usersvc "certificate signed by unknown
 step "Metrics: the user service's admin listener (plain HTTP, loopback only) in Prometheus format" \
 	'200:palisade_authz_decisions_total{result="deny"}' "http://$USER_ADMIN_ADDR/metrics"
 grep -E '^(palisade_|rpc_server_call_duration_seconds_count\{rpc_method="user.v1.UserService/GetUser")' "$tmp/body" | sed 's/^/    /'
+
+# waitlog SERVICE SINCE PATTERN...: wait up to 5 s for a line of the service's
+# log, after its first SINCE lines, that contains every PATTERN; print it.
+waitlog() {
+	local name=$1 since=$2 lines p
+	shift 2
+	for _ in $(seq 1 50); do
+		lines=$(tail -n +"$((since + 1))" "$PALISADE_HOME/logs/$name.log")
+		for p in "$@"; do lines=$(grep -F -- "$p" <<<"$lines"); done
+		if [ -n "$lines" ]; then
+			printf '  %s log: %s\n' "$name" "$(tail -n 1 <<<"$lines")"
+			return 0
+		fi
+		sleep 0.1
+	done
+	printf '  %s log: no line with %s\n' "$name" "$*"
+	return 1
+}
+
+# replicalog TITLE SINCE1 SINCE2 PATTERN...: a step that passes when both order
+# replicas log a line with every PATTERN (after their first SINCE1, SINCE2 lines).
+replicalog() {
+	local title=$1 since1=$2 since2=$3 ok=1
+	shift 3
+	printf '\n%s▶ %s%s\n' "$bold" "$title" "$off"
+	waitlog ordersvc "$since1" "$@" || ok=0
+	waitlog ordersvc-2 "$since2" "$@" || ok=0
+	if [ "$ok" = 1 ]; then
+		printf '  %sPASS%s\n' "$green" "$off"
+		passed=$((passed + 1))
+	else
+		printf '  %sFAIL%s\n' "$red" "$off"
+		failed=$((failed + 1))
+	fi
+}
+
+# Fan-out: both order replicas follow the user service's change feed.
+replicalog "Two order replicas follow the user change feed (WatchUserChanges, as spiffe://palisade.local/svc/order, no token)" \
+	"$start1" "$start2" '"msg":"user change feed caught up'
+
+step "alice orders on the second replica: it asks the user service about her, then caches her" \
+	'200:"status":"ORDER_STATUS_ACCEPTED"' \
+	"${CLI[@]}" -H "Authorization: Bearer $ALICE" --json '{"userId":"alice","items":[{"sku":"book-2","quantity":1}]}' \
+	"$ORDER2_URL/order.v1.OrderService/CreateOrder"
+
+since1=$(lines "$PALISADE_HOME/logs/ordersvc.log")
+since2=$(lines "$PALISADE_HOME/logs/ordersvc-2.log")
+step "admin renames alice (UpdateUser): the change and its sequence number are committed together" \
+	'200:"displayName":"Alice Liddell"' \
+	"${CLI[@]}" -H "Authorization: Bearer $ADMIN" \
+	--json '{"user":{"id":"alice","displayName":"Alice Liddell"},"updateMask":"displayName"}' \
+	"$USER_URL/user.v1.UserService/UpdateUser"
+
+replicalog "Both replicas invalidate alice at once: the change reached every node" \
+	"$since1" "$since2" '"msg":"user cache invalidated"' '"user_id":"alice"'
+
+step "alice orders again on the second replica: the order carries her new name" \
+	'200:"userDisplayName":"Alice Liddell"' \
+	"${CLI[@]}" -H "Authorization: Bearer $ALICE" --json '{"userId":"alice","items":[{"sku":"book-2","quantity":1}]}' \
+	"$ORDER2_URL/order.v1.OrderService/CreateOrder"
+
+step "... and on the first replica too" '200:"userDisplayName":"Alice Liddell"' \
+	"${CLI[@]}" -H "Authorization: Bearer $ALICE" --json '{"userId":"alice","items":[{"sku":"book-1","quantity":1}]}' \
+	"$ORDER_URL/order.v1.OrderService/CreateOrder"
+
+step "admin gives alice her name back, for the next run" '200:"displayName":"Alice"' \
+	"${CLI[@]}" -H "Authorization: Bearer $ADMIN" \
+	--json '{"user":{"id":"alice","displayName":"Alice"},"updateMask":"displayName"}' \
+	"$USER_URL/user.v1.UserService/UpdateUser"
 
 printf '\n%d steps passed, %d failed\n' "$passed" "$failed"
 [ "$failed" -eq 0 ]

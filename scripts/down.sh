@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
 
-for name in ordersvc usersvc; do
+for name in ordersvc-2 ordersvc usersvc; do
 	pidfile=$PALISADE_HOME/run/$name.pid
 	[ -f "$pidfile" ] || continue
 	pid=$(cat "$pidfile")

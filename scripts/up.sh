@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Start usersvc, then ordersvc (which depends on it), in the background and
-# return once both are healthy. Logs go to $PALISADE_HOME/logs (NAME.log),
-# trace spans too (NAME.traces.jsonl, one JSON span per line: --trace-stdout),
-# pids to $PALISADE_HOME/run. Metrics are served on $USER_ADMIN_ADDR and
+# return once both are healthy; with ORDER_REPLICAS=2, a second ordersvc
+# replica too (ordersvc-2, on ORDER2_ADDR, with its own database, no admin
+# listener). Logs go to $PALISADE_HOME/logs (NAME.log), trace spans too
+# (NAME.traces.jsonl, one JSON span per line: --trace-stdout), pids to
+# $PALISADE_HOME/run. Metrics are served on $USER_ADMIN_ADDR and
 # $ORDER_ADMIN_ADDR (/metrics). Creates the development PKI first when it is
 # missing.
 set -euo pipefail
@@ -16,6 +18,7 @@ if [ ! -f "$CERTS/ca.pem" ]; then
 fi
 
 # start NAME URL ARGS...: start the service unless it runs, wait until healthy.
+# NAME is the binary, or the binary and a replica number (ordersvc-2).
 start() {
 	local name=$1 url=$2
 	shift 2
@@ -24,7 +27,7 @@ start() {
 		echo "$name is already running (pid $(cat "$pidfile"))"
 		return
 	fi
-	"$BIN/$name" "$@" >>"$PALISADE_HOME/logs/$name.traces.jsonl" 2>>"$PALISADE_HOME/logs/$name.log" &
+	"$BIN/${name%%-*}" "$@" >>"$PALISADE_HOME/logs/$name.traces.jsonl" 2>>"$PALISADE_HOME/logs/$name.log" &
 	echo $! >"$pidfile"
 	for _ in $(seq 1 100); do
 		if healthy "$url"; then
@@ -53,3 +56,8 @@ start usersvc "$USER_URL" --addr "$USER_ADDR" "${policy[@]}" --admin-addr "$USER
 start ordersvc "$ORDER_URL" --addr "$ORDER_ADDR" "${policy[@]}" --admin-addr "$ORDER_ADMIN_ADDR" --trace-stdout \
 	--ca "$CERTS/ca.pem" --cert "$CERTS/ordersvc.pem" --key "$CERTS/ordersvc-key.pem" \
 	--db "$PALISADE_HOME/orders.db" --user-service "$USER_URL"
+if [ "${ORDER_REPLICAS:-1}" -ge 2 ]; then
+	start ordersvc-2 "$ORDER2_URL" --addr "$ORDER2_ADDR" "${policy[@]}" --trace-stdout \
+		--ca "$CERTS/ca.pem" --cert "$CERTS/ordersvc.pem" --key "$CERTS/ordersvc-key.pem" \
+		--db "$PALISADE_HOME/orders-2.db" --user-service "$USER_URL"
+fi

@@ -25,7 +25,14 @@ issuer's keys (fetched from --jwks-url over mTLS); then the OPA policy decides
 CreateOrder calls the user service (--user-service) with this service's own
 certificate and, for the user of the call, a delegated token: the caller's
 token exchanged at the user service's AuthService.ExchangeToken (sub = the
-user, act = this service). Orders are stored in a SQLite file (--db).`
+user, act = this service). Orders are stored in a SQLite file (--db).
+
+Users are cached in memory (--user-cache-size), kept fresh by the user
+service's change feed (WatchUserChanges), which this service follows as
+itself, resuming where it left off after a disconnection. While the feed is
+down or catching up, the cache is bypassed; a cached user is never served
+more than --user-cache-liveness after the feed's last heartbeat. Run several
+replicas (different --addr and --db): each follows the feed.`
 
 func main() {
 	if err := run(os.Args[1:]); err != nil {
@@ -45,6 +52,9 @@ func run(args []string) error {
 	jwksURL := fs.String("jwks-url", "", "`URL` of the token issuer's JWKS (default <user-service>/.well-known/jwks.json)")
 	issuer := fs.String("token-issuer", "", "iss that tokens must carry (default --user-service-id)")
 	jwksRefresh := fs.Duration("jwks-min-refresh", 30*time.Second, "shortest `time` between two JWKS fetches caused by unknown key ids")
+	cacheSize := fs.Int("user-cache-size", order.DefaultUserCacheSize, "keep at most `N` users in the user cache, evicting the least recently used")
+	cacheMaxAge := fs.Duration("user-cache-max-age", order.DefaultUserCacheMaxAge, "refetch a cached user after this `duration` even if no change to it came")
+	cacheLiveness := fs.Duration("user-cache-liveness", order.DefaultUserCacheLiveness, "serve cached users only for this `duration` after the change feed's last heartbeat (the staleness bound when the feed fails silently); a feed silent for as long is reconnected")
 	fs.Usage = svcmain.Usage(fs, description)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -87,6 +97,7 @@ func run(args []string) error {
 		TokenIssuer:     *issuer,
 		JWKSMinRefresh:  *jwksRefresh,
 		UpstreamTimeout: *upstreamTimeout,
+		UserCache:       order.UserCacheOptions{Size: *cacheSize, MaxAge: *cacheMaxAge, Liveness: *cacheLiveness},
 		Logger:          logger,
 		ServerOptions:   append(common.ServerOptions(logger), tel.ServerOptions()...),
 		ClientOptions:   tel.ClientOptions(),

@@ -25,6 +25,10 @@ whose SPIFFE ID is in --trust-domain; a bearer token, when present, must
 verify; then the OPA policy decides (embedded defaults, --policy-dir or
 --policy-bundle).
 
+Every change to a user is recorded with a sequence number and streamed to
+the workloads that cache users (the order service) by WatchUserChanges;
+--change-retention and --change-retention-age bound the history kept.
+
 Users are kept in a SQLite file (--db); the demo users alice, bob and admin
 are created on first start, with random passwords written to
 --demo-passwords. Signing keys are kept in --keys (created on first start,
@@ -50,12 +54,19 @@ func run(args []string) error {
 	audiences := fs.String("token-audiences", "", "comma-separated aud of access tokens: the `services` that accept them (default spiffe://<trust-domain>/svc/user,spiffe://<trust-domain>/svc/order)")
 	demoPasswords := fs.String("demo-passwords", filepath.Join(home, "demo-passwords.json"), "`file` receiving the demo users' random passwords when it does not exist (\"\" to never write one)")
 	keyReload := fs.Duration("key-reload-interval", 2*time.Second, "how often to check --keys for a rotation (`duration`)")
+	retainChanges := fs.Int("change-retention", user.DefaultRetentionChanges, "keep the newest `N` user changes for WatchUserChanges subscribers (0: no count bound); a subscriber further behind is reset")
+	retainAge := fs.Duration("change-retention-age", user.DefaultRetentionAge, "drop user changes older than this `duration` (0: no age bound)")
+	heartbeat := fs.Duration("watch-heartbeat", user.DefaultHeartbeatInterval, "send a heartbeat on a caught-up WatchUserChanges stream every `duration`")
 	fs.Usage = svcmain.Usage(fs, description)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
 		}
 		return err
+	}
+	retention := user.Retention{MaxChanges: *retainChanges, MaxAge: *retainAge}
+	if err := retention.Validate(); err != nil {
+		return fmt.Errorf("--change-retention, --change-retention-age: %w", err)
 	}
 	logger, err := common.Logger("usersvc")
 	if err != nil {
@@ -103,6 +114,8 @@ func run(args []string) error {
 		KeyReloadInterval: *keyReload,
 		TokenTTL:          *ttl,
 		Issuer:            *issuer,
+		ChangeRetention:   retention,
+		HeartbeatInterval: *heartbeat,
 		Logger:            logger,
 		ServerOptions:     append(common.ServerOptions(logger), tel.ServerOptions()...),
 	}

@@ -181,6 +181,16 @@ allow if {
 	admin
 }
 
+# WatchUserChanges: the change feed is for the workloads that cache users
+# (config.watchers), subscribing as themselves. A token is refused even
+# from a watcher: the feed is not for users, and a stream held open with a
+# user's token would end when the token expires.
+allow if {
+	input.procedure == "/user.v1.UserService/WatchUserChanges"
+	workload in config.watchers
+	not token
+}
+
 # CreateOrder: a customer orders for themselves (request field user_id), an
 # admin for anyone.
 allow if {
@@ -246,6 +256,76 @@ allow if {
 	admin
 }
 
+# ImportOrders (client stream) is decided when the stream opens (no
+# input.request): customers and admins may import; and then for every
+# message the client sends (input.request is that message): a customer
+# imports orders for themselves only, an admin for anyone. The handler
+# stores nothing unless every message was allowed.
+allow if {
+	input.procedure == "/order.v1.OrderService/ImportOrders"
+	not message_level
+	direct
+	customer
+}
+
+allow if {
+	input.procedure == "/order.v1.OrderService/ImportOrders"
+	not message_level
+	direct
+	admin
+}
+
+allow if {
+	input.procedure == "/order.v1.OrderService/ImportOrders"
+	message_level
+	direct
+	customer
+	for_self("user_id")
+}
+
+allow if {
+	input.procedure == "/order.v1.OrderService/ImportOrders"
+	message_level
+	direct
+	admin
+}
+
+# TrackOrders (bidi stream) is decided like GetOrder: when the stream opens,
+# customers and admins may track; then, for every order id the client
+# sends, the handler loads the order and asks a resource-level decision,
+# allowed for the order's owner and for admins.
+allow if {
+	input.procedure == "/order.v1.OrderService/TrackOrders"
+	not resource_level
+	direct
+	customer
+}
+
+allow if {
+	input.procedure == "/order.v1.OrderService/TrackOrders"
+	not resource_level
+	direct
+	admin
+}
+
+allow if {
+	input.procedure == "/order.v1.OrderService/TrackOrders"
+	order_resource
+	direct
+	input.resource.owner == user
+}
+
+allow if {
+	input.procedure == "/order.v1.OrderService/TrackOrders"
+	order_resource
+	direct
+	admin
+}
+
+# message_level holds when a message of a stream is decided: input.request
+# is present, whatever its value.
+message_level if _ = input.request
+
 # resource_level holds in a resource-level decision: input.resource is
 # present, whatever its value, so a resource the handler failed to describe
 # (null, wrong kind) is denied rather than taken for the call-level decision.
@@ -266,6 +346,8 @@ user_procedures := {
 	"/order.v1.OrderService/CreateOrder",
 	"/order.v1.OrderService/ListOrders",
 	"/order.v1.OrderService/GetOrder",
+	"/order.v1.OrderService/ImportOrders",
+	"/order.v1.OrderService/TrackOrders",
 }
 
 # Of those, the ones that accept only a token the user presents themselves.
@@ -404,6 +486,61 @@ deny_reasons contains "the resource is not an order" if {
 
 deny_reasons contains "customers may only read their own orders" if {
 	input.procedure == "/order.v1.OrderService/GetOrder"
+	order_resource
+	direct
+	not admin
+	not input.resource.owner == user
+}
+
+deny_reasons contains "the caller presented no workload identity" if {
+	input.procedure == "/user.v1.UserService/WatchUserChanges"
+	not workload
+}
+
+deny_reasons contains "a user token may not subscribe to user changes" if {
+	input.procedure == "/user.v1.UserService/WatchUserChanges"
+	token
+}
+
+deny_reasons contains msg if {
+	input.procedure == "/user.v1.UserService/WatchUserChanges"
+	not token
+	not workload in config.watchers
+	msg := sprintf("workload %s may not watch user changes", [workload])
+}
+
+deny_reasons contains "customer or admin role required" if {
+	input.procedure == "/order.v1.OrderService/ImportOrders"
+	direct
+	not customer
+	not admin
+}
+
+deny_reasons contains "customers may only import orders for themselves" if {
+	input.procedure == "/order.v1.OrderService/ImportOrders"
+	message_level
+	direct
+	customer
+	not admin
+	not for_self("user_id")
+}
+
+deny_reasons contains "customer or admin role required" if {
+	input.procedure == "/order.v1.OrderService/TrackOrders"
+	not resource_level
+	direct
+	not customer
+	not admin
+}
+
+deny_reasons contains "the resource is not an order" if {
+	input.procedure == "/order.v1.OrderService/TrackOrders"
+	resource_level
+	not order_resource
+}
+
+deny_reasons contains "customers may only track their own orders" if {
+	input.procedure == "/order.v1.OrderService/TrackOrders"
 	order_resource
 	direct
 	not admin

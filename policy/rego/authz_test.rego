@@ -730,3 +730,189 @@ test_reasons_name_no_other_user if {
 		}
 	}
 }
+
+# ---------------------------------------------------------------------------
+# Streams: the user change feed, order import and order tracking
+# ---------------------------------------------------------------------------
+
+no_user_token_on_the_feed := denied(["a user token may not subscribe to user changes"])
+
+# WatchUserChanges is server-streaming: decided when the stream opens.
+watch_user_changes := matrix("/user.v1.UserService/WatchUserChanges", {"stream_type": "server_stream"}, {
+	"alice": no_user_token_on_the_feed,
+	"bob": no_user_token_on_the_feed,
+	"admin": no_user_token_on_the_feed,
+	"carol (no roles)": no_user_token_on_the_feed,
+	"order for alice": no_user_token_on_the_feed,
+	"order for bob": no_user_token_on_the_feed,
+	"order for admin": no_user_token_on_the_feed,
+	"order without token": allowed,
+	"foreign workload": denied(["workload spiffe://elsewhere.example/svc/order may not watch user changes"]),
+	"no token": denied(["workload spiffe://palisade.local/client/cli may not watch user changes"]),
+	"order's token for alice presented by cli": no_user_token_on_the_feed,
+})
+
+test_watch_user_changes if check(watch_user_changes)
+
+test_watch_user_changes_follows_the_watchers_list if {
+	base := {"procedure": "/user.v1.UserService/WatchUserChanges", "peer": peer(billing)}
+	decide(base) == denied(["workload spiffe://palisade.local/svc/billing may not watch user changes"])
+	decide(base) == allowed with data.palisade.config.watchers as {order_svc, billing}
+	decide(object.union(base, {"peer": peer(order_svc)})) == denied(["workload spiffe://palisade.local/svc/order may not watch user changes"]) with data.palisade.config.watchers as set()
+}
+
+test_watch_user_changes_without_workload_identity if {
+	decide({"procedure": "/user.v1.UserService/WatchUserChanges"}) == denied(["the caller presented no workload identity"])
+}
+
+# ImportOrders, first decision: the client stream opens, no message yet.
+import_orders_open := matrix("/order.v1.OrderService/ImportOrders", {"stream_type": "client_stream"}, {
+	"alice": allowed,
+	"bob": allowed,
+	"admin": allowed,
+	"carol (no roles)": role_required,
+	"order for alice": delegated_refused,
+	"order for bob": delegated_refused,
+	"order for admin": delegated_refused,
+	"order without token": token_required,
+	"foreign workload": token_required,
+	"no token": token_required,
+	"order's token for alice presented by cli": delegated_refused,
+})
+
+test_import_orders_stream_opens if check(import_orders_open)
+
+# ImportOrders, then every message: the order it carries.
+import_for_self := denied(["customers may only import orders for themselves"])
+
+import_orders_wants_for_alice := {
+	"alice": allowed,
+	"bob": import_for_self,
+	"admin": allowed,
+	"carol (no roles)": role_required,
+	"order for alice": delegated_refused,
+	"order for bob": delegated_refused,
+	"order for admin": delegated_refused,
+	"order without token": token_required,
+	"foreign workload": token_required,
+	"no token": token_required,
+	"order's token for alice presented by cli": delegated_refused,
+}
+
+import_orders_alice := matrix(
+	"/order.v1.OrderService/ImportOrders",
+	{"stream_type": "client_stream", "request": {"user_id": "alice", "items": items}},
+	import_orders_wants_for_alice,
+)
+
+test_import_orders_message_for_alice if check(import_orders_alice)
+
+import_orders_wants_without_user_id := object.union(import_orders_wants_for_alice, {"alice": import_for_self})
+
+# A message without user_id (or a null or empty request) names nobody: only
+# admins may send it.
+import_orders_without_user_id := matrix(
+	"/order.v1.OrderService/ImportOrders",
+	{"stream_type": "client_stream", "request": {"items": items}},
+	import_orders_wants_without_user_id,
+)
+
+test_import_orders_message_without_user_id if check(import_orders_without_user_id)
+
+import_orders_null_request := matrix(
+	"/order.v1.OrderService/ImportOrders",
+	{"stream_type": "client_stream", "request": null},
+	import_orders_wants_without_user_id,
+)
+
+test_import_orders_null_message if check(import_orders_null_request)
+
+# TrackOrders, first decision: the bidi stream opens.
+track_orders_open := matrix("/order.v1.OrderService/TrackOrders", {"stream_type": "bidi_stream"}, {
+	"alice": allowed,
+	"bob": allowed,
+	"admin": allowed,
+	"carol (no roles)": role_required,
+	"order for alice": delegated_refused,
+	"order for bob": delegated_refused,
+	"order for admin": delegated_refused,
+	"order without token": token_required,
+	"foreign workload": token_required,
+	"no token": token_required,
+	"order's token for alice presented by cli": delegated_refused,
+})
+
+test_track_orders_stream_opens if check(track_orders_open)
+
+# TrackOrders, then every order id sent: the handler has loaded the order.
+track_own := denied(["customers may only track their own orders"])
+
+track_orders_alices := matrix("/order.v1.OrderService/TrackOrders", object.union(alices_order, {"stream_type": "bidi_stream"}), {
+	"alice": allowed,
+	"bob": track_own,
+	"admin": allowed,
+	"carol (no roles)": track_own,
+	"order for alice": delegated_refused,
+	"order for bob": delegated_refused,
+	"order for admin": delegated_refused,
+	"order without token": token_required,
+	"foreign workload": token_required,
+	"no token": token_required,
+	"order's token for alice presented by cli": delegated_refused,
+})
+
+test_track_orders_alices_order if check(track_orders_alices)
+
+track_orders_without_owner := matrix("/order.v1.OrderService/TrackOrders", {"stream_type": "bidi_stream", "resource": {"kind": "order", "id": "ord_3"}}, {
+	"alice": track_own,
+	"bob": track_own,
+	"admin": allowed,
+	"carol (no roles)": track_own,
+	"order for alice": delegated_refused,
+	"order for bob": delegated_refused,
+	"order for admin": delegated_refused,
+	"order without token": token_required,
+	"foreign workload": token_required,
+	"no token": token_required,
+	"order's token for alice presented by cli": delegated_refused,
+})
+
+test_track_orders_resource_without_owner if check(track_orders_without_owner)
+
+# The reasons are GetOrder's, word for word, for the same faults.
+track_orders_other_kind := matrix("/order.v1.OrderService/TrackOrders", a_user, not_an_order_wants)
+
+test_track_orders_resource_of_another_kind if check(track_orders_other_kind)
+
+track_orders_null_resource := matrix("/order.v1.OrderService/TrackOrders", {"resource": null}, not_an_order_wants)
+
+test_track_orders_null_resource if check(track_orders_null_resource)
+
+streaming_cases := [c |
+	some m in [
+		watch_user_changes,
+		import_orders_open, import_orders_alice, import_orders_without_user_id, import_orders_null_request,
+		track_orders_open, track_orders_alices, track_orders_without_owner, track_orders_other_kind,
+		track_orders_null_resource,
+	]
+	some c in m
+]
+
+# The stream procedures' decisions have the shape of every other's, and
+# their reasons name no user and no order either.
+test_streaming_decisions_are_documents if {
+	count(streaming_cases) == 10 * count(principals)
+	every c in streaming_cases {
+		d := decide(c.input)
+		object.keys(d) - {"need_user"} == {"allow", "reasons"}
+		object.get(d, "need_user", true) == true
+		is_boolean(d.allow)
+		reasons_iff_denied(d)
+		every r in d.reasons {
+			is_string(r)
+			every name in ["alice", "bob", "carol", "ord_"] {
+				not contains(r, name)
+			}
+		}
+	}
+}

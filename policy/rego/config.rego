@@ -16,3 +16,8 @@ order_service := "spiffe://palisade.local/svc/order"
 # AuthService/ExchangeToken to trade a user's token for a delegated token
 # (one with an act claim naming the workload), and present such tokens.
 delegates := {"spiffe://palisade.local/svc/order"}
+
+# watchers are the workloads that may subscribe to the user change feed
+# (UserService/WatchUserChanges) to keep their caches of users fresh. They
+# subscribe as themselves, with their certificate and no user token.
+watchers := {"spiffe://palisade.local/svc/order"}

@@ -51,7 +51,14 @@ func Start(tb testing.TB, src mtls.Source, authz policy.Authorizer, mount func(*
 // are the lines of the logger srv was built with (from NewLogger), or nil.
 func Serve(tb testing.TB, srv *rpc.Server, logs *Logs) *Server {
 	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return ServeAt(tb, srv, logs, "127.0.0.1:0")
+}
+
+// ServeAt is Serve on addr, for a test that restarts a server where its
+// clients expect it ("127.0.0.1:0" picks a free port).
+func ServeAt(tb testing.TB, srv *rpc.Server, logs *Logs, addr string) *Server {
+	tb.Helper()
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		tb.Fatalf("rpctest: listen: %v", err)
 	}

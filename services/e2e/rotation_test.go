@@ -48,7 +48,10 @@ func TestOrderServiceCertificateRotatedUnderLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = store.Close() })
-	srv, err := order.NewServer(ctx, order.Config{Source: src, Store: store, Authorizer: authz, UserURL: s.Users.URL, Logger: logger})
+	// Every lookup asks the user service (cached users expire at once):
+	// this test is about the delegated tokens of those calls.
+	noCache := order.UserCacheOptions{MaxAge: time.Nanosecond}
+	srv, err := order.NewServer(ctx, order.Config{Source: src, Store: store, Authorizer: authz, UserURL: s.Users.URL, Logger: logger, UserCache: noCache})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -88,6 +88,38 @@ func TestEveryProcedureEveryPrincipal(t *testing.T) {
 		return err
 	}
 
+	// Streams: the first answer, or the error that ends the stream.
+	watch := func(t *testing.T, c Caller) error {
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		stream, err := c.Users(t).WatchUserChanges(ctx, &userv1.WatchUserChangesRequest{})
+		if err != nil {
+			return err
+		}
+		stream.Receive()
+		return stream.Err()
+	}
+	importOrders := func(t *testing.T, c Caller) error {
+		stream, err := c.Orders(t).ImportOrders(ctx)
+		if err != nil {
+			return err
+		}
+		_ = stream.Send(&orderv1.ImportOrdersRequest{UserId: "alice", Items: []*orderv1.LineItem{{Sku: "book-3", Quantity: 1}}})
+		_, err = stream.CloseAndReceive()
+		return err
+	}
+	trackOrders := func(t *testing.T, c Caller) error {
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		stream, err := c.Orders(t).TrackOrders(ctx)
+		if err != nil {
+			return err
+		}
+		_ = stream.Send(&orderv1.TrackOrdersRequest{OrderId: aliceOrder})
+		_, err = stream.Receive()
+		return err
+	}
+
 	principals := []Caller{alice, bob, admin, orderForAlice, orderForAdmin, orderAlone, intruder}
 	// want lists the code for each principal, in the order above.
 	table := []struct {
@@ -110,6 +142,9 @@ func TestEveryProcedureEveryPrincipal(t *testing.T) {
 		{"OrderService.GetOrder(alice's)", getOrder, []connect.Code{ok, denied, ok, unauth, unauth, unauth, unauth}},
 		{"OrderService.ListOrders(alice)", listOrders, []connect.Code{ok, denied, ok, unauth, unauth, unauth, unauth}},
 		{"Health.Check", health, []connect.Code{ok, ok, ok, ok, ok, ok, ok}},
+		{"UserService.WatchUserChanges", watch, []connect.Code{denied, denied, denied, denied, denied, ok, denied}},
+		{"OrderService.ImportOrders(alice)", importOrders, []connect.Code{ok, denied, ok, unauth, unauth, unauth, unauth}},
+		{"OrderService.TrackOrders(alice's)", trackOrders, []connect.Code{ok, denied, ok, unauth, unauth, unauth, unauth}},
 	}
 	for _, row := range table {
 		for i, p := range principals {

@@ -38,7 +38,11 @@ type Config struct {
 	JWKSMinRefresh time.Duration
 	// UpstreamTimeout bounds each call to the user service (default 3s).
 	UpstreamTimeout time.Duration
-	Logger          *slog.Logger
+	// UserCache configures the cache of users that CreateOrder and
+	// ImportOrders consult before they ask the user service, kept fresh by
+	// the user service's change feed (see UserCache).
+	UserCache UserCacheOptions
+	Logger    *slog.Logger
 	// ServerOptions are passed to rpc.NewServer after the ones Config sets.
 	ServerOptions []rpc.ServerOption
 	// ClientOptions are passed to the clients of the user service (and its
@@ -52,10 +56,14 @@ type Server struct {
 	*rpc.Server
 	// Keys are the issuer's keys as fetched from the JWKS.
 	Keys *token.RemoteKeys
+	// UserCache is the cache of users; its Stats are the feed's counters
+	// and last applied sequence, and its Done is closed once the feed's
+	// subscriber has stopped.
+	UserCache *UserCache
 }
 
-// NewServer builds the server. Background work (refreshing the JWKS) stops
-// when ctx is done.
+// NewServer builds the server. Background work (refreshing the JWKS, the
+// subscription to the user change feed) stops when ctx is done.
 func NewServer(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.Source == nil || cfg.Store == nil || cfg.Authorizer == nil || cfg.UserURL == "" {
 		return nil, errors.New("order: server needs a source, a store, an authorizer and the user service URL")
@@ -120,17 +128,34 @@ func NewServer(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 
+	// The cache of users follows the change feed, to which the order
+	// service subscribes as itself: its certificate, no token.
+	if cfg.UserCache.Logger == nil {
+		cfg.UserCache.Logger = cfg.Logger
+	}
+	cache, err := NewUserCache(cfg.UserCache)
+	if err != nil {
+		return nil, err
+	}
+	feed, err := rpc.NewClient(userv1connect.NewUserServiceClient, cfg.UserURL, cfg.Source, upstream...)
+	if err != nil {
+		return nil, err
+	}
+
 	opts := append([]rpc.ServerOption{
 		rpc.WithLogger(cfg.Logger),
 		rpc.WithTrustDomain(td),
 		rpc.WithTokenVerifier(verifier),
+		// Every order of an import is authorized, not just the stream.
+		rpc.WithAuthorizationOptions(policy.WithPerMessage(orderv1connect.OrderServiceImportOrdersProcedure)),
 	}, cfg.ServerOptions...)
 	srv, err := rpc.NewServer(cfg.Source, cfg.Authorizer, opts...)
 	if err != nil {
 		return nil, err
 	}
-	if err := rpc.Mount(srv, orderv1connect.NewOrderServiceHandler, orderv1connect.OrderServiceHandler(NewService(cfg.Store, redelegating{users, delegator}, cfg.Logger))); err != nil {
+	if err := rpc.Mount(srv, orderv1connect.NewOrderServiceHandler, orderv1connect.OrderServiceHandler(NewService(cfg.Store, cache.Directory(redelegating{users, delegator}), cfg.Logger))); err != nil {
 		return nil, err
 	}
-	return &Server{Server: srv, Keys: keys}, nil
+	go func() { _ = cache.Run(ctx, feed) }()
+	return &Server{Server: srv, Keys: keys, UserCache: cache}, nil
 }

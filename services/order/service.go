@@ -17,6 +17,21 @@
 //     (AIP-158); a negative size is invalid_argument. Over the network the
 //     request's protovalidate rules refuse sizes outside 0..500 before the
 //     handler runs.
+//   - Users are looked up in a bounded in-memory cache first (UserCache,
+//     10,000 users, least recently used evicted), kept fresh by the user
+//     service's change feed, to which every replica subscribes as the order
+//     workload. While the feed is down or catching up, the cache is
+//     bypassed: every lookup asks the user service. A user changed at time
+//     T is never served as before T later than T + 3s (the cache's
+//     Liveness) plus the feed's network delay, even if the feed fails
+//     silently; in normal operation the change is applied within
+//     milliseconds of its commit. A cache hit does not call the user
+//     service, so it does not appear in that service's "user read" log.
+//   - ImportOrders (client stream) stores all of its orders or none; every
+//     message is authorized (policy.WithPerMessage) and validated.
+//   - TrackOrders (bidi stream) answers each order id with its status and
+//     again on every change (Store.SetStatus); an id the caller may not see
+//     ends the stream with permission_denied.
 package order
 
 import (

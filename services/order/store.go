@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	orderv1 "github.com/palisade-rpc/palisade/proto/order/v1"
+	"github.com/palisade-rpc/palisade/services/internal/broadcast"
 	"github.com/palisade-rpc/palisade/services/internal/sqlitedb"
 )
 
@@ -48,6 +49,8 @@ var migrationFiles embed.FS
 type Store struct {
 	db  *sql.DB
 	now func() time.Time
+	// statusChanged is notified when SetStatus commits.
+	statusChanged broadcast.Signal
 }
 
 // OpenStore opens the order database at path, creating the file and its
@@ -87,33 +90,56 @@ func newID() string {
 // is not modified. The caller has validated o: Create only refuses an order
 // without a user id or items.
 func (s *Store) Create(ctx context.Context, o *orderv1.Order) (*orderv1.Order, error) {
-	if o.GetUserId() == "" || len(o.GetItems()) == 0 {
-		return nil, errors.New("order store: create: an order needs a user id and items")
+	out, err := s.CreateAll(ctx, []*orderv1.Order{o})
+	if err != nil {
+		return nil, err
 	}
-	out := proto.CloneOf(o)
-	now := s.now().UTC()
-	out.Id = newID()
-	out.CreateTime = timestamppb.New(now)
+	return out[0], nil
+}
 
+// CreateAll stores orders as Create does, all in one transaction: either
+// every order is stored or none is.
+func (s *Store) CreateAll(ctx context.Context, orders []*orderv1.Order) ([]*orderv1.Order, error) {
+	if len(orders) == 0 {
+		return nil, errors.New("order store: create: no orders")
+	}
+	for _, o := range orders {
+		if o.GetUserId() == "" || len(o.GetItems()) == 0 {
+			return nil, errors.New("order store: create: an order needs a user id and items")
+		}
+	}
+	now := s.now().UTC()
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return nil, fmt.Errorf("order store: create: %w", err)
 	}
 	defer func() { _ = tx.Rollback() }()
-	if _, err := tx.ExecContext(ctx,
-		"INSERT INTO orders (id, user_id, status, create_time, user_display_name) VALUES (?, ?, ?, ?, ?)",
-		out.GetId(), out.GetUserId(), out.GetStatus().String(), now.UnixNano(), out.GetUserDisplayName()); err != nil {
-		return nil, fmt.Errorf("order store: create: %w", err)
-	}
-	stmt, err := tx.PrepareContext(ctx, "INSERT INTO order_items (order_id, position, sku, quantity) VALUES (?, ?, ?, ?)")
+	insertOrder, err := tx.PrepareContext(ctx,
+		"INSERT INTO orders (id, user_id, status, create_time, user_display_name, status_time) VALUES (?, ?, ?, ?, ?, ?)")
 	if err != nil {
 		return nil, fmt.Errorf("order store: create: %w", err)
 	}
-	defer stmt.Close()
-	for i, item := range out.GetItems() {
-		if _, err := stmt.ExecContext(ctx, out.GetId(), i, item.GetSku(), item.GetQuantity()); err != nil {
-			return nil, fmt.Errorf("order store: create: item %d: %w", i, err)
+	defer insertOrder.Close()
+	insertItem, err := tx.PrepareContext(ctx, "INSERT INTO order_items (order_id, position, sku, quantity) VALUES (?, ?, ?, ?)")
+	if err != nil {
+		return nil, fmt.Errorf("order store: create: %w", err)
+	}
+	defer insertItem.Close()
+	out := make([]*orderv1.Order, len(orders))
+	for n, o := range orders {
+		o = proto.CloneOf(o)
+		o.Id = newID()
+		o.CreateTime = timestamppb.New(now)
+		if _, err := insertOrder.ExecContext(ctx,
+			o.GetId(), o.GetUserId(), o.GetStatus().String(), now.UnixNano(), o.GetUserDisplayName(), now.UnixNano()); err != nil {
+			return nil, fmt.Errorf("order store: create: %w", err)
 		}
+		for i, item := range o.GetItems() {
+			if _, err := insertItem.ExecContext(ctx, o.GetId(), i, item.GetSku(), item.GetQuantity()); err != nil {
+				return nil, fmt.Errorf("order store: create: item %d: %w", i, err)
+			}
+		}
+		out[n] = o
 	}
 	if err := tx.Commit(); err != nil {
 		return nil, fmt.Errorf("order store: create: %w", err)

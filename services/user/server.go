@@ -44,8 +44,14 @@ type Config struct {
 	PasswordParams *password.Params
 	// Auth tunes login throttling (its Issuer, Verifier, Passwords,
 	// Audiences and Logger are filled in).
-	Auth   AuthOptions
-	Logger *slog.Logger
+	Auth AuthOptions
+	// ChangeRetention bounds the change history WatchUserChanges serves
+	// (default DefaultRetention()); it is set on Store.
+	ChangeRetention Retention
+	// HeartbeatInterval is how often a caught-up WatchUserChanges stream
+	// sends a heartbeat (default DefaultHeartbeatInterval).
+	HeartbeatInterval time.Duration
+	Logger            *slog.Logger
 	// ServerOptions are passed to rpc.NewServer after the ones Config sets.
 	ServerOptions []rpc.ServerOption
 }
@@ -68,6 +74,11 @@ func NewServer(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	// The handlers' lines carry the request id of the call, like the server's.
 	cfg.Logger = slog.New(rpc.LogHandler(cfg.Logger.Handler()))
+	if cfg.ChangeRetention != (Retention{}) {
+		if err := cfg.Store.SetRetention(cfg.ChangeRetention); err != nil {
+			return nil, err
+		}
+	}
 	self, err := mtls.IdentityOf(cfg.Source)
 	if err != nil {
 		return nil, err
@@ -159,7 +170,7 @@ func NewServer(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := rpc.Mount(srv, userv1connect.NewUserServiceHandler, userv1connect.UserServiceHandler(NewService(cfg.Store, cfg.Logger))); err != nil {
+	if err := rpc.Mount(srv, userv1connect.NewUserServiceHandler, userv1connect.UserServiceHandler(NewService(cfg.Store, cfg.Logger, WithHeartbeatInterval(cfg.HeartbeatInterval)))); err != nil {
 		return nil, err
 	}
 	if err := rpc.Mount(srv, userv1connect.NewAuthServiceHandler, userv1connect.AuthServiceHandler(auth)); err != nil {

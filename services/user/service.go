@@ -14,6 +14,14 @@
 //   - Messages of invalid_argument, not_found and already_exists errors name
 //     the field or the user id; any other failure is reported as internal
 //     with a fixed message, and the cause is logged.
+//   - Every change to a user (CreateUser; UpdateUser, DEACTIVATED when it
+//     makes the user inactive) is recorded with a strictly increasing
+//     sequence in the transaction that makes it, and streamed by
+//     WatchUserChanges (changes.go, watch.go): the retained history after
+//     the subscriber's position, then live changes, with heartbeats; a
+//     reset first when the position is outside the history. Setting a
+//     password records no change: credentials are not part of the user a
+//     subscriber caches.
 package user
 
 import (
@@ -24,6 +32,7 @@ import (
 	"net/mail"
 	"regexp"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"connectrpc.com/connect"
@@ -50,20 +59,25 @@ var (
 
 // Service implements user.v1.UserService on a Store.
 type Service struct {
-	store *Store
-	log   *slog.Logger
+	store     *Store
+	log       *slog.Logger
+	heartbeat time.Duration
 }
 
 var _ userv1connect.UserServiceHandler = (*Service)(nil)
 
 // NewService returns a Service serving store. logger receives the "user
-// read" audit lines and the causes of internal errors; nil means
-// slog.Default().
-func NewService(store *Store, logger *slog.Logger) *Service {
+// read" audit lines, the change feed's opens and closes, and the causes of
+// internal errors; nil means slog.Default().
+func NewService(store *Store, logger *slog.Logger, opts ...ServiceOption) *Service {
 	if logger == nil {
 		logger = slog.Default()
 	}
-	return &Service{store: store, log: logger}
+	s := &Service{store: store, log: logger, heartbeat: DefaultHeartbeatInterval}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
 }
 
 // GetUser returns one user. Every successful read is logged at Info level as

@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -18,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
+	"github.com/palisade-rpc/palisade/services/internal/broadcast"
 	"github.com/palisade-rpc/palisade/services/internal/sqlitedb"
 )
 
@@ -44,10 +46,17 @@ const (
 //go:embed migrations/*.sql
 var migrationFiles embed.FS
 
-// Store keeps users in a SQLite database file. It is safe for concurrent use.
+// Store keeps users in a SQLite database file, and the history of their
+// changes (see changes.go). It is safe for concurrent use.
 type Store struct {
 	db  *sql.DB
 	now func() time.Time
+
+	// changed is notified when a change commits.
+	changed broadcast.Signal
+
+	mu        sync.Mutex
+	retention Retention
 }
 
 // OpenStore opens the user database at path, creating the file and its
@@ -62,7 +71,7 @@ func OpenStore(ctx context.Context, path string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("user store: %w", err)
 	}
-	return &Store{db: db, now: time.Now}, nil
+	return &Store{db: db, now: time.Now, retention: DefaultRetention()}, nil
 }
 
 // Close closes the database.
@@ -104,10 +113,14 @@ func (s *Store) SeedDemoUsers(ctx context.Context) (bool, error) {
 		if _, err := insert(ctx, tx, u, now); err != nil {
 			return false, fmt.Errorf("user store: seed %s: %w", u.GetId(), err)
 		}
+		if err := s.recordChange(ctx, tx, u.GetId(), userv1.UserChangeKind_USER_CHANGE_KIND_CREATED, now); err != nil {
+			return false, fmt.Errorf("user store: seed %s: %w", u.GetId(), err)
+		}
 	}
 	if err := tx.Commit(); err != nil {
 		return false, fmt.Errorf("user store: seed: %w", err)
 	}
+	s.changed.Notify()
 	return true, nil
 }
 
@@ -268,16 +281,30 @@ func marshalRoles(roles []string) (string, error) {
 	return string(b), nil
 }
 
-// Create adds u and returns it with its create time set. The caller has
-// validated u; an existing id yields an error wrapping ErrExists.
+// Create adds u and returns it with its create time set, and records the
+// change (CREATED) in the same transaction. The caller has validated u; an
+// existing id yields an error wrapping ErrExists.
 func (s *Store) Create(ctx context.Context, u *userv1.User) (*userv1.User, error) {
 	if u.GetId() == "" {
 		return nil, errors.New("user store: create: empty id")
 	}
-	out, err := insert(ctx, s.db, u, s.now())
+	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return nil, fmt.Errorf("user store: create: %w", err)
 	}
+	defer func() { _ = tx.Rollback() }()
+	now := s.now()
+	out, err := insert(ctx, tx, u, now)
+	if err != nil {
+		return nil, fmt.Errorf("user store: create: %w", err)
+	}
+	if err := s.recordChange(ctx, tx, out.GetId(), userv1.UserChangeKind_USER_CHANGE_KIND_CREATED, now); err != nil {
+		return nil, fmt.Errorf("user store: create: %w", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, fmt.Errorf("user store: create: %w", err)
+	}
+	s.changed.Notify()
 	return out, nil
 }
 
@@ -287,9 +314,11 @@ func UpdatableFields() []string { return []string{"display_name", "email", "role
 
 // Update sets the fields of the user u.Id named in paths (display_name,
 // email, roles, active) to their values in u, in one transaction, and
-// returns the updated user. Other fields of u are ignored. An unknown path,
-// or no path at all, yields an error wrapping ErrBadField; a missing user
-// one wrapping ErrNotFound.
+// returns the updated user. Other fields of u are ignored. The change is
+// recorded in the same transaction: DEACTIVATED when paths name active and
+// the user is now inactive, UPDATED otherwise. An unknown path, or no path
+// at all, yields an error wrapping ErrBadField; a missing user one wrapping
+// ErrNotFound.
 func (s *Store) Update(ctx context.Context, u *userv1.User, paths []string) (*userv1.User, error) {
 	if len(paths) == 0 {
 		return nil, fmt.Errorf("user store: update: no fields named: %w", ErrBadField)
@@ -350,8 +379,16 @@ func (s *Store) Update(ctx context.Context, u *userv1.User, paths []string) (*us
 	if err != nil {
 		return nil, fmt.Errorf("user store: update: %w", err)
 	}
+	kind := userv1.UserChangeKind_USER_CHANGE_KIND_UPDATED
+	if set["active"] && !out.GetActive() {
+		kind = userv1.UserChangeKind_USER_CHANGE_KIND_DEACTIVATED
+	}
+	if err := s.recordChange(ctx, tx, out.GetId(), kind, s.now()); err != nil {
+		return nil, fmt.Errorf("user store: update %q: %w", u.GetId(), err)
+	}
 	if err := tx.Commit(); err != nil {
 		return nil, fmt.Errorf("user store: update %q: %w", u.GetId(), err)
 	}
+	s.changed.Notify()
 	return out, nil
 }

@@ -2,16 +2,150 @@ package user
 
 import (
 	"context"
-	"errors"
+	"log/slog"
+	"time"
 
 	"connectrpc.com/connect"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
+	"github.com/palisade-rpc/palisade/rpc"
 )
 
-// WatchUserChanges is not served yet: the change feed lands with the
-// streaming work. Until then it answers unimplemented (and the default
-// policy denies it before that).
-func (s *Service) WatchUserChanges(context.Context, *userv1.WatchUserChangesRequest, *connect.ServerStream[userv1.WatchUserChangesResponse]) error {
-	return connect.NewError(connect.CodeUnimplemented, errors.New("WatchUserChanges is not implemented yet"))
+// DefaultHeartbeatInterval is how often a caught-up WatchUserChanges stream
+// sends a heartbeat while no change happens.
+const DefaultHeartbeatInterval = time.Second
+
+// watchPageSize is how many changes a stream reads from the store at once:
+// the memory a subscriber can cost, whatever its backlog.
+const watchPageSize = 256
+
+// ServiceOption configures a Service.
+type ServiceOption func(*Service)
+
+// WithHeartbeatInterval sets how often a caught-up WatchUserChanges stream
+// sends a heartbeat (default DefaultHeartbeatInterval). Subscribers use
+// heartbeats to bound how stale their caches can get, so keep it well below
+// their tolerance.
+func WithHeartbeatInterval(d time.Duration) ServiceOption {
+	return func(s *Service) {
+		if d > 0 {
+			s.heartbeat = d
+		}
+	}
+}
+
+// WatchUserChanges streams the change history from after_sequence on: the
+// retained changes after it, then every change as it commits. Whenever the
+// stream has sent everything committed so far it sends a heartbeat carrying
+// that sequence, and again every heartbeat interval while nothing changes.
+//
+// When the history after after_sequence is no longer complete — it was
+// pruned, or after_sequence is newer than any change (the database was
+// replaced) — the stream first sends a reset, then the retained changes from
+// the oldest on. The same happens if a subscriber falls behind the retention
+// while it is connected. Sequences are consecutive (AUTOINCREMENT, one
+// writer at a time), so a gap always means lost history.
+//
+// The stream reads from the store, never from a buffer that writers fill:
+// a slow subscriber costs at most one page of changes in memory and never
+// delays a writer. Changes committed by another process sharing the
+// database are seen within a heartbeat interval.
+func (s *Service) WatchUserChanges(ctx context.Context, req *userv1.WatchUserChangesRequest, stream *connect.ServerStream[userv1.WatchUserChangesResponse]) error {
+	pos := req.GetAfterSequence()
+	if pos < 0 {
+		return invalidArgument("after_sequence", "must not be negative")
+	}
+	w := &watch{s: s, ctx: ctx, stream: stream, pos: pos}
+	s.log.LogAttrs(ctx, slog.LevelInfo, "change feed opened",
+		slog.String("caller", caller(ctx)), slog.Int64("after_sequence", pos))
+	err := w.run()
+	s.log.LogAttrs(ctx, slog.LevelInfo, "change feed closed",
+		slog.String("caller", caller(ctx)), slog.Int64("sequence", w.pos), slog.Int("sent", w.sent),
+		slog.String("code", codeOf(err)))
+	return err
+}
+
+func codeOf(err error) string {
+	if err == nil {
+		return "ok"
+	}
+	return connect.CodeOf(err).String()
+}
+
+// watch is one WatchUserChanges stream.
+type watch struct {
+	s      *Service
+	ctx    context.Context
+	stream *connect.ServerStream[userv1.WatchUserChangesResponse]
+	pos    int64 // the last sequence sent (or the subscriber's position)
+	sent   int   // changes sent
+}
+
+func (w *watch) run() error {
+	oldest, latest, err := w.s.store.ChangeBounds(w.ctx)
+	if err != nil {
+		return w.s.storeError(w.ctx, "WatchUserChanges", "", err)
+	}
+	if w.pos > latest {
+		if err := w.reset(oldest, latest); err != nil {
+			return err
+		}
+	}
+	var lastBeat time.Time
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		signal := w.s.store.ChangeSignal()
+		changes, err := w.s.store.Changes(w.ctx, w.pos, watchPageSize)
+		if err != nil {
+			return w.s.storeError(w.ctx, "WatchUserChanges", "", err)
+		}
+		if len(changes) > 0 && changes[0].GetSequence() > w.pos+1 {
+			// The changes between pos and the first one read were pruned.
+			_, latest, err := w.s.store.ChangeBounds(w.ctx)
+			if err != nil {
+				return w.s.storeError(w.ctx, "WatchUserChanges", "", err)
+			}
+			if err := w.reset(changes[0].GetSequence(), latest); err != nil {
+				return err
+			}
+		}
+		for _, c := range changes {
+			if err := w.stream.Send(&userv1.WatchUserChangesResponse{Event: &userv1.WatchUserChangesResponse_Change{Change: c}}); err != nil {
+				return err
+			}
+			w.pos = c.GetSequence()
+			w.sent++
+		}
+		if len(changes) == watchPageSize {
+			continue // there may be more to read
+		}
+		// Caught up with everything committed before the read.
+		if since := time.Since(lastBeat); since >= w.s.heartbeat {
+			beat := &userv1.WatchHeartbeat{LatestSequence: w.pos, Time: timestamppb.Now()}
+			if err := w.stream.Send(&userv1.WatchUserChangesResponse{Event: &userv1.WatchUserChangesResponse_Heartbeat{Heartbeat: beat}}); err != nil {
+				return err
+			}
+			lastBeat = time.Now()
+		}
+		timer.Reset(w.s.heartbeat - time.Since(lastBeat))
+		select {
+		case <-w.ctx.Done():
+			return rpc.StreamEnded(w.ctx)
+		case <-signal:
+		case <-timer.C:
+		}
+	}
+}
+
+// reset tells the subscriber to drop what it cached: the changes from
+// oldest on follow.
+func (w *watch) reset(oldest, latest int64) error {
+	w.s.log.LogAttrs(w.ctx, slog.LevelWarn, "change feed reset: the subscriber's position is not in the retained history",
+		slog.String("caller", caller(w.ctx)), slog.Int64("after_sequence", w.pos),
+		slog.Int64("oldest_sequence", oldest), slog.Int64("latest_sequence", latest))
+	err := w.stream.Send(&userv1.WatchUserChangesResponse{Event: &userv1.WatchUserChangesResponse_Reset_{Reset_: &userv1.WatchReset{OldestSequence: oldest, LatestSequence: latest}}})
+	w.pos = max(oldest-1, 0)
+	return err
 }

@@ -602,6 +602,7 @@ type WatchUserChangesResponse struct {
 	//
 	//	*WatchUserChangesResponse_Change
 	//	*WatchUserChangesResponse_Reset_
+	//	*WatchUserChangesResponse_Heartbeat
 	Event         isWatchUserChangesResponse_Event `protobuf_oneof:"event"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -662,6 +663,15 @@ func (x *WatchUserChangesResponse) GetReset_() *WatchReset {
 	return nil
 }
 
+func (x *WatchUserChangesResponse) GetHeartbeat() *WatchHeartbeat {
+	if x != nil {
+		if x, ok := x.Event.(*WatchUserChangesResponse_Heartbeat); ok {
+			return x.Heartbeat
+		}
+	}
+	return nil
+}
+
 type isWatchUserChangesResponse_Event interface {
 	isWatchUserChangesResponse_Event()
 }
@@ -674,9 +684,15 @@ type WatchUserChangesResponse_Reset_ struct {
 	Reset_ *WatchReset `protobuf:"bytes,2,opt,name=reset,proto3,oneof"`
 }
 
+type WatchUserChangesResponse_Heartbeat struct {
+	Heartbeat *WatchHeartbeat `protobuf:"bytes,3,opt,name=heartbeat,proto3,oneof"`
+}
+
 func (*WatchUserChangesResponse_Change) isWatchUserChangesResponse_Event() {}
 
 func (*WatchUserChangesResponse_Reset_) isWatchUserChangesResponse_Event() {}
+
+func (*WatchUserChangesResponse_Heartbeat) isWatchUserChangesResponse_Event() {}
 
 // UserChange is one change to a user, written in the same transaction as
 // the change itself.
@@ -804,6 +820,64 @@ func (x *WatchReset) GetLatestSequence() int64 {
 	return 0
 }
 
+// WatchHeartbeat says that the subscriber has now received every change up
+// to latest_sequence, the newest one committed when the server sent it. The
+// server sends one as soon as it has caught up after the stream opens, and
+// then at its heartbeat interval while it stays caught up. A subscriber that
+// has heard no heartbeat for longer than it tolerates cannot know what it
+// missed: it stops trusting what it cached and reconnects.
+type WatchHeartbeat struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	LatestSequence int64                  `protobuf:"varint,1,opt,name=latest_sequence,json=latestSequence,proto3" json:"latest_sequence,omitempty"`
+	Time           *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *WatchHeartbeat) Reset() {
+	*x = WatchHeartbeat{}
+	mi := &file_user_v1_user_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchHeartbeat) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchHeartbeat) ProtoMessage() {}
+
+func (x *WatchHeartbeat) ProtoReflect() protoreflect.Message {
+	mi := &file_user_v1_user_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchHeartbeat.ProtoReflect.Descriptor instead.
+func (*WatchHeartbeat) Descriptor() ([]byte, []int) {
+	return file_user_v1_user_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *WatchHeartbeat) GetLatestSequence() int64 {
+	if x != nil {
+		return x.LatestSequence
+	}
+	return 0
+}
+
+func (x *WatchHeartbeat) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
 var File_user_v1_user_proto protoreflect.FileDescriptor
 
 const file_user_v1_user_proto_rawDesc = "" +
@@ -844,10 +918,11 @@ const file_user_v1_user_proto_rawDesc = "" +
 	"\x12UpdateUserResponse\x12!\n" +
 	"\x04user\x18\x01 \x01(\v2\r.user.v1.UserR\x04user\"I\n" +
 	"\x17WatchUserChangesRequest\x12.\n" +
-	"\x0eafter_sequence\x18\x01 \x01(\x03B\a\xbaH\x04\"\x02(\x00R\rafterSequence\"\x7f\n" +
+	"\x0eafter_sequence\x18\x01 \x01(\x03B\a\xbaH\x04\"\x02(\x00R\rafterSequence\"\xb8\x01\n" +
 	"\x18WatchUserChangesResponse\x12-\n" +
 	"\x06change\x18\x01 \x01(\v2\x13.user.v1.UserChangeH\x00R\x06change\x12+\n" +
-	"\x05reset\x18\x02 \x01(\v2\x13.user.v1.WatchResetH\x00R\x05resetB\a\n" +
+	"\x05reset\x18\x02 \x01(\v2\x13.user.v1.WatchResetH\x00R\x05reset\x127\n" +
+	"\theartbeat\x18\x03 \x01(\v2\x17.user.v1.WatchHeartbeatH\x00R\theartbeatB\a\n" +
 	"\x05event\"\x9e\x01\n" +
 	"\n" +
 	"UserChange\x12\x1a\n" +
@@ -858,7 +933,10 @@ const file_user_v1_user_proto_rawDesc = "" +
 	"\n" +
 	"WatchReset\x12'\n" +
 	"\x0foldest_sequence\x18\x01 \x01(\x03R\x0eoldestSequence\x12'\n" +
-	"\x0flatest_sequence\x18\x02 \x01(\x03R\x0elatestSequence*\x90\x01\n" +
+	"\x0flatest_sequence\x18\x02 \x01(\x03R\x0elatestSequence\"i\n" +
+	"\x0eWatchHeartbeat\x12'\n" +
+	"\x0flatest_sequence\x18\x01 \x01(\x03R\x0elatestSequence\x12.\n" +
+	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time*\x90\x01\n" +
 	"\x0eUserChangeKind\x12 \n" +
 	"\x1cUSER_CHANGE_KIND_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18USER_CHANGE_KIND_CREATED\x10\x01\x12\x1c\n" +
@@ -887,7 +965,7 @@ func file_user_v1_user_proto_rawDescGZIP() []byte {
 }
 
 var file_user_v1_user_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_user_v1_user_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_user_v1_user_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_user_v1_user_proto_goTypes = []any{
 	(UserChangeKind)(0),              // 0: user.v1.UserChangeKind
 	(*User)(nil),                     // 1: user.v1.User
@@ -903,37 +981,40 @@ var file_user_v1_user_proto_goTypes = []any{
 	(*WatchUserChangesResponse)(nil), // 11: user.v1.WatchUserChangesResponse
 	(*UserChange)(nil),               // 12: user.v1.UserChange
 	(*WatchReset)(nil),               // 13: user.v1.WatchReset
-	(*timestamppb.Timestamp)(nil),    // 14: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),    // 15: google.protobuf.FieldMask
+	(*WatchHeartbeat)(nil),           // 14: user.v1.WatchHeartbeat
+	(*timestamppb.Timestamp)(nil),    // 15: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),    // 16: google.protobuf.FieldMask
 }
 var file_user_v1_user_proto_depIdxs = []int32{
-	14, // 0: user.v1.User.create_time:type_name -> google.protobuf.Timestamp
+	15, // 0: user.v1.User.create_time:type_name -> google.protobuf.Timestamp
 	1,  // 1: user.v1.GetUserResponse.user:type_name -> user.v1.User
 	1,  // 2: user.v1.ListUsersResponse.users:type_name -> user.v1.User
 	1,  // 3: user.v1.CreateUserRequest.user:type_name -> user.v1.User
 	1,  // 4: user.v1.CreateUserResponse.user:type_name -> user.v1.User
 	1,  // 5: user.v1.UpdateUserRequest.user:type_name -> user.v1.User
-	15, // 6: user.v1.UpdateUserRequest.update_mask:type_name -> google.protobuf.FieldMask
+	16, // 6: user.v1.UpdateUserRequest.update_mask:type_name -> google.protobuf.FieldMask
 	1,  // 7: user.v1.UpdateUserResponse.user:type_name -> user.v1.User
 	12, // 8: user.v1.WatchUserChangesResponse.change:type_name -> user.v1.UserChange
 	13, // 9: user.v1.WatchUserChangesResponse.reset:type_name -> user.v1.WatchReset
-	0,  // 10: user.v1.UserChange.kind:type_name -> user.v1.UserChangeKind
-	14, // 11: user.v1.UserChange.time:type_name -> google.protobuf.Timestamp
-	2,  // 12: user.v1.UserService.GetUser:input_type -> user.v1.GetUserRequest
-	4,  // 13: user.v1.UserService.ListUsers:input_type -> user.v1.ListUsersRequest
-	6,  // 14: user.v1.UserService.CreateUser:input_type -> user.v1.CreateUserRequest
-	8,  // 15: user.v1.UserService.UpdateUser:input_type -> user.v1.UpdateUserRequest
-	10, // 16: user.v1.UserService.WatchUserChanges:input_type -> user.v1.WatchUserChangesRequest
-	3,  // 17: user.v1.UserService.GetUser:output_type -> user.v1.GetUserResponse
-	5,  // 18: user.v1.UserService.ListUsers:output_type -> user.v1.ListUsersResponse
-	7,  // 19: user.v1.UserService.CreateUser:output_type -> user.v1.CreateUserResponse
-	9,  // 20: user.v1.UserService.UpdateUser:output_type -> user.v1.UpdateUserResponse
-	11, // 21: user.v1.UserService.WatchUserChanges:output_type -> user.v1.WatchUserChangesResponse
-	17, // [17:22] is the sub-list for method output_type
-	12, // [12:17] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	14, // 10: user.v1.WatchUserChangesResponse.heartbeat:type_name -> user.v1.WatchHeartbeat
+	0,  // 11: user.v1.UserChange.kind:type_name -> user.v1.UserChangeKind
+	15, // 12: user.v1.UserChange.time:type_name -> google.protobuf.Timestamp
+	15, // 13: user.v1.WatchHeartbeat.time:type_name -> google.protobuf.Timestamp
+	2,  // 14: user.v1.UserService.GetUser:input_type -> user.v1.GetUserRequest
+	4,  // 15: user.v1.UserService.ListUsers:input_type -> user.v1.ListUsersRequest
+	6,  // 16: user.v1.UserService.CreateUser:input_type -> user.v1.CreateUserRequest
+	8,  // 17: user.v1.UserService.UpdateUser:input_type -> user.v1.UpdateUserRequest
+	10, // 18: user.v1.UserService.WatchUserChanges:input_type -> user.v1.WatchUserChangesRequest
+	3,  // 19: user.v1.UserService.GetUser:output_type -> user.v1.GetUserResponse
+	5,  // 20: user.v1.UserService.ListUsers:output_type -> user.v1.ListUsersResponse
+	7,  // 21: user.v1.UserService.CreateUser:output_type -> user.v1.CreateUserResponse
+	9,  // 22: user.v1.UserService.UpdateUser:output_type -> user.v1.UpdateUserResponse
+	11, // 23: user.v1.UserService.WatchUserChanges:output_type -> user.v1.WatchUserChangesResponse
+	19, // [19:24] is the sub-list for method output_type
+	14, // [14:19] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_user_v1_user_proto_init() }
@@ -944,6 +1025,7 @@ func file_user_v1_user_proto_init() {
 	file_user_v1_user_proto_msgTypes[10].OneofWrappers = []any{
 		(*WatchUserChangesResponse_Change)(nil),
 		(*WatchUserChangesResponse_Reset_)(nil),
+		(*WatchUserChangesResponse_Heartbeat)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -951,7 +1033,7 @@ func file_user_v1_user_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_user_v1_user_proto_rawDesc), len(file_user_v1_user_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   13,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -57,9 +57,11 @@ type UserServiceClient interface {
 	// UpdateUser changes the fields of a user named in update_mask.
 	UpdateUser(context.Context, *v1.UpdateUserRequest) (*v1.UpdateUserResponse, error)
 	// WatchUserChanges streams every change to a user, in sequence order:
-	// first the retained changes after after_sequence, then live ones. When
-	// after_sequence is older than the retained history, the first message is
-	// a reset and the subscriber must drop everything it cached.
+	// first the retained changes after after_sequence, then live ones, with a
+	// heartbeat whenever the subscriber has caught up. When after_sequence is
+	// older than the retained history (or newer than the newest change, as
+	// after the user database was replaced), the first message is a reset and
+	// the subscriber must drop everything it cached.
 	WatchUserChanges(context.Context, *v1.WatchUserChangesRequest) (*connect.ServerStreamForClient[v1.WatchUserChangesResponse], error)
 }
 
@@ -170,9 +172,11 @@ type UserServiceHandler interface {
 	// UpdateUser changes the fields of a user named in update_mask.
 	UpdateUser(context.Context, *v1.UpdateUserRequest) (*v1.UpdateUserResponse, error)
 	// WatchUserChanges streams every change to a user, in sequence order:
-	// first the retained changes after after_sequence, then live ones. When
-	// after_sequence is older than the retained history, the first message is
-	// a reset and the subscriber must drop everything it cached.
+	// first the retained changes after after_sequence, then live ones, with a
+	// heartbeat whenever the subscriber has caught up. When after_sequence is
+	// older than the retained history (or newer than the newest change, as
+	// after the user database was replaced), the first message is a reset and
+	// the subscriber must drop everything it cached.
 	WatchUserChanges(context.Context, *v1.WatchUserChangesRequest, *connect.ServerStream[v1.WatchUserChangesResponse]) error
 }
 

@@ -83,13 +83,28 @@ func bearer(values []string) (string, error) {
 		return "", errors.New("Authorization is not a Bearer token")
 	}
 	for i := 0; i < len(raw); i++ {
-		c := raw[i]
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '.') {
+		if !tokenChar[raw[i]] {
 			return "", errors.New("bearer token has characters outside base64url and '.'")
 		}
 	}
 	return raw, nil
 }
+
+// tokenChar marks the bytes a bearer token may hold: base64url and '.'. A
+// table lookup per byte, on every call's token.
+var tokenChar = func() (t [256]bool) {
+	for c := 'a'; c <= 'z'; c++ {
+		t[c] = true
+	}
+	for c := 'A'; c <= 'Z'; c++ {
+		t[c] = true
+	}
+	for c := '0'; c <= '9'; c++ {
+		t[c] = true
+	}
+	t['-'], t['_'], t['.'] = true, true, true
+	return t
+}()
 
 // Reasons authentication refuses a request, besides the token verifier's
 // (token.ReasonExpired, token.ReasonBinding, …): the "reason" label of the

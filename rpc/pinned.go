@@ -69,8 +69,22 @@ func pinnedIDs(pinned []pinnedClient, trustDomain string) (map[[32]byte]spiffeid
 // crypto/tls verified: a pinned certificate's assigned ID, or else the
 // SPIFFE ID the leaf carries.
 func (s *Server) workload(verifiedChains [][]*x509.Certificate) (security.Workload, error) {
-	if len(s.pinned) > 0 && len(verifiedChains) > 0 && len(verifiedChains[0]) > 0 {
-		leaf := verifiedChains[0][0]
+	if len(verifiedChains) == 0 || len(verifiedChains[0]) == 0 {
+		return security.WorkloadFromChains(verifiedChains, s.cfg.trustDomain)
+	}
+	leaf := verifiedChains[0][0]
+	if w, ok := s.workloads.get(leaf); ok {
+		return w, nil
+	}
+	w, err := s.identify(leaf, verifiedChains)
+	if err == nil {
+		s.workloads.put(leaf, w)
+	}
+	return w, err
+}
+
+func (s *Server) identify(leaf *x509.Certificate, verifiedChains [][]*x509.Certificate) (security.Workload, error) {
+	if len(s.pinned) > 0 {
 		sum := sha256.Sum256(leaf.Raw)
 		if id, ok := s.pinned[sum]; ok {
 			return security.Workload{ID: id, CertSHA256: sum, Certificate: leaf}, nil

@@ -75,6 +75,7 @@ type Server struct {
 	errWriter *connect.ErrorWriter
 	expiry    *connExpiry              // closes connections whose peer certificate expired
 	pinned    map[[32]byte]spiffeid.ID // WithPinnedClientCertificate
+	workloads workloadCache            // identities of the verified client certificates
 
 	requestIDs *requestIDs
 	accessLog  *slog.Logger // the logger without LogHandler: its lines add the request id themselves

@@ -26,6 +26,9 @@ const maxLength = 2048
 type ID struct {
 	trustDomain string
 	path        string
+	// full is the whole ID, built once: String is on every call's path
+	// (logs, the policy input, the decision cache key).
+	full string
 }
 
 // Parse parses s as a SPIFFE ID.
@@ -47,7 +50,7 @@ func Parse(s string) (ID, error) {
 			return ID{}, err
 		}
 	}
-	return ID{trustDomain: td, path: path}, nil
+	return ID{trustDomain: td, path: path, full: scheme + td + path}, nil
 }
 
 // FromParts builds the ID spiffe://<trustDomain><path>, validating both parts.
@@ -100,12 +103,7 @@ func (id ID) TrustDomain() string { return id.trustDomain }
 func (id ID) Path() string { return id.path }
 
 // String returns the ID in its canonical form, or "" for the zero ID.
-func (id ID) String() string {
-	if id.trustDomain == "" {
-		return ""
-	}
-	return scheme + id.trustDomain + id.path
-}
+func (id ID) String() string { return id.full }
 
 // IsZero reports whether id is the zero value.
 func (id ID) IsZero() bool { return id.trustDomain == "" }

@@ -3,7 +3,6 @@ package policy
 import (
 	"crypto/sha256"
 	"encoding/binary"
-	"hash"
 	"sync"
 
 	"github.com/open-policy-agent/opa/v1/ast"
@@ -77,25 +76,22 @@ func cacheable(mods map[string]*ast.Module) (bool, string) {
 	return found == "", found
 }
 
-// keyHashers pools the hash and scratch buffer of cache keys.
-var keyHashers = sync.Pool{New: func() any { return &keyHasher{h: sha256.New()} }}
+// keyBuffers pools the buffers cache keys are assembled in.
+var keyBuffers = sync.Pool{New: func() any { return &keyBuffer{} }}
 
-type keyHasher struct {
-	h   hash.Hash
-	buf []byte // scratch of str and num
-	msg []byte // the request's encoding
+// keyBuffer assembles a cache key's material: every field length-prefixed,
+// hashed once at the end (one SHA-256 over a few hundred bytes costs less
+// than many small writes to a hash).
+type keyBuffer struct {
+	b []byte
 }
 
-func (k *keyHasher) str(s string) {
-	k.buf = binary.AppendUvarint(k.buf[:0], uint64(len(s)))
-	k.buf = append(k.buf, s...)
-	k.h.Write(k.buf)
+func (k *keyBuffer) str(s string) {
+	k.b = binary.AppendUvarint(k.b, uint64(len(s)))
+	k.b = append(k.b, s...)
 }
 
-func (k *keyHasher) num(n uint64) {
-	k.buf = binary.AppendUvarint(k.buf[:0], n)
-	k.h.Write(k.buf)
-}
+func (k *keyBuffer) num(n uint64) { k.b = binary.AppendUvarint(k.b, n) }
 
 // cacheKey hashes everything Value puts in the input document — the same
 // fields, length-prefixed so no two inputs share an encoding — without
@@ -103,9 +99,14 @@ func (k *keyHasher) num(n uint64) {
 // encoding with its type name. ok is false when the request cannot be
 // encoded (then the decision is evaluated, not cached).
 func (in *Input) cacheKey() (key [32]byte, ok bool) {
-	k := keyHashers.Get().(*keyHasher)
-	defer keyHashers.Put(k)
-	k.h.Reset()
+	k := keyBuffers.Get().(*keyBuffer)
+	defer func() {
+		if cap(k.b) > 64<<10 {
+			k.b = nil // a large request's buffer is not kept for the next call
+		}
+		keyBuffers.Put(k)
+	}()
+	k.b = k.b[:0]
 	k.str(in.Procedure)
 	k.str(in.Service)
 	k.str(in.Method)
@@ -115,7 +116,7 @@ func (in *Input) cacheKey() (key [32]byte, ok bool) {
 	if p := in.Principal; p != nil {
 		k.num(1)
 		k.str(p.Workload.ID.String())
-		k.h.Write(p.Workload.CertSHA256[:])
+		k.b = append(k.b, p.Workload.CertSHA256[:]...)
 		if u := p.User; u != nil {
 			k.num(1)
 			k.str(u.Subject)
@@ -146,13 +147,13 @@ func (in *Input) cacheKey() (key [32]byte, ok bool) {
 	if in.Request != nil {
 		k.num(1)
 		k.str(string(in.Request.ProtoReflect().Descriptor().FullName()))
-		msg, err := proto.MarshalOptions{Deterministic: true}.MarshalAppend(k.msg[:0], in.Request)
-		if err != nil {
+		// The message's size first, then its deterministic encoding.
+		size := proto.MarshalOptions{Deterministic: true}.Size(in.Request)
+		k.num(uint64(size))
+		var err error
+		if k.b, err = (proto.MarshalOptions{Deterministic: true}).MarshalAppend(k.b, in.Request); err != nil {
 			return key, false
 		}
-		k.msg = msg
-		k.num(uint64(len(msg))) // num reuses k.buf: the message has its own buffer
-		k.h.Write(msg)
 	} else {
 		k.num(0)
 	}
@@ -164,6 +165,5 @@ func (in *Input) cacheKey() (key [32]byte, ok bool) {
 	} else {
 		k.num(0)
 	}
-	k.h.Sum(key[:0])
-	return key, true
+	return sha256.Sum256(k.b), true
 }

@@ -33,7 +33,7 @@ func TestRun(t *testing.T) {
 		got = append(got, r.Config+"/"+r.Protocol)
 	}
 	want := []string{"h2c/connect", "h2c/grpc", "tls/connect", "tls/grpc", "mtls/connect", "mtls/grpc",
-		"mtls+jwt/connect", "mtls+jwt/grpc", "mtls+jwt+opa/connect", "mtls+jwt+opa/grpc", "grpcgo-mtls+jwt+opa/grpc"}
+		"mtls+bearer/connect", "mtls+bearer/grpc", "mtls+jwt/connect", "mtls+jwt/grpc", "mtls+jwt+opa/connect", "mtls+jwt+opa/grpc", "grpcgo-mtls+jwt+opa/grpc"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("rows %v, want %v", got, want)
 	}
@@ -117,6 +117,7 @@ func TestPreflightRefusesWeakChains(t *testing.T) {
 			defer tg.close()
 			tg.config = c.claim
 			tg.tokens = c.claim == ConfigMTLSJWT || c.claim == ConfigFull
+			tg.verifies = tg.tokens
 			line, err := preflight(context.Background(), fx, tg, ProtocolConnect)
 			if err == nil || !strings.Contains(err.Error(), c.want) {
 				t.Fatalf("preflight = %q, %v; want an error with %q", line, err, c.want)

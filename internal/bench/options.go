@@ -18,6 +18,11 @@ const (
 	// ConfigMTLS is bare Connect over TLS 1.3 with client certificates
 	// required and verified: the baseline of the ratio columns.
 	ConfigMTLS = "mtls"
+	// ConfigMTLSBearer is ConfigMTLS with every call carrying its user's
+	// bearer token, which the server ignores: what the token costs on the
+	// wire alone (HPACK, header checks, bytes), for reading the gap
+	// between mtls and the Palisade configurations.
+	ConfigMTLSBearer = "mtls+bearer"
 	// ConfigMTLSJWT is Palisade's server (rpc.NewServer) with a token
 	// verifier and an authorizer that allows everything.
 	ConfigMTLSJWT = "mtls+jwt"
@@ -39,7 +44,7 @@ const (
 
 // Configs returns every configuration name, in report order.
 func Configs() []string {
-	return []string{ConfigH2C, ConfigTLS, ConfigMTLS, ConfigMTLSJWT, ConfigFull, ConfigGRPCGo}
+	return []string{ConfigH2C, ConfigTLS, ConfigMTLS, ConfigMTLSBearer, ConfigMTLSJWT, ConfigFull, ConfigGRPCGo}
 }
 
 // Protocols returns every protocol name.

@@ -68,7 +68,7 @@ func preflight(ctx context.Context, fx *fixture, t *target, protocol string) (st
 		}
 		return err
 	}}}
-	if t.tokens {
+	if t.verifies {
 		probes = append(probes, probe{name: "forged token", want: connect.CodeUnauthenticated.String(), call: func(ctx context.Context) error {
 			_, err := call(ctx, fx.ids[0], forge(fx.auth[0]))
 			return err

@@ -26,9 +26,12 @@ type getUserFunc func(ctx context.Context, id, auth string) (string, error)
 // target is one configuration, serving on 127.0.0.1, with its clients.
 type target struct {
 	config string
-	// tokens says whether callers send their user's token: only the
-	// configurations that verify tokens get them.
+	// tokens says whether callers send their user's token: the
+	// configurations that verify tokens, and mtls+bearer.
 	tokens bool
+	// verifies says whether the server checks the token (false for
+	// mtls+bearer, which only carries it).
+	verifies bool
 	// calls[protocol][k] calls over connection k.
 	calls map[string][]getUserFunc
 	// noCert[protocol] calls from a client that presents no certificate;
@@ -102,7 +105,7 @@ func startConnect(fx *fixture, config string, o Options) (*target, error) {
 	}
 	scheme := "https"
 	switch config {
-	case ConfigH2C, ConfigTLS, ConfigMTLS:
+	case ConfigH2C, ConfigTLS, ConfigMTLS, ConfigMTLSBearer:
 		// Bare Connect: the generated handler with the handler options a
 		// Palisade server gives it (size limit, compression threshold), on
 		// an http.Server with Palisade's limits, and nothing else.
@@ -116,18 +119,19 @@ func startConnect(fx *fixture, config string, o Options) (*target, error) {
 			scheme = "http"
 			hs.Protocols.SetUnencryptedHTTP2(true)
 			t.serve(func() error { return hs.Serve(ln) }, func() { _ = hs.Close() })
-		case ConfigTLS, ConfigMTLS:
+		case ConfigTLS, ConfigMTLS, ConfigMTLSBearer:
 			hs.Protocols.SetHTTP1(true)
 			hs.Protocols.SetHTTP2(true)
-			hs.TLSConfig = fx.serverTLS(config == ConfigMTLS, "h2", "http/1.1")
+			hs.TLSConfig = fx.serverTLS(config != ConfigTLS, "h2", "http/1.1")
 			t.serve(func() error { return hs.ServeTLS(ln, "", "") }, func() { _ = hs.Close() })
 		}
+		t.tokens = config == ConfigMTLSBearer
 	case ConfigMTLSJWT, ConfigFull:
 		if err := startPalisade(t, fx, ln, o.ServerLog); err != nil {
 			_ = ln.Close()
 			return nil, err
 		}
-		t.tokens = true
+		t.tokens, t.verifies = true, true
 	default:
 		_ = ln.Close()
 		return nil, fmt.Errorf("bench: %q is not a Connect configuration", config)

@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/palisade-rpc/palisade/internal/poll"
 )
 
 // Loader produces the current bundle from wherever policies come from.
@@ -48,24 +50,17 @@ func BundleLoader(location string, client *http.Client) Loader {
 // logged and refused; the last good policy keeps deciding.
 func (e *Engine) Watch(ctx context.Context, load Loader, interval time.Duration) error {
 	last := e.Revision()
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-t.C:
-		}
+	return poll.Every(ctx, interval, func() {
 		b, err := load(ctx)
 		if err != nil {
 			e.log.ErrorContext(ctx, "policy source unreadable; the previous policy stays in force", "error", err)
-			continue
+			return
 		}
 		rev := b.Revision()
 		if rev == last {
-			continue
+			return
 		}
 		last = rev // a refused revision is not retried until the source changes again
 		_ = e.Load(ctx, b)
-	}
+	})
 }

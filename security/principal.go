@@ -105,3 +105,12 @@ func FromContext(ctx context.Context) (*Principal, bool) {
 	p, ok := ctx.Value(principalKey{}).(*Principal)
 	return p, ok && p != nil
 }
+
+// CallerID returns the SPIFFE ID of the workload calling in ctx, or "" when
+// ctx carries no Principal (outside a Palisade server).
+func CallerID(ctx context.Context) string {
+	if p, ok := FromContext(ctx); ok {
+		return p.Workload.ID.String()
+	}
+	return ""
+}

@@ -62,17 +62,12 @@ func run(args []string) error {
 		}
 		return err
 	}
-	logger, err := common.Logger("ordersvc")
+	ctx, base, err := common.Start("ordersvc")
 	if err != nil {
 		return err
 	}
-	src, err := common.Source(logger)
-	if err != nil {
-		return err
-	}
-	ctx, stop := svcmain.SignalContext()
-	defer stop()
-	common.WatchSource(ctx, src)
+	defer base.Stop()
+	logger, src := base.Logger, base.Source
 
 	store, err := order.OpenStore(ctx, *db)
 	if err != nil {

@@ -68,17 +68,12 @@ func run(args []string) error {
 	if err := retention.Validate(); err != nil {
 		return fmt.Errorf("--change-retention, --change-retention-age: %w", err)
 	}
-	logger, err := common.Logger("usersvc")
+	ctx, base, err := common.Start("usersvc")
 	if err != nil {
 		return err
 	}
-	src, err := common.Source(logger)
-	if err != nil {
-		return err
-	}
-	ctx, stop := svcmain.SignalContext()
-	defer stop()
-	common.WatchSource(ctx, src)
+	defer base.Stop()
+	logger, src := base.Logger, base.Source
 
 	store, err := user.OpenStore(ctx, *db)
 	if err != nil {

@@ -17,6 +17,8 @@ import (
 
 	"github.com/palisade-rpc/palisade/certs"
 	"github.com/palisade-rpc/palisade/security/spiffeid"
+
+	"github.com/palisade-rpc/palisade/internal/poll"
 )
 
 // FileSource is a Source read from PEM files: a certificate chain, its private
@@ -164,19 +166,12 @@ func (s *FileSource) Watch(ctx context.Context, interval time.Duration) error {
 	if interval <= 0 {
 		return fmt.Errorf("mtls: watch interval %s is not positive", interval)
 	}
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-t.C:
-		}
+	return poll.Every(ctx, interval, func() {
 		s.mu.Lock()
+		defer s.mu.Unlock()
 		_ = s.reloadMaterial(ctx, false)
 		_ = s.reloadCRL(ctx, false)
-		s.mu.Unlock()
-	}
+	})
 }
 
 // reloadMaterial reloads the certificate, key and bundle; unless force, only

@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"os"
 	"time"
+
+	"github.com/palisade-rpc/palisade/internal/poll"
 )
 
 // WatchKeySet polls the key set file at path every interval and calls apply
@@ -14,28 +16,20 @@ import (
 // It returns when ctx is done.
 func WatchKeySet(ctx context.Context, path string, interval time.Duration, logger *slog.Logger, apply func(*KeySet)) error {
 	last := fileDigest(path)
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-t.C:
-		}
+	return poll.Every(ctx, interval, func() {
 		d := fileDigest(path)
 		if d == last {
-			continue
+			return
 		}
+		last = d
 		ks, err := LoadKeySet(path)
 		if err != nil {
 			logger.ErrorContext(ctx, "signing key set changed but does not load; keeping the previous one", "path", path, "error", err)
-			last = d
-			continue
+			return
 		}
-		last = d
 		logger.InfoContext(ctx, "signing key set reloaded", "path", path, "active", ks.Active, "keys", len(ks.Keys))
 		apply(ks)
-	}
+	})
 }
 
 func fileDigest(path string) [32]byte {

@@ -120,7 +120,7 @@ func (s *Service) CreateOrder(ctx context.Context, req *orderv1.CreateOrderReque
 		slog.String("order_id", o.GetId()),
 		slog.String("user_id", o.GetUserId()),
 		slog.Int("items", len(o.GetItems())),
-		slog.String("caller", caller(ctx)),
+		slog.String("caller", security.CallerID(ctx)),
 	)
 	return &orderv1.CreateOrderResponse{Order: o}, nil
 }
@@ -240,15 +240,6 @@ func (s *Service) ListOrders(ctx context.Context, req *orderv1.ListOrdersRequest
 	return &orderv1.ListOrdersResponse{Orders: orders, NextPageToken: next}, nil
 }
 
-// caller is the SPIFFE ID of the calling workload, or "" outside a Palisade
-// server.
-func caller(ctx context.Context) string {
-	if p, ok := security.FromContext(ctx); ok {
-		return p.Workload.ID.String()
-	}
-	return ""
-}
-
 func invalidArgument(field, problem string) *connect.Error {
 	return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("%s: %s", field, problem))
 }
@@ -269,7 +260,7 @@ func (s *Service) storeError(ctx context.Context, method, orderID string, err er
 	}
 	s.log.LogAttrs(ctx, slog.LevelError, "order store failed",
 		slog.String("method", method),
-		slog.String("caller", caller(ctx)),
+		slog.String("caller", security.CallerID(ctx)),
 		slog.String("error", err.Error()),
 	)
 	return connect.NewError(connect.CodeInternal, errors.New("internal error"))

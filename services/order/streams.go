@@ -14,6 +14,7 @@ import (
 	"github.com/palisade-rpc/palisade/policy"
 	orderv1 "github.com/palisade-rpc/palisade/proto/order/v1"
 	"github.com/palisade-rpc/palisade/rpc"
+	"github.com/palisade-rpc/palisade/security"
 )
 
 // Limits of the streaming methods.
@@ -73,7 +74,7 @@ func (s *Service) ImportOrders(ctx context.Context, stream *connect.ClientStream
 		return nil, s.storeError(ctx, "ImportOrders", "", err)
 	}
 	s.log.LogAttrs(ctx, slog.LevelInfo, "orders imported",
-		slog.Int("orders", len(stored)), slog.Int("users", len(names)), slog.String("caller", caller(ctx)))
+		slog.Int("orders", len(stored)), slog.Int("users", len(names)), slog.String("caller", security.CallerID(ctx)))
 	return &orderv1.ImportOrdersResponse{Orders: stored}, nil
 }
 

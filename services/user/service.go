@@ -91,7 +91,7 @@ func (s *Service) GetUser(ctx context.Context, req *userv1.GetUserRequest) (*use
 	if err != nil {
 		return nil, s.storeError(ctx, "GetUser", req.GetId(), err)
 	}
-	attrs := []slog.Attr{slog.String("user_id", u.GetId()), slog.String("caller", caller(ctx))}
+	attrs := []slog.Attr{slog.String("user_id", u.GetId()), slog.String("caller", security.CallerID(ctx))}
 	if p, ok := security.FromContext(ctx); ok && p.User != nil {
 		attrs = append(attrs, slog.String("subject", p.User.Subject))
 		if p.User.Actor != "" {
@@ -135,7 +135,7 @@ func (s *Service) CreateUser(ctx context.Context, req *userv1.CreateUserRequest)
 	}
 	s.log.LogAttrs(ctx, slog.LevelInfo, "user created",
 		slog.String("user_id", created.GetId()),
-		slog.String("caller", caller(ctx)),
+		slog.String("caller", security.CallerID(ctx)),
 	)
 	return &userv1.CreateUserResponse{User: created}, nil
 }
@@ -165,18 +165,9 @@ func (s *Service) UpdateUser(ctx context.Context, req *userv1.UpdateUserRequest)
 	s.log.LogAttrs(ctx, slog.LevelInfo, "user updated",
 		slog.String("user_id", updated.GetId()),
 		slog.Any("fields", paths),
-		slog.String("caller", caller(ctx)),
+		slog.String("caller", security.CallerID(ctx)),
 	)
 	return &userv1.UpdateUserResponse{User: updated}, nil
-}
-
-// caller is the SPIFFE ID of the calling workload, or "" outside a Palisade
-// server.
-func caller(ctx context.Context) string {
-	if p, ok := security.FromContext(ctx); ok {
-		return p.Workload.ID.String()
-	}
-	return ""
 }
 
 func invalidArgument(field, problem string) *connect.Error {
@@ -253,7 +244,7 @@ func (s *Service) storeError(ctx context.Context, method, id string, err error) 
 	s.log.LogAttrs(ctx, slog.LevelError, "user store failed",
 		slog.String("method", method),
 		slog.String("user_id", id),
-		slog.String("caller", caller(ctx)),
+		slog.String("caller", security.CallerID(ctx)),
 		slog.String("error", err.Error()),
 	)
 	return connect.NewError(connect.CodeInternal, errors.New("internal error"))

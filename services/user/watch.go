@@ -10,6 +10,7 @@ import (
 
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
 	"github.com/palisade-rpc/palisade/rpc"
+	"github.com/palisade-rpc/palisade/security"
 )
 
 // DefaultHeartbeatInterval is how often a caught-up WatchUserChanges stream
@@ -58,10 +59,10 @@ func (s *Service) WatchUserChanges(ctx context.Context, req *userv1.WatchUserCha
 	}
 	w := &watch{s: s, ctx: ctx, stream: stream, pos: pos}
 	s.log.LogAttrs(ctx, slog.LevelInfo, "change feed opened",
-		slog.String("caller", caller(ctx)), slog.Int64("after_sequence", pos))
+		slog.String("caller", security.CallerID(ctx)), slog.Int64("after_sequence", pos))
 	err := w.run()
 	s.log.LogAttrs(ctx, slog.LevelInfo, "change feed closed",
-		slog.String("caller", caller(ctx)), slog.Int64("sequence", w.pos), slog.Int("sent", w.sent),
+		slog.String("caller", security.CallerID(ctx)), slog.Int64("sequence", w.pos), slog.Int("sent", w.sent),
 		slog.String("code", codeOf(err)))
 	return err
 }
@@ -143,7 +144,7 @@ func (w *watch) run() error {
 // oldest on follow.
 func (w *watch) reset(oldest, latest int64) error {
 	w.s.log.LogAttrs(w.ctx, slog.LevelWarn, "change feed reset: the subscriber's position is not in the retained history",
-		slog.String("caller", caller(w.ctx)), slog.Int64("after_sequence", w.pos),
+		slog.String("caller", security.CallerID(w.ctx)), slog.Int64("after_sequence", w.pos),
 		slog.Int64("oldest_sequence", oldest), slog.Int64("latest_sequence", latest))
 	err := w.stream.Send(&userv1.WatchUserChangesResponse{Event: &userv1.WatchUserChangesResponse_Reset_{Reset_: &userv1.WatchReset{OldestSequence: oldest, LatestSequence: latest}}})
 	w.pos = max(oldest-1, 0)

@@ -213,3 +213,30 @@ func Usage(fs *flag.FlagSet, description string) func() {
 		fs.PrintDefaults()
 	}
 }
+
+// Base is what every service binary starts from: its logger, its
+// certificate source (watched for rotation until the context ends) and the
+// stop function of the signal context Start returns.
+type Base struct {
+	Logger *slog.Logger
+	Source *mtls.FileSource
+	// Stop releases the signal context; call it when the service returns.
+	Stop context.CancelFunc
+}
+
+// Start builds the logger and the certificate source the flags ask for and
+// returns a context that SIGINT or SIGTERM ends, with the source watched
+// for rotation until then.
+func (f *Flags) Start(service string) (context.Context, *Base, error) {
+	logger, err := f.Logger(service)
+	if err != nil {
+		return nil, nil, err
+	}
+	src, err := f.Source(logger)
+	if err != nil {
+		return nil, nil, err
+	}
+	ctx, stop := SignalContext()
+	f.WatchSource(ctx, src)
+	return ctx, &Base{Logger: logger, Source: src, Stop: stop}, nil
+}

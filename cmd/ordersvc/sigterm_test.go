@@ -142,7 +142,11 @@ func TestSIGTERMUnderLoad(t *testing.T) {
 	var stderr bytes.Buffer
 	cmd := exec.Command(os.Args[0], "--addr", addr, "--db", db, "--user-service", sys.UserURL,
 		"--ca", filepath.Join(dir, "ca.pem"), "--cert", filepath.Join(dir, "order.pem"), "--key", filepath.Join(dir, "order-key.pem"),
-		"--shutdown-grace", grace.String(), "--log-format", "text")
+		"--shutdown-grace", grace.String(), "--log-format", "text",
+		// Every order must ask the user service (where lookupDelay holds it),
+		// so that calls are surely in flight at SIGTERM: no cached user is
+		// ever fresh enough to skip the lookup.
+		"--user-cache-max-age", "1ns")
 	cmd.Env = append(os.Environ(), childEnv+"=1")
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {

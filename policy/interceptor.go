@@ -103,10 +103,11 @@ func (i *Interceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 			return next(ctx, req)
 		}
 		msg, _ := req.Any().(proto.Message)
-		if err := i.authorize(ctx, req.Spec(), req.Peer(), req.HTTPMethod(), msg); err != nil {
+		c, err := i.open(ctx, req.Spec(), req.Peer(), req.HTTPMethod(), msg)
+		if err != nil {
 			return nil, err
 		}
-		return next(i.withCall(ctx, req.Spec(), req.Peer(), req.HTTPMethod()), req)
+		return next(context.WithValue(ctx, callKey{}, c), req)
 	}
 }
 
@@ -120,10 +121,11 @@ func (i *Interceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) co
 	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
 		spec := conn.Spec()
 		method := httpMethod(ctx)
-		if err := i.authorize(ctx, spec, conn.Peer(), method, nil); err != nil {
+		c, err := i.open(ctx, spec, conn.Peer(), method, nil)
+		if err != nil {
 			return err
 		}
-		ctx = i.withCall(ctx, spec, conn.Peer(), method)
+		ctx = context.WithValue(ctx, callKey{}, c)
 		if i.perMessage[spec.Procedure] && (spec.StreamType == connect.StreamTypeClient || spec.StreamType == connect.StreamTypeBidi) {
 			conn = &authorizingConn{StreamingHandlerConn: conn, ctx: ctx, i: i, method: method}
 		}
@@ -137,6 +139,31 @@ func (i *Interceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) co
 // is the Principal in ctx.
 func NewCallContext(ctx context.Context, authz Authorizer, procedure string, opts ...InterceptorOption) context.Context {
 	return NewInterceptor(authz, opts...).withCall(ctx, connect.Spec{Procedure: procedure, StreamType: connect.StreamTypeUnary}, connect.Peer{}, "POST")
+}
+
+// open takes the call-level decision of a call (with its request message,
+// for a unary call) and returns the call record that AuthorizeResource
+// reads: one allocation serves both, the decision's input being the
+// record's, with the request cleared after the decision.
+func (i *Interceptor) open(ctx context.Context, spec connect.Spec, peer connect.Peer, method string, msg proto.Message) (*call, error) {
+	principal, ok := security.FromContext(ctx)
+	if !ok {
+		// Unreachable behind a Palisade server; deny rather than guess.
+		i.log.ErrorContext(ctx, "authorization without a principal", "procedure", spec.Procedure)
+		return nil, connect.NewError(connect.CodeUnauthenticated, errors.New("unauthenticated"))
+	}
+	service, m := SplitProcedure(spec.Procedure)
+	c := &call{i: i, input: Input{
+		Procedure: spec.Procedure, Service: service, Method: m, StreamType: StreamTypeName(spec.StreamType),
+		Principal: principal, Request: msg, HTTPMethod: method, Protocol: peer.Protocol,
+	}}
+	// Authorizers and hooks must not keep the input past Decide (hooks run
+	// on the call's goroutine); resource decisions copy it.
+	if err := i.decide(ctx, &c.input); err != nil {
+		return nil, err
+	}
+	c.input.Request, c.input.DecisionID = nil, ""
+	return c, nil
 }
 
 // withCall records the call in ctx for AuthorizeResource.

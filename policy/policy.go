@@ -67,7 +67,8 @@ type Decision struct {
 }
 
 // Authorizer decides whether a call may proceed. An error means no decision
-// could be made, and the call is denied.
+// could be made, and the call is denied. Decide must not keep in (or what it
+// points to) after it returns: the interceptor reuses it.
 type Authorizer interface {
 	Decide(ctx context.Context, in *Input) (Decision, error)
 }

@@ -46,6 +46,7 @@ type clientConfig struct {
 	protocol       Protocol
 	connectOptions []connect.ClientOption
 	tokenSource    TokenSource
+	httpClient     *http.Client
 	tracerProvider trace.TracerProvider
 	meterProvider  metric.MeterProvider
 }
@@ -96,6 +97,17 @@ func WithProtocol(p Protocol) ClientOption {
 	return clientOptionFunc(func(c *clientConfig) { c.protocol = p })
 }
 
+// WithHTTPClient makes NewClient call through c, an HTTP client that
+// NewHTTPClient returned, instead of making its own. Clients of one upstream
+// service then share its connections, so calls made one after the other go
+// over the same connection while it lasts: a token exchanged over it is bound
+// to the certificate the next call presents. The connection settings
+// (WithServerID, WithClientTrustDomain, WithDialTimeout) are those c was
+// made with. NewHTTPClient refuses this option.
+func WithHTTPClient(c *http.Client) ClientOption {
+	return clientOptionFunc(func(cfg *clientConfig) { cfg.httpClient = c })
+}
+
 // WithConnectOptions passes options to the generated client's constructor.
 func WithConnectOptions(opts ...connect.ClientOption) ClientOption {
 	return clientOptionFunc(func(c *clientConfig) { c.connectOptions = append(c.connectOptions, opts...) })
@@ -126,9 +138,11 @@ func NewClient[T any](newClient func(connect.HTTPClient, string, ...connect.Clie
 	if err != nil {
 		return zero, err
 	}
-	httpClient, err := newHTTPClient(src, cfg)
-	if err != nil {
-		return zero, err
+	httpClient := cfg.httpClient
+	if httpClient == nil {
+		if httpClient, err = newHTTPClient(src, cfg); err != nil {
+			return zero, err
+		}
 	}
 	var interceptors []connect.Interceptor
 	if _, _, otel, err := newOtelconnect(cfg.tracerProvider, cfg.meterProvider); err != nil {
@@ -158,6 +172,9 @@ func NewHTTPClient(src mtls.Source, opts ...ClientOption) (*http.Client, error) 
 	cfg, err := newClientConfig(opts)
 	if err != nil {
 		return nil, err
+	}
+	if cfg.httpClient != nil {
+		return nil, errors.New("rpc: NewHTTPClient: WithHTTPClient is an option of NewClient")
 	}
 	return newHTTPClient(src, cfg)
 }

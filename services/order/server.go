@@ -97,13 +97,19 @@ func NewServer(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	upstream = append(upstream, cfg.ClientOptions...)
 
-	// Tokens are verified with the issuer's keys, fetched over mTLS from the
-	// user service and refreshed in the background until ctx is done.
-	jwksClient, err := rpc.NewHTTPClient(cfg.Source, upstream...)
+	// Every call to the user service goes over one HTTP client, so its
+	// connections are shared: a delegated token is exchanged over the
+	// connection the call it is for will take, and is bound to the
+	// certificate that connection presents (see redelegating).
+	upstreamHTTP, err := rpc.NewHTTPClient(cfg.Source, upstream...)
 	if err != nil {
 		return nil, err
 	}
-	keys := token.NewRemoteKeys(cfg.JWKSURL, jwksClient, token.RemoteKeysOptions{MinRefreshInterval: cfg.JWKSMinRefresh, Logger: cfg.Logger})
+	upstream = append(upstream, rpc.WithHTTPClient(upstreamHTTP))
+
+	// Tokens are verified with the issuer's keys, fetched over mTLS from the
+	// user service and refreshed in the background until ctx is done.
+	keys := token.NewRemoteKeys(cfg.JWKSURL, upstreamHTTP, token.RemoteKeysOptions{MinRefreshInterval: cfg.JWKSMinRefresh, Logger: cfg.Logger})
 	go func() { _ = keys.Run(ctx) }()
 	verifier, err := token.NewVerifier(token.VerifierOptions{Issuer: cfg.TokenIssuer, Audience: self.String(), Keys: keys})
 	if err != nil {

@@ -65,6 +65,8 @@ type System struct {
 	OrderStore *order.Store
 	// UserIDs are the customers created by Start.
 	UserIDs []string
+	// UserCache is the order service's cache of users.
+	UserCache *order.UserCache
 
 	opts     Options
 	password string
@@ -181,6 +183,7 @@ func Start(ctx context.Context, opts Options) (_ *System, err error) {
 		return nil, fmt.Errorf("sample: listen: %w", err)
 	}
 	sys.OrderURL = "https://" + ln.Addr().String()
+	sys.UserCache = orderSrv.UserCache
 	sys.mu.Lock()
 	sys.order = serve(runCtx, orderSrv.Server, ln)
 	sys.mu.Unlock()

@@ -257,15 +257,7 @@ func TestExpiredPeerConnectionClosed(t *testing.T) {
 	peer(t, short, srv)
 	peer(t, long, srv)
 
-	held := func(hc *http.Client) chan error {
-		errc := make(chan error, 1)
-		go func() {
-			_, err := userv1connect.NewUserServiceClient(hc, srv.URL).GetUser(context.Background(), &userv1.GetUserRequest{Id: "alice"})
-			errc <- err
-		}()
-		return errc
-	}
-	shortCall, longCall := held(short), held(long)
+	shortCall, longCall := heldCall(short, srv), heldCall(long, srv)
 	select {
 	case err := <-shortCall:
 		if connect.CodeOf(err) != connect.CodeUnavailable {
@@ -286,6 +278,58 @@ func TestExpiredPeerConnectionClosed(t *testing.T) {
 		t.Fatal("the expired certificate connected again")
 	}
 	srv.WaitForLog(t, "TLS handshake error", "is after "+shortLived.Cert.NotAfter.UTC().Format(time.RFC3339))
+}
+
+// heldCall starts a GetUser call over hc, which a Users with Hold keeps in
+// flight until Hold is closed, and returns the channel of its outcome.
+func heldCall(hc *http.Client, srv *rpctest.Server) chan error {
+	errc := make(chan error, 1)
+	go func() {
+		_, err := userv1connect.NewUserServiceClient(hc, srv.URL).GetUser(context.Background(), &userv1.GetUserRequest{Id: "alice"})
+		errc <- err
+	}()
+	return errc
+}
+
+// TestRevokedPeerConnectionClosed: when a reloaded CRL revokes a client
+// whose connection is open, the server closes that connection (its
+// in-flight call fails) and the client cannot connect again; another
+// client's connection and in-flight call are untouched.
+func TestRevokedPeerConnectionClosed(t *testing.T) {
+	t.Parallel()
+	ca := certstest.NewCA(t)
+	revoked, kept := ca.Client("/client/cli"), ca.Client("/client/other")
+	crlFile := filepath.Join(t.TempDir(), "crl.pem")
+	ca.WriteCRL(crlFile, 1)
+	serverSrc, _, _ := watched(t, ca.Server("/svc/user"), []*certstest.CA{ca}, mtls.WithCRL(crlFile))
+	users := &rpctest.Users{Hold: make(chan struct{})}
+	srv := startWith(t, serverSrc, users)
+	revokedClient, keptClient := httpClient(t, ca.Source(revoked)), httpClient(t, ca.Source(kept))
+	peer(t, revokedClient, srv)
+	peer(t, keptClient, srv)
+	revokedCall, keptCall := heldCall(revokedClient, srv), heldCall(keptClient, srv)
+	rpctest.WaitFor(t, "both calls in the handler", func() bool { return users.Calls() == 2 })
+
+	ca.WriteCRL(crlFile, 2, revoked.Cert)
+	select {
+	case err := <-revokedCall:
+		if connect.CodeOf(err) != connect.CodeUnavailable {
+			t.Fatalf("in-flight call of the revoked client: %v, want unavailable (connection closed)", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the connection of a revoked certificate stayed open")
+	}
+	srv.WaitForLog(t, "closing connection: the peer's certificate is revoked", "serial number "+hex(revoked)+" is revoked")
+	close(users.Hold)
+	if err := <-keptCall; err != nil {
+		t.Fatalf("the other client's in-flight call: %v", err)
+	}
+	if got := peer(t, keptClient, srv); !got.reused {
+		t.Fatal("the other client's connection was closed too")
+	}
+	if _, err := userv1connect.NewUserServiceClient(revokedClient, srv.URL).GetUser(context.Background(), &userv1.GetUserRequest{Id: "alice"}); err == nil {
+		t.Fatal("the revoked certificate connected again")
+	}
 }
 
 // TestRevokedPeersRefusedAtHandshake: with a CRL, a revoked client

@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"sync"
 	"time"
+
+	"github.com/palisade-rpc/palisade/security/mtls"
 )
 
 // ExpiryDrainWindow is how long before its peer's certificate expires a
@@ -18,70 +20,122 @@ import (
 // rotated — certificate, before the old connection is cut at expiry.
 const ExpiryDrainWindow = time.Minute
 
-// connExpiry closes a connection when its peer's certificate expires.
-// Certificates are checked only at the handshake, and an HTTP/2 connection
-// can outlive its client certificate by hours; without this, a client whose
-// certificate was not renewed (because it was compromised, say) would keep
-// calling over the connection it already had.
+// connGuard closes a connection when its peer's certificate expires or is
+// revoked. Certificates are checked only at the handshake, and an HTTP/2
+// connection can outlive its client certificate by hours; without this, a
+// client whose certificate was not renewed, or was revoked (because it was
+// compromised, say), would keep calling over the connection it already had.
 //
 // It follows connections through http.Server.ConnState: when a connection
-// first turns active its handshake is complete, and a timer is armed for the
-// earliest NotAfter of the peer's verified chain. The timer is stopped when
-// the connection closes; Serve stops the remaining ones when it returns.
-// Within ExpiryDrainWindow of that time, drain asks the client to leave the
-// connection gracefully first.
-type connExpiry struct {
-	log *slog.Logger
+// first turns active its handshake is complete; it is checked against the
+// revocations then (they may have changed since its handshake), and a timer
+// is armed for the earliest NotAfter of the peer's verified chain. The timer
+// is stopped when the connection closes; Serve stops the remaining ones when
+// it returns. Within ExpiryDrainWindow of that time, drain asks the client
+// to leave the connection gracefully first. When the revocations change
+// (watchRevocations), every connection is checked again.
+type connGuard struct {
+	log     *slog.Logger
+	revoked func(verifiedChains [][]*x509.Certificate) error // nil: nothing is ever revoked
 
 	mu     sync.Mutex
-	timers map[net.Conn]*time.Timer
+	conns  map[net.Conn]*guarded
 	closed bool
 }
 
-func newConnExpiry(log *slog.Logger) *connExpiry {
-	return &connExpiry{log: log, timers: map[net.Conn]*time.Timer{}}
+type guarded struct {
+	chains [][]*x509.Certificate
+	timer  *time.Timer
+}
+
+func newConnGuard(log *slog.Logger, src mtls.Source) *connGuard {
+	g := &connGuard{log: log, conns: map[net.Conn]*guarded{}}
+	if rc, ok := src.(mtls.RevocationChecker); ok {
+		g.revoked = rc.CheckRevocation
+	}
+	return g
 }
 
 // connState is the http.Server ConnState hook.
-func (e *connExpiry) connState(c net.Conn, state http.ConnState) {
+func (g *connGuard) connState(c net.Conn, state http.ConnState) {
 	switch state {
 	case http.StateActive:
-		e.track(c)
+		g.track(c)
 	case http.StateClosed, http.StateHijacked:
-		e.mu.Lock()
-		if t, ok := e.timers[c]; ok {
-			t.Stop()
-			delete(e.timers, c)
+		g.mu.Lock()
+		if gc, ok := g.conns[c]; ok {
+			gc.timer.Stop()
+			delete(g.conns, c)
 		}
-		e.mu.Unlock()
+		g.mu.Unlock()
 	}
 }
 
-func (e *connExpiry) track(c net.Conn) {
+func (g *connGuard) track(c net.Conn) {
 	tc, ok := c.(*tls.Conn)
 	if !ok {
-		return
-	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if _, tracked := e.timers[c]; tracked || e.closed {
 		return
 	}
 	cs := tc.ConnectionState()
 	if !cs.HandshakeComplete || len(cs.VerifiedChains) == 0 {
 		return
 	}
+	if g.revoked != nil {
+		if err := g.revoked(cs.VerifiedChains); err != nil {
+			g.closeRevoked(c, err)
+			return
+		}
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if _, tracked := g.conns[c]; tracked || g.closed {
+		return
+	}
 	notAfter := earliestExpiry(cs.VerifiedChains[0])
-	e.timers[c] = time.AfterFunc(time.Until(notAfter), func() {
-		e.log.Warn("closing connection: the peer's certificate has expired",
+	g.conns[c] = &guarded{chains: cs.VerifiedChains, timer: time.AfterFunc(time.Until(notAfter), func() {
+		g.log.Warn("closing connection: the peer's certificate has expired",
 			"remote", c.RemoteAddr().String(), "not_after", notAfter.UTC().Format(time.RFC3339))
 		_ = c.Close()
-	})
+	})}
+}
+
+// watchRevocations checks every open connection again each time w's
+// revocations change, closing those of a revoked peer, until done is closed.
+func (g *connGuard) watchRevocations(w mtls.RevocationWatcher, done <-chan struct{}) {
+	for {
+		changed := w.RevocationsChanged()
+		select {
+		case <-changed:
+		case <-done:
+			return
+		}
+		revoked := map[net.Conn]error{}
+		g.mu.Lock()
+		for c, gc := range g.conns {
+			if err := w.CheckRevocation(gc.chains); err != nil {
+				gc.timer.Stop()
+				delete(g.conns, c)
+				revoked[c] = err
+			}
+		}
+		g.mu.Unlock()
+		// Closing sends TLS close_notify, which may wait on the peer: not
+		// under the lock.
+		for c, err := range revoked {
+			g.closeRevoked(c, err)
+		}
+	}
+}
+
+func (g *connGuard) closeRevoked(c net.Conn, err error) {
+	g.log.Warn("closing connection: the peer's certificate is revoked",
+		"remote", c.RemoteAddr().String(), "reason", err.Error())
+	_ = c.Close()
 }
 
 // drain is the HTTP middleware that marks responses on a connection whose
 // peer certificate expires within ExpiryDrainWindow with "Connection: close".
-func (e *connExpiry) drain(next http.Handler) http.Handler {
+func (g *connGuard) drain(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 && time.Until(earliestExpiry(r.TLS.VerifiedChains[0])) < ExpiryDrainWindow {
 			w.Header().Set("Connection", "close")
@@ -91,13 +145,13 @@ func (e *connExpiry) drain(next http.Handler) http.Handler {
 }
 
 // stop stops every timer; connections tracked afterwards get none.
-func (e *connExpiry) stop() {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.closed = true
-	for c, t := range e.timers {
-		t.Stop()
-		delete(e.timers, c)
+func (g *connGuard) stop() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.closed = true
+	for c, gc := range g.conns {
+		gc.timer.Stop()
+		delete(g.conns, c)
 	}
 }
 

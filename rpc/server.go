@@ -73,7 +73,7 @@ type Server struct {
 	health    *grpchealth.StaticChecker
 	http      *http.Server
 	errWriter *connect.ErrorWriter
-	expiry    *connExpiry              // closes connections whose peer certificate expired
+	conns     *connGuard               // closes connections whose peer certificate expired or was revoked
 	pinned    map[[32]byte]spiffeid.ID // WithPinnedClientCertificate
 	workloads workloadCache            // identities of the verified client certificates
 
@@ -130,7 +130,7 @@ func NewServer(src mtls.Source, authz policy.Authorizer, opts ...ServerOption) (
 		mux:        http.NewServeMux(),
 		health:     grpchealth.NewStaticChecker(),
 		errWriter:  connect.NewErrorWriter(),
-		expiry:     newConnExpiry(cfg.logger),
+		conns:      newConnGuard(cfg.logger, src),
 		services:   map[string]bool{},
 		pinned:     pinned,
 		requestIDs: newRequestIDs(),
@@ -143,7 +143,7 @@ func NewServer(src mtls.Source, authz policy.Authorizer, opts ...ServerOption) (
 	protocols.SetHTTP1(true)
 	protocols.SetHTTP2(true)
 	s.http = &http.Server{
-		Handler:           s.expiry.drain(s.front(s.mux)),
+		Handler:           s.conns.drain(s.front(s.mux)),
 		TLSConfig:         mtls.ServerConfig(src, "h2", "http/1.1"),
 		Protocols:         protocols,
 		ReadHeaderTimeout: cfg.readHeaderTimeout,
@@ -153,7 +153,7 @@ func NewServer(src mtls.Source, authz policy.Authorizer, opts ...ServerOption) (
 			MaxConcurrentStreams: cfg.maxConcurrentStreams,
 		},
 		ErrorLog:  slog.NewLogLogger(cfg.logger.Handler(), slog.LevelWarn),
-		ConnState: s.expiry.connState,
+		ConnState: s.conns.connState,
 	}
 
 	if err := Mount(s, grpchealth.NewHandler, grpchealth.Checker(s.health)); err != nil {
@@ -280,7 +280,14 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	s.addr = ln.Addr()
 	s.mu.Unlock()
 	defer s.tel.close()
-	defer s.expiry.stop()
+	defer s.conns.stop()
+	if w, ok := s.src.(mtls.RevocationWatcher); ok {
+		done := make(chan struct{})
+		var watching sync.WaitGroup
+		watching.Go(func() { s.conns.watchRevocations(w, done) })
+		defer watching.Wait()
+		defer close(done)
+	}
 
 	errc := make(chan error, 1)
 	go func() { errc <- s.http.ServeTLS(slowClientListener{Listener: ln, log: s.cfg.logger}, "", "") }()

@@ -41,6 +41,18 @@ type RevocationChecker interface {
 	CheckRevocation(verifiedChains [][]*x509.Certificate) error
 }
 
+// RevocationWatcher is implemented by a RevocationChecker whose revocations
+// change while it serves (a FileSource with WithCRL, reloaded). A server
+// checks its open connections again when they do: a certificate is checked
+// at the handshake, and a connection can outlive the certificate's
+// revocation by hours.
+type RevocationWatcher interface {
+	RevocationChecker
+	// RevocationsChanged returns a channel that is closed when the
+	// revocations next change. Ask again after it is closed.
+	RevocationsChanged() <-chan struct{}
+}
+
 // verifyNotRevoked returns the VerifyConnection check of src's revocation
 // list, or nil when src keeps none.
 func verifyNotRevoked(src Source) func(tls.ConnectionState) error {

@@ -42,6 +42,9 @@ type FileSource struct {
 	// The last refusal logged, of the certificate files and of the CRL, so
 	// that a bad file is logged once, not on every poll.
 	certRefusal, crlRefusal string
+
+	changedMu  sync.Mutex
+	crlChanged chan struct{} // closed, and replaced, when a new CRL takes effect
 }
 
 type material struct {
@@ -97,7 +100,7 @@ func WithCRL(file string) FileSourceOption {
 // valid (see Reload); the certificate's SPIFFE ID becomes the source's
 // identity.
 func NewFileSource(certFile, keyFile, caFile string, opts ...FileSourceOption) (*FileSource, error) {
-	s := &FileSource{certFile: certFile, keyFile: keyFile, caFile: caFile, log: slog.Default()}
+	s := &FileSource{certFile: certFile, keyFile: keyFile, caFile: caFile, log: slog.Default(), crlChanged: make(chan struct{})}
 	for _, o := range opts {
 		o.applyFileSource(s)
 	}
@@ -142,6 +145,14 @@ func (s *FileSource) CheckRevocation(verifiedChains [][]*x509.Certificate) error
 		}
 	}
 	return nil
+}
+
+// RevocationsChanged implements RevocationWatcher: the channel is closed
+// when a reloaded CRL takes effect.
+func (s *FileSource) RevocationsChanged() <-chan struct{} {
+	s.changedMu.Lock()
+	defer s.changedMu.Unlock()
+	return s.crlChanged
 }
 
 // Reload re-reads the files now and swaps in the new material if it is
@@ -210,6 +221,10 @@ func (s *FileSource) reloadCRL(ctx context.Context, force bool) error {
 		var r *revocations
 		if r, err = parseRevocations(data, m); err == nil {
 			s.crl.Store(r)
+			s.changedMu.Lock()
+			close(s.crlChanged)
+			s.crlChanged = make(chan struct{})
+			s.changedMu.Unlock()
 			s.crlRefusal = ""
 			s.log.InfoContext(ctx, "CRL reloaded", "crl", s.crlFile, "revoked", r.count)
 			return nil

@@ -271,6 +271,16 @@ func TestCRLReload(t *testing.T) {
 		t.Fatalf("certificate not on the CRL: %v", err)
 	}
 
+	changed := src.RevocationsChanged()
+	closed := func() bool {
+		select {
+		case <-changed:
+			return true
+		default:
+			return false
+		}
+	}
+
 	// A CRL signed by another CA is refused; the last good one stays.
 	certstest.NewCA(t).WriteCRL(crlFile, 2, kept.Cert)
 	if err := src.Reload(); err == nil || !strings.Contains(err.Error(), "not signed by a CA of the trust bundle") {
@@ -285,6 +295,9 @@ func TestCRLReload(t *testing.T) {
 	if err := src.Reload(); err == nil {
 		t.Fatal("Reload accepted an unparsable CRL")
 	}
+	if closed() {
+		t.Fatal("RevocationsChanged fired for refused CRLs")
+	}
 
 	// A good CRL is taken, by the watcher.
 	ctx, cancel := context.WithCancel(context.Background())
@@ -294,4 +307,10 @@ func TestCRLReload(t *testing.T) {
 	ca.WriteCRL(crlFile, 3, revoked.Cert, kept.Cert)
 	rpctest.WaitFor(t, "the new CRL", func() bool { return src.CheckRevocation(chain(kept)) != nil })
 	logs.WaitForLog(t, "CRL reloaded", "revoked=2")
+	if !closed() {
+		t.Fatal("RevocationsChanged did not fire for the new CRL")
+	}
+	if next := src.RevocationsChanged(); next == changed {
+		t.Fatal("RevocationsChanged returned the closed channel again")
+	}
 }

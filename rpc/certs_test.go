@@ -258,26 +258,37 @@ func TestExpiredPeerConnectionClosed(t *testing.T) {
 	peer(t, long, srv)
 
 	shortCall, longCall := heldCall(short, srv), heldCall(long, srv)
+	cutOnly(t, srv, users, "expired", short, shortCall, long, longCall,
+		"closing connection: the peer's certificate has expired", "not_after="+shortLived.Cert.NotAfter.UTC().Format(time.RFC3339))
+	srv.WaitForLog(t, "TLS handshake error", "is after "+shortLived.Cert.NotAfter.UTC().Format(time.RFC3339))
+}
+
+// cutOnly checks that the server closed the connection of client cut (its
+// held call fails, the server logs log, and cut cannot connect again) and
+// only that one: the held call of client kept succeeds once users.Hold is
+// closed, and its connection is reused.
+func cutOnly(t *testing.T, srv *rpctest.Server, users *rpctest.Users, why string,
+	cut *http.Client, cutCall chan error, kept *http.Client, keptCall chan error, log ...string) {
+	t.Helper()
 	select {
-	case err := <-shortCall:
+	case err := <-cutCall:
 		if connect.CodeOf(err) != connect.CodeUnavailable {
-			t.Fatalf("in-flight call of the expired client: %v, want unavailable (connection closed)", err)
+			t.Fatalf("in-flight call of the %s client: %v, want unavailable (connection closed)", why, err)
 		}
 	case <-time.After(30 * time.Second):
-		t.Fatal("the connection of an expired certificate stayed open")
+		t.Fatalf("the %s client's connection stayed open", why)
 	}
-	srv.WaitForLog(t, "closing connection: the peer's certificate has expired", "not_after="+shortLived.Cert.NotAfter.UTC().Format(time.RFC3339))
+	srv.WaitForLog(t, log...)
 	close(users.Hold)
-	if err := <-longCall; err != nil {
+	if err := <-keptCall; err != nil {
 		t.Fatalf("the other client's in-flight call: %v", err)
 	}
-	if got := peer(t, long, srv); !got.reused {
+	if got := peer(t, kept, srv); !got.reused {
 		t.Fatal("the other client's connection was closed too")
 	}
-	if _, err := userv1connect.NewUserServiceClient(short, srv.URL).GetUser(context.Background(), &userv1.GetUserRequest{Id: "alice"}); err == nil {
-		t.Fatal("the expired certificate connected again")
+	if _, err := userv1connect.NewUserServiceClient(cut, srv.URL).GetUser(context.Background(), &userv1.GetUserRequest{Id: "alice"}); err == nil {
+		t.Fatalf("the %s certificate connected again", why)
 	}
-	srv.WaitForLog(t, "TLS handshake error", "is after "+shortLived.Cert.NotAfter.UTC().Format(time.RFC3339))
 }
 
 // heldCall starts a GetUser call over hc, which a Users with Hold keeps in
@@ -311,25 +322,8 @@ func TestRevokedPeerConnectionClosed(t *testing.T) {
 	rpctest.WaitFor(t, "both calls in the handler", func() bool { return users.Calls() == 2 })
 
 	ca.WriteCRL(crlFile, 2, revoked.Cert)
-	select {
-	case err := <-revokedCall:
-		if connect.CodeOf(err) != connect.CodeUnavailable {
-			t.Fatalf("in-flight call of the revoked client: %v, want unavailable (connection closed)", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("the connection of a revoked certificate stayed open")
-	}
-	srv.WaitForLog(t, "closing connection: the peer's certificate is revoked", "serial number "+hex(revoked)+" is revoked")
-	close(users.Hold)
-	if err := <-keptCall; err != nil {
-		t.Fatalf("the other client's in-flight call: %v", err)
-	}
-	if got := peer(t, keptClient, srv); !got.reused {
-		t.Fatal("the other client's connection was closed too")
-	}
-	if _, err := userv1connect.NewUserServiceClient(revokedClient, srv.URL).GetUser(context.Background(), &userv1.GetUserRequest{Id: "alice"}); err == nil {
-		t.Fatal("the revoked certificate connected again")
-	}
+	cutOnly(t, srv, users, "revoked", revokedClient, revokedCall, keptClient, keptCall,
+		"closing connection: the peer's certificate is revoked", "serial number "+hex(revoked)+" is revoked")
 }
 
 // TestRevokedPeersRefusedAtHandshake: with a CRL, a revoked client

@@ -63,6 +63,11 @@ type revocations struct {
 	byIssuer map[string]map[string]bool
 	count    int
 	digest   [32]byte // of the CRL file and the bundle it was checked against
+	// nextUpdate is the earliest NextUpdate of the CRLs (zero: none says).
+	// Past it the CRL stays in force — revocations do not expire — and a
+	// warning is logged once (staleLogged, guarded by FileSource.mu).
+	nextUpdate  time.Time
+	staleLogged bool
 }
 
 // FileSourceOption configures NewFileSource.
@@ -115,6 +120,7 @@ func NewFileSource(certFile, keyFile, caFile string, opts ...FileSourceOption) (
 			return nil, err
 		}
 		s.crl.Store(r)
+		s.warnStale(context.Background(), r)
 	}
 	return s, nil
 }
@@ -216,6 +222,7 @@ func (s *FileSource) reloadCRL(ctx context.Context, force bool) error {
 	if err == nil {
 		if !force && crlDigest(data, m) == s.crl.Load().digest {
 			s.crlRefusal = ""
+			s.warnStale(ctx, s.crl.Load())
 			return nil
 		}
 		var r *revocations
@@ -227,12 +234,25 @@ func (s *FileSource) reloadCRL(ctx context.Context, force bool) error {
 			s.changedMu.Unlock()
 			s.crlRefusal = ""
 			s.log.InfoContext(ctx, "CRL reloaded", "crl", s.crlFile, "revoked", r.count)
+			s.warnStale(ctx, r)
 			return nil
 		}
 	}
 	err = fmt.Errorf("mtls: CRL %s: %w", s.crlFile, err)
 	s.refuse(ctx, &s.crlRefusal, "CRL refused; the previous CRL stays in force", err)
 	return err
+}
+
+// warnStale logs, once per CRL, that r is past its next update: its issuer
+// should have published a newer one, and revocations since are unknown
+// here. It stays in force. s.mu is held, or s is not yet shared.
+func (s *FileSource) warnStale(ctx context.Context, r *revocations) {
+	if r.staleLogged || r.nextUpdate.IsZero() || time.Now().Before(r.nextUpdate) {
+		return
+	}
+	r.staleLogged = true
+	s.log.WarnContext(ctx, "CRL is past its next update; it stays in force, but revocations since are unknown",
+		"crl", s.crlFile, "next_update", r.nextUpdate.UTC().Format(time.RFC3339))
 }
 
 // refuse logs a refusal, once for as long as the same reason repeats;
@@ -349,6 +369,9 @@ func parseRevocations(data []byte, m *material) (*revocations, error) {
 		if serials == nil {
 			serials = map[string]bool{}
 			r.byIssuer[string(crl.RawIssuer)] = serials
+		}
+		if !crl.NextUpdate.IsZero() && (r.nextUpdate.IsZero() || crl.NextUpdate.Before(r.nextUpdate)) {
+			r.nextUpdate = crl.NextUpdate
 		}
 		for _, e := range crl.RevokedCertificateEntries {
 			if e.SerialNumber != nil && !serials[e.SerialNumber.String()] {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
@@ -312,5 +313,48 @@ func TestCRLReload(t *testing.T) {
 	}
 	if next := src.RevocationsChanged(); next == changed {
 		t.Fatal("RevocationsChanged returned the closed channel again")
+	}
+}
+
+// TestStaleCRLStaysInForce: a CRL past its NextUpdate still revokes (a
+// revocation does not lapse), and the source warns about it once.
+func TestStaleCRLStaysInForce(t *testing.T) {
+	t.Parallel()
+	ca := certstest.NewCA(t)
+	dir := t.TempDir()
+	files := ca.WriteFiles(dir, "usersvc", ca.Server("/svc/user"))
+	revoked := ca.Client("/client/cli")
+	crlFile := filepath.Join(dir, "crl.pem")
+	data, _, err := ca.CreateCRL(certs.CRL{
+		Revoked:    []x509.RevocationListEntry{{SerialNumber: revoked.Cert.SerialNumber, RevocationTime: time.Now().Add(-48 * time.Hour)}},
+		Number:     big.NewInt(1),
+		ThisUpdate: time.Now().Add(-48 * time.Hour), NextUpdate: time.Now().Add(-time.Hour),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(t, crlFile, data)
+
+	logger, logs := rpctest.NewLogger(t)
+	src, err := mtls.NewFileSource(files.Cert, files.Key, files.CA, mtls.WithCRL(crlFile), mtls.WithLogger(logger))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := src.CheckRevocation([][]*x509.Certificate{{revoked.Cert, ca.Cert}}); err == nil {
+		t.Fatal("a stale CRL revoked nothing")
+	}
+	logs.WaitForLog(t, "CRL is past its next update", "next_update=")
+	if err := src.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- src.Watch(ctx, 5*time.Millisecond) }()
+	time.Sleep(50 * time.Millisecond) // some polls of the same, stale file
+	cancel()
+	<-done
+	// Once at start, once for the reloaded (new) copy; polls of the same file add none.
+	if n := logs.Count("CRL is past its next update"); n != 2 {
+		t.Fatalf("%d warnings, want 2", n)
 	}
 }

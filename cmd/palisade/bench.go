@@ -14,12 +14,13 @@ import (
 
 func benchCmd(args []string) error {
 	fs := newFlagSet("palisade bench", `Measure what security costs. Starts, in this process on 127.0.0.1, the same
-unary call (user.v1.UserService/GetUser, a small request and response) in six
+unary call (user.v1.UserService/GetUser, a small request and response) in seven
 configurations:
 
   h2c                  bare Connect over cleartext HTTP/2, no security
   tls                  bare Connect, TLS 1.3, server authenticated only
   mtls                 bare Connect, TLS 1.3, client certificate required (the baseline)
+  mtls+bearer          mtls with each call carrying its token, unchecked (the token's wire cost)
   mtls+jwt             Palisade's server: token verification, authorizer allows all
   mtls+jwt+opa         Palisade's whole chain: tokens and OPA on the default policy
   grpcgo-mtls+jwt+opa  grpc-go, mTLS, golang-jwt and an OPA query per call, no caches

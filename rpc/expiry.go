@@ -76,20 +76,24 @@ func (g *connGuard) track(c net.Conn) {
 	if !ok {
 		return
 	}
-	cs := tc.ConnectionState()
-	if !cs.HandshakeComplete || len(cs.VerifiedChains) == 0 {
+	g.mu.Lock()
+	if _, tracked := g.conns[c]; tracked || g.closed {
+		g.mu.Unlock()
 		return
 	}
+	cs := tc.ConnectionState()
+	if !cs.HandshakeComplete || len(cs.VerifiedChains) == 0 {
+		g.mu.Unlock()
+		return
+	}
+	// Checked under the lock, with the connection not yet tracked: a CRL
+	// that takes effect after this check finds it tracked when it is swept.
 	if g.revoked != nil {
 		if err := g.revoked(cs.VerifiedChains); err != nil {
+			g.mu.Unlock()
 			g.closeRevoked(c, err)
 			return
 		}
-	}
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if _, tracked := g.conns[c]; tracked || g.closed {
-		return
 	}
 	notAfter := earliestExpiry(cs.VerifiedChains[0])
 	g.conns[c] = &guarded{chains: cs.VerifiedChains, timer: time.AfterFunc(time.Until(notAfter), func() {
@@ -97,6 +101,7 @@ func (g *connGuard) track(c net.Conn) {
 			"remote", c.RemoteAddr().String(), "not_after", notAfter.UTC().Format(time.RFC3339))
 		_ = c.Close()
 	})}
+	g.mu.Unlock()
 }
 
 // watchRevocations checks every open connection again each time w's

@@ -149,11 +149,7 @@ func (s *Store) CreateAll(ctx context.Context, orders []*orderv1.Order) ([]*orde
 
 const orderColumns = "id, user_id, status, create_time, user_display_name"
 
-type rowScanner interface {
-	Scan(dest ...any) error
-}
-
-func scanOrder(r rowScanner) (*orderv1.Order, error) {
+func scanOrder(r sqlitedb.Row) (*orderv1.Order, error) {
 	var (
 		o       orderv1.Order
 		status  string

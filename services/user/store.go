@@ -126,11 +126,7 @@ func (s *Store) SeedDemoUsers(ctx context.Context) (bool, error) {
 
 const userColumns = "id, display_name, email, roles, active, create_time"
 
-type rowScanner interface {
-	Scan(dest ...any) error
-}
-
-func scanUser(r rowScanner) (*userv1.User, error) {
+func scanUser(r sqlitedb.Row) (*userv1.User, error) {
 	var (
 		u       userv1.User
 		roles   string

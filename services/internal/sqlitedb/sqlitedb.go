@@ -189,6 +189,12 @@ func Migrate(ctx context.Context, db *sql.DB, migrations fs.FS) error {
 	return nil
 }
 
+// Row is a *sql.Row or *sql.Rows: what a store's scan function reads one
+// record from.
+type Row interface {
+	Scan(dest ...any) error
+}
+
 // Querier is what SchemaVersion needs: a *sql.DB, *sql.Conn or *sql.Tx.
 type Querier interface {
 	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row

@@ -12,7 +12,6 @@ import (
 
 	"connectrpc.com/connect"
 
-	"github.com/palisade-rpc/palisade/policy"
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
 	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
 	"github.com/palisade-rpc/palisade/rpc"
@@ -143,15 +142,7 @@ func TestGeneratedRequestIDsAreUnique(t *testing.T) {
 // unknown, streaming — gets exactly one access-log line with its code.
 func TestAccessLogOneLinePerCall(t *testing.T) {
 	t.Parallel()
-	anyone := policy.Rule{Workloads: []string{policy.AnyWorkload}}
-	authz, err := policy.NewAllowList(map[string]policy.Rule{
-		userv1connect.UserServiceGetUserProcedure:          anyone,
-		userv1connect.UserServiceListUsersProcedure:        anyone,
-		userv1connect.UserServiceWatchUserChangesProcedure: anyone,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	authz := allowAnyWorkload(t, userv1connect.UserServiceGetUserProcedure, userv1connect.UserServiceListUsersProcedure, userv1connect.UserServiceWatchUserChangesProcedure)
 	f := newFixture(t, authz, rpc.WithTokenVerifier(fakeTokens{}))
 	hc := f.httpClient(t)
 	watch := func(id string, after int64) error {

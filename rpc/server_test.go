@@ -39,12 +39,18 @@ const clientID = "spiffe://palisade.local/client/cli"
 
 func allowAll(t testing.TB) policy.Authorizer {
 	t.Helper()
-	anyone := policy.Rule{Workloads: []string{policy.AnyWorkload}}
-	a, err := policy.NewAllowList(map[string]policy.Rule{
-		userv1connect.UserServiceGetUserProcedure: anyone,
-		rpc.HealthCheckProcedure:                  anyone,
-		rpc.ReflectionV1Procedure:                 anyone,
-	})
+	return allowAnyWorkload(t, userv1connect.UserServiceGetUserProcedure, rpc.HealthCheckProcedure, rpc.ReflectionV1Procedure)
+}
+
+// allowAnyWorkload is an allow-list that lets any workload of the trust
+// domain call procedures, and nothing else.
+func allowAnyWorkload(t testing.TB, procedures ...string) policy.Authorizer {
+	t.Helper()
+	rules := map[string]policy.Rule{}
+	for _, p := range procedures {
+		rules[p] = policy.Rule{Workloads: []string{policy.AnyWorkload}}
+	}
+	a, err := policy.NewAllowList(rules)
 	if err != nil {
 		t.Fatal(err)
 	}

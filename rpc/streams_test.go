@@ -12,7 +12,6 @@ import (
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 
 	"github.com/palisade-rpc/palisade/certs/certstest"
-	"github.com/palisade-rpc/palisade/policy"
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
 	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
 	"github.com/palisade-rpc/palisade/rpc"
@@ -68,15 +67,7 @@ type streamFixture struct {
 
 func startStreamFixture(t *testing.T, opts ...rpc.ServerOption) *streamFixture {
 	t.Helper()
-	anyone := policy.Rule{Workloads: []string{policy.AnyWorkload}}
-	authz, err := policy.NewAllowList(map[string]policy.Rule{
-		userv1connect.UserServiceGetUserProcedure:          anyone,
-		userv1connect.UserServiceWatchUserChangesProcedure: anyone,
-		rpc.ReflectionV1Procedure:                          anyone,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	authz := allowAnyWorkload(t, userv1connect.UserServiceGetUserProcedure, userv1connect.UserServiceWatchUserChangesProcedure, rpc.ReflectionV1Procedure)
 	ca := certstest.NewCA(t)
 	f := &streamFixture{ca: ca, users: &feedUsers{Users: &rpctest.Users{Hold: make(chan struct{})}, causes: make(chan error, 10)}}
 	f.srv = rpctest.Start(t, ca.Source(ca.Server("/svc/user")), authz, func(s *rpc.Server) error {

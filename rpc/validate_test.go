@@ -134,14 +134,7 @@ func (o *orders) TrackOrders(_ context.Context, stream *connect.BidiStream[order
 func TestEveryStreamMessageIsValidated(t *testing.T) {
 	t.Parallel()
 	ca := certstest.NewCA(t)
-	anyone := policy.Rule{Workloads: []string{policy.AnyWorkload}}
-	authz, err := policy.NewAllowList(map[string]policy.Rule{
-		orderv1connect.OrderServiceImportOrdersProcedure: anyone,
-		orderv1connect.OrderServiceTrackOrdersProcedure:  anyone,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	authz := allowAnyWorkload(t, orderv1connect.OrderServiceImportOrdersProcedure, orderv1connect.OrderServiceTrackOrdersProcedure)
 	svc := &orders{}
 	srv := rpctest.Start(t, ca.Source(ca.Server("/svc/order")), authz, func(s *rpc.Server) error {
 		return rpc.Mount(s, orderv1connect.NewOrderServiceHandler, orderv1connect.OrderServiceHandler(svc))

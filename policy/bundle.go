@@ -78,14 +78,36 @@ func DefaultBundle() (*Bundle, error) {
 }
 
 // LoadDir reads every *.rego file under dir (recursively) and dir/data.json
-// if present.
+// if present, all from one version of the directory. A version published
+// atomically by renaming a symlink is never read half old, half new: when
+// dir is a symlink, or holds the "..data" symlink of a Kubernetes ConfigMap
+// volume, the link is resolved once and every file is read from its target.
+// Entries whose names begin with "." are skipped (editor files, the
+// ConfigMap's "..<timestamp>" directories).
 func LoadDir(dir string) (*Bundle, error) {
-	b, err := loadFS(os.DirFS(dir))
+	root, err := versionDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("policy: load: %w", err)
+	}
+	b, err := loadFS(os.DirFS(root))
 	if err != nil {
 		return nil, fmt.Errorf("%w (in %s)", err, dir)
 	}
 	b.Origin = dir
 	return b, nil
+}
+
+// versionDir resolves dir to the directory that holds its current version.
+func versionDir(dir string) (string, error) {
+	root, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return "", err
+	}
+	data := filepath.Join(root, "..data")
+	if fi, err := os.Lstat(data); err == nil && fi.Mode()&fs.ModeSymlink != 0 {
+		return filepath.EvalSymlinks(data)
+	}
+	return root, nil
 }
 
 func loadFS(fsys fs.FS) (*Bundle, error) {
@@ -94,6 +116,12 @@ func loadFS(fsys fs.FS) (*Bundle, error) {
 	err := fs.WalkDir(fsys, ".", func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
+		}
+		if p != "." && strings.HasPrefix(d.Name(), ".") {
+			if d.IsDir() {
+				return fs.SkipDir
+			}
+			return nil
 		}
 		if d.IsDir() {
 			return nil

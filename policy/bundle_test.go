@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -99,4 +100,106 @@ func keys(m map[string]string) []string {
 		out = append(out, k)
 	}
 	return out
+}
+
+// TestLoadDirReadsOneVersion swaps a policy directory while it is being
+// read, the two ways tools publish a new version atomically: a symlink to
+// the directory renamed over the old one, and Kubernetes' ConfigMap volume
+// (a "..data" symlink inside the directory, each file a symlink through it).
+// Every load must see one whole version, never files of two: a mix could
+// pass its tests and be swapped in although neither version was meant.
+func TestLoadDirReadsOneVersion(t *testing.T) {
+	versions := []map[string]string{
+		{"authz.rego": "package palisade.authz\n# A\n", "authz_test.rego": "package palisade.authz_test\n# A\n"},
+		{"authz.rego": "package palisade.authz\n# B\n"},
+	}
+	revisions := map[string]int{}
+	for i, files := range versions {
+		revisions[(&policy.Bundle{Modules: files}).Revision()] = i
+	}
+	writeVersion := func(t *testing.T, dir string, files map[string]string) {
+		if err := os.Mkdir(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		for name, src := range files {
+			if err := os.WriteFile(filepath.Join(dir, name), []byte(src), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	relink := func(t *testing.T, target, link string) { // also called off the test goroutine: no Fatal
+		if err := os.Symlink(target, link+".tmp"); err != nil {
+			t.Error(err)
+		} else if err := os.Rename(link+".tmp", link); err != nil {
+			t.Error(err)
+		}
+	}
+	layouts := []struct {
+		name string
+		// setup lays out version 0 and returns the directory to load and
+		// a function that publishes version i.
+		setup func(t *testing.T, root string) (string, func(i int))
+	}{
+		{"symlinked directory", func(t *testing.T, root string) (string, func(int)) {
+			for i, files := range versions {
+				writeVersion(t, filepath.Join(root, fmt.Sprint("v", i)), files)
+			}
+			link := filepath.Join(root, "current")
+			publish := func(i int) { relink(t, filepath.Join(root, fmt.Sprint("v", i)), link) }
+			publish(0)
+			return link, publish
+		}},
+		{"kubernetes configmap", func(t *testing.T, root string) (string, func(int)) {
+			for i, files := range versions {
+				writeVersion(t, filepath.Join(root, fmt.Sprint("..v", i)), files)
+			}
+			// The file links of every name any version has, as kubelet
+			// leaves them between updates.
+			for _, name := range []string{"authz.rego", "authz_test.rego"} {
+				if err := os.Symlink(filepath.Join("..data", name), filepath.Join(root, name)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			link := filepath.Join(root, "..data")
+			publish := func(i int) { relink(t, fmt.Sprint("..v", i), link) }
+			publish(0)
+			return root, publish
+		}},
+	}
+	for _, l := range layouts {
+		t.Run(l.name, func(t *testing.T) {
+			dir, publish := l.setup(t, t.TempDir())
+			stop, done := make(chan struct{}), make(chan struct{})
+			go func() {
+				defer close(done)
+				for i := 1; i <= 2000; i++ {
+					select {
+					case <-stop:
+						return
+					default:
+						publish(i % 2)
+					}
+				}
+			}()
+			defer func() { close(stop); <-done }() // no swap outlives the test
+			loads, seen := 0, map[int]int{}
+			for finished := false; !finished; loads++ {
+				select {
+				case <-done:
+					finished = true
+				default:
+				}
+				b, err := policy.LoadDir(dir)
+				if err != nil {
+					t.Fatalf("load %d: %v", loads, err)
+				}
+				v, ok := revisions[b.Revision()]
+				if !ok {
+					t.Fatalf("load %d read a mix of versions: %v", loads, b.Modules)
+				}
+				seen[v]++
+			}
+			t.Logf("%d loads during 2000 swaps: %d of version A, %d of version B", loads, seen[0], seen[1])
+		})
+	}
 }

@@ -8,7 +8,6 @@ import (
 	"net"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -63,7 +62,8 @@ func ServeAt(tb testing.TB, srv *rpc.Server, logs *Logs, addr string) *Server {
 		tb.Fatalf("rpctest: listen: %v", err)
 	}
 	if logs == nil {
-		logs = &Logs{tb: tb}
+		logs = &Logs{}
+		tb.Cleanup(func() { logs.report(tb) })
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{Server: srv, Logs: logs, URL: "https://" + ln.Addr().String(), Addr: ln.Addr().String(), stop: cancel, done: make(chan error, 1)}
@@ -91,23 +91,22 @@ func (s *Server) Stop() error {
 	return err
 }
 
-// NewLogger returns a debug-level text logger that writes to the test's log
-// (shown on failure or with -v) and keeps every line in the returned Logs.
-// Like a service's logger, it adds the request id of the call to each line
-// (rpc.LogHandler).
+// NewLogger returns a debug-level text logger that keeps every line in the
+// returned Logs. When the test ends, the lines go to the test's log: all of
+// them with -v, else the last shownLines if the test failed, so a load test's
+// thousands of lines do not bury its failure. Like a service's logger, it
+// adds the request id of the call to each line (rpc.LogHandler).
 func NewLogger(tb testing.TB) (*slog.Logger, *Logs) {
-	logs := &Logs{tb: tb}
-	tb.Cleanup(func() { logs.done.Store(true) }) // after servers stop: cleanups run last-in first-out
+	logs := &Logs{}
+	tb.Cleanup(func() { logs.report(tb) }) // after servers stop: cleanups run last-in first-out
 	return slog.New(rpc.LogHandler(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))), logs
 }
 
-// Logs keeps the lines a NewLogger logger wrote. Lines written after the
-// test has finished are kept but not sent to the test log (testing panics
-// on that).
-type Logs struct {
-	tb   testing.TB
-	done atomic.Bool
+// shownLines is how many of its last log lines a failed test shows.
+const shownLines = 200
 
+// Logs keeps the lines a NewLogger logger wrote.
+type Logs struct {
 	mu    sync.Mutex
 	lines []string
 }
@@ -118,10 +117,23 @@ func (l *Logs) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	l.lines = append(l.lines, line)
 	l.mu.Unlock()
-	if !l.done.Load() {
-		l.tb.Log(line)
-	}
 	return len(p), nil
+}
+
+func (l *Logs) report(tb testing.TB) {
+	lines := l.Lines()
+	if !testing.Verbose() {
+		if !tb.Failed() {
+			return
+		}
+		if len(lines) > shownLines {
+			tb.Logf("server log: %d lines, the last %d:", len(lines), shownLines)
+			lines = lines[len(lines)-shownLines:]
+		}
+	}
+	for _, line := range lines {
+		tb.Log(line)
+	}
 }
 
 func (l *Logs) find(substrs []string) (string, bool) {

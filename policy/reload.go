@@ -43,13 +43,15 @@ func BundleLoader(location string, client *http.Client) Loader {
 	}
 }
 
-// Watch reloads the engine from load every interval until ctx is done:
-// whenever the loaded content differs from what was last tried, it is
-// compiled, its rego tests are run, and only if both succeed is it swapped
-// in (Engine.Load). A bundle that cannot be loaded, compiled or tested is
-// logged and refused; the last good policy keeps deciding.
+// Watch reloads the engine from load every interval until ctx is done. A
+// change is tried once it has settled, reading the same on two polls in a
+// row, so files being copied into a directory one by one are not compiled
+// half old, half new. It is then compiled, its rego tests are run, and only
+// if both succeed is it swapped in (Engine.Load). A bundle that cannot be
+// loaded, compiled or tested is logged and refused; the last good policy
+// keeps deciding.
 func (e *Engine) Watch(ctx context.Context, load Loader, interval time.Duration) error {
-	last := e.Revision()
+	tried, seen := e.Revision(), e.Revision()
 	return poll.Every(ctx, interval, func() {
 		b, err := load(ctx)
 		if err != nil {
@@ -57,10 +59,12 @@ func (e *Engine) Watch(ctx context.Context, load Loader, interval time.Duration)
 			return
 		}
 		rev := b.Revision()
-		if rev == last {
+		settled := rev == seen
+		seen = rev
+		if rev == tried || !settled {
 			return
 		}
-		last = rev // a refused revision is not retried until the source changes again
+		tried = rev // a refused revision is not retried until the source changes again
 		_ = e.Load(ctx, b)
 	})
 }

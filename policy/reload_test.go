@@ -227,3 +227,45 @@ func (l *lineLog) String() string {
 	defer l.mu.Unlock()
 	return l.buf.String()
 }
+
+// TestWatchTriesOnlySettledChanges feeds Watch a version read once, as when
+// files are caught being copied into the policy directory, then a version
+// that stays: only the one that stays may be tried.
+func TestWatchTriesOnlySettledChanges(t *testing.T) {
+	t.Parallel()
+	bundle := func(name string) *policy.Bundle {
+		return &policy.Bundle{Modules: versionFiles(name, true, "[]", "true"), Origin: name}
+	}
+	initial, passing, next := bundle("initial"), bundle("caught mid-copy"), bundle("next")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	engineLog := &lineLog{}
+	engine, err := policy.NewEngine(ctx, initial, policy.EngineOptions{Logger: slog.New(slog.NewTextHandler(engineLog, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var loads atomic.Int64
+	load := func(context.Context) (*policy.Bundle, error) {
+		if loads.Add(1) == 1 {
+			return passing, nil
+		}
+		return next, nil
+	}
+	done := make(chan error, 1)
+	go func() { done <- engine.Watch(ctx, load, time.Millisecond) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for engine.Revision() != next.Revision() {
+		if time.Now().After(deadline) {
+			t.Fatalf("the settled version was not swapped in; engine log:\n%s", engineLog.String())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	<-done
+	if log := engineLog.String(); strings.Contains(log, passing.Revision()) {
+		t.Fatalf("a version read only once was tried:\n%s", log)
+	}
+	if n := loads.Load(); n < 3 {
+		t.Fatalf("swapped in after %d loads; a change must be read twice after the first one", n)
+	}
+}

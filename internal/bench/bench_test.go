@@ -276,6 +276,10 @@ func TestChecks(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Fatalf("checks %v, want %v", got, want)
 	}
+	rep.Rows[0].RoundsRPS, rep.Rows[1].RoundsRPS = []float64{10000, 8000, 12000}, []float64{9000, 7600, 9600}
+	if d := rep.Checks()[0].Detail; !strings.HasSuffix(d, "; round by round 0.80–0.95×, median 0.90×") {
+		t.Errorf("connect rps check %q: want the round-by-round ratios 0.90, 0.95, 0.80", d)
+	}
 	rep.Rows = rep.Rows[:2]
 	for _, c := range rep.Checks()[2:] {
 		if c.Status != "SKIP" {

@@ -327,6 +327,28 @@ func (rep *Report) Checks() []Check {
 	return out
 }
 
+// roundRatios describes the throughput ratios of a to b round by round (a
+// round measures every pair once, so its two windows are close in time): how
+// far machine noise moves the ratio. Empty with fewer than two rounds.
+func roundRatios(a, b []float64) string {
+	if len(a) < 2 || len(a) != len(b) {
+		return ""
+	}
+	r := make([]float64, len(a))
+	for i := range a {
+		if b[i] == 0 {
+			return ""
+		}
+		r[i] = a[i] / b[i]
+	}
+	slices.Sort(r)
+	median := r[len(r)/2]
+	if len(r)%2 == 0 {
+		median = (r[len(r)/2-1] + median) / 2
+	}
+	return fmt.Sprintf("; round by round %.2f–%.2f×, median %.2f×", r[0], r[len(r)-1], median)
+}
+
 // ratioCheck checks metric(a)/metric(b) against target: at least it when
 // atLeast, at most it otherwise.
 func ratioCheck(a, b *Row, metric func(*Row) float64, name string, target float64, atLeast bool, aName, bName string) Check {
@@ -344,6 +366,9 @@ func ratioCheck(a, b *Row, metric func(*Row) float64, name string, target float6
 		status = "FAIL"
 	}
 	detail := fmt.Sprintf("%s: %.2f× (%.0f vs %.0f)", want, ratio, metric(a), metric(b))
+	if name == "rps" {
+		detail += roundRatios(a.RoundsRPS, b.RoundsRPS)
+	}
 	if a.failed() > 0 || b.failed() > 0 {
 		detail += " — calls failed, not a valid figure"
 	}

@@ -117,20 +117,8 @@ func TestLoadDirReadsOneVersion(t *testing.T) {
 	for i, files := range versions {
 		revisions[(&policy.Bundle{Modules: files}).Revision()] = i
 	}
-	writeVersion := func(t *testing.T, dir string, files map[string]string) {
-		if err := os.Mkdir(dir, 0o700); err != nil {
-			t.Fatal(err)
-		}
-		for name, src := range files {
-			if err := os.WriteFile(filepath.Join(dir, name), []byte(src), 0o600); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	relink := func(t *testing.T, target, link string) { // also called off the test goroutine: no Fatal
-		if err := os.Symlink(target, link+".tmp"); err != nil {
-			t.Error(err)
-		} else if err := os.Rename(link+".tmp", link); err != nil {
+	point := func(t *testing.T, link, target string) { // called off the test goroutine: no Fatal
+		if err := relink(target, link); err != nil {
 			t.Error(err)
 		}
 	}
@@ -142,16 +130,16 @@ func TestLoadDirReadsOneVersion(t *testing.T) {
 	}{
 		{"symlinked directory", func(t *testing.T, root string) (string, func(int)) {
 			for i, files := range versions {
-				writeVersion(t, filepath.Join(root, fmt.Sprint("v", i)), files)
+				writeDir(t, filepath.Join(root, fmt.Sprint("v", i)), files)
 			}
 			link := filepath.Join(root, "current")
-			publish := func(i int) { relink(t, filepath.Join(root, fmt.Sprint("v", i)), link) }
+			publish := func(i int) { point(t, link, filepath.Join(root, fmt.Sprint("v", i))) }
 			publish(0)
 			return link, publish
 		}},
 		{"kubernetes configmap", func(t *testing.T, root string) (string, func(int)) {
 			for i, files := range versions {
-				writeVersion(t, filepath.Join(root, fmt.Sprint("..v", i)), files)
+				writeDir(t, filepath.Join(root, fmt.Sprint("..v", i)), files)
 			}
 			// The file links of every name any version has, as kubelet
 			// leaves them between updates.
@@ -161,7 +149,7 @@ func TestLoadDirReadsOneVersion(t *testing.T) {
 				}
 			}
 			link := filepath.Join(root, "..data")
-			publish := func(i int) { relink(t, fmt.Sprint("..v", i), link) }
+			publish := func(i int) { point(t, link, fmt.Sprint("..v", i)) }
 			publish(0)
 			return root, publish
 		}},

@@ -48,6 +48,15 @@ test_decision if data.palisade.authz.decision.allow == ` + testWants + `
 func swapDir(t *testing.T, root, link, name string, files map[string]string) {
 	t.Helper()
 	dir := filepath.Join(root, name)
+	writeDir(t, dir, files)
+	if err := relink(dir, link); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// writeDir creates dir holding files.
+func writeDir(t *testing.T, dir string, files map[string]string) {
+	t.Helper()
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -56,13 +65,15 @@ func swapDir(t *testing.T, root, link, name string, files map[string]string) {
 			t.Fatal(err)
 		}
 	}
-	tmp := link + ".tmp"
-	if err := os.Symlink(dir, tmp); err != nil {
-		t.Fatal(err)
+}
+
+// relink points the symlink link at target atomically: a new link renamed
+// over the old one.
+func relink(target, link string) error {
+	if err := os.Symlink(target, link+".tmp"); err != nil {
+		return err
 	}
-	if err := os.Rename(tmp, link); err != nil {
-		t.Fatal(err)
-	}
+	return os.Rename(link+".tmp", link)
 }
 
 // TestReloadUnderTraffic swaps policies while calls run: a new policy, a

@@ -6,8 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
-	"math/rand/v2"
 	"slices"
 	"strings"
 	"sync"
@@ -15,6 +13,8 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+
+	"github.com/palisade-rpc/palisade/internal/histogram"
 )
 
 // TestRun measures every configuration briefly and checks that the report
@@ -139,7 +139,7 @@ func TestFailedCallsAreFlagged(t *testing.T) {
 		},
 		func(context.Context, string, string) (string, error) { return "somebody", nil },
 	}}}
-	r := &runner{o: o, fx: fx, hists: []*histogram{new(histogram), new(histogram)}}
+	r := &runner{o: o, fx: fx, hists: []*histogram.Histogram{new(histogram.Histogram), new(histogram.Histogram)}}
 	s := &series{cpuKnown: true}
 	if err := r.window(context.Background(), failing, ProtocolConnect, o.Duration, s, true); err != nil {
 		t.Fatal(err)
@@ -214,42 +214,6 @@ func TestRoundOrder(t *testing.T) {
 	}
 	if len(sums) != len(pairs) {
 		t.Fatalf("pairs measured: %v", sums)
-	}
-}
-
-// TestHistogram: quantiles are within 0.4% of the exact ones, and every
-// value falls in the bucket that claims it.
-func TestHistogram(t *testing.T) {
-	t.Parallel()
-	rng := rand.New(rand.NewPCG(1, 2))
-	var h histogram
-	values := make([]time.Duration, 100000)
-	for i := range values {
-		// Log-uniform between 1 µs and 1 s, like latencies.
-		values[i] = time.Duration(1e3 * math.Pow(10, 6*rng.Float64()))
-		h.record(values[i])
-	}
-	slices.Sort(values)
-	for _, q := range []float64{0.01, 0.5, 0.9, 0.99, 0.999, 1} {
-		exact := values[int(q*float64(len(values)))-1]
-		got := h.quantile(q)
-		if diff := float64(got-exact) / float64(exact); diff > 0.004 || diff < -0.004 {
-			t.Errorf("q%v: got %v, exact %v (%.3f%%)", q, got, exact, 100*diff)
-		}
-	}
-	for _, v := range []uint64{0, 1, 127, 128, 129, 255, 256, 257, 1000, 1 << 20, 1<<20 + 12345, 1<<40 - 1} {
-		i := bucketOf(v)
-		lower, width := bucketRange(i)
-		if v < lower || v >= lower+width {
-			t.Errorf("value %d in bucket %d = [%d, %d)", v, i, lower, lower+width)
-		}
-	}
-	if bucketOf(1<<50) != histBuckets-1 {
-		t.Errorf("huge value in bucket %d", bucketOf(1<<50))
-	}
-	var empty histogram
-	if empty.quantile(0.99) != 0 {
-		t.Error("quantile of nothing")
 	}
 }
 

@@ -87,8 +87,8 @@ func rows(o Options, pairs []pair, acc map[pair]*series) []Row {
 		s := acc[p]
 		row := Row{
 			Config: p.config, Protocol: p.protocol, Concurrency: o.Concurrency,
-			P50us:     round(s.hist.quantile(0.50).Seconds()*1e6, 1),
-			P99us:     round(s.hist.quantile(0.99).Seconds()*1e6, 1),
+			P50us:     round(s.hist.Quantile(0.50).Seconds()*1e6, 1),
+			P99us:     round(s.hist.Quantile(0.99).Seconds()*1e6, 1),
 			Calls:     s.calls,
 			Errors:    s.errors,
 			RoundsRPS: make([]float64, len(s.roundsRPS)),

@@ -24,6 +24,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/palisade-rpc/palisade/internal/histogram"
 	"github.com/palisade-rpc/palisade/security/token"
 )
 
@@ -83,9 +84,9 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		t.dropNoCert()
 	}
 
-	r := &runner{o: o, fx: fx, hists: make([]*histogram, o.Concurrency)}
+	r := &runner{o: o, fx: fx, hists: make([]*histogram.Histogram, o.Concurrency)}
 	for i := range r.hists {
-		r.hists[i] = new(histogram)
+		r.hists[i] = new(histogram.Histogram)
 	}
 	acc := map[pair]*series{}
 	for _, p := range pairs {
@@ -173,7 +174,7 @@ type series struct {
 	cpu      time.Duration
 	cpuKnown bool
 	newConns int64
-	hist     histogram
+	hist     histogram.Histogram
 	// roundsRPS is the throughput of each measured window.
 	roundsRPS []float64
 	// errors and warmupErrors count failed calls by code; samples keeps the
@@ -188,7 +189,7 @@ func (s *series) failed() uint64 { return sumCounts(s.errors, s.warmupErrors) }
 type runner struct {
 	o       Options
 	fx      *fixture
-	hists   []*histogram
+	hists   []*histogram.Histogram
 	windows uint64
 }
 
@@ -241,7 +242,7 @@ func (r *runner) window(ctx context.Context, t *target, protocol string, d time.
 	var wg sync.WaitGroup
 	for i := range callers {
 		c, h, call := &callers[i], r.hists[i], calls[i%len(calls)]
-		h.reset()
+		h.Reset()
 		rng := rand.New(rand.NewPCG(r.o.Seed, r.windows<<32|uint64(i)))
 		wg.Go(func() {
 			<-start
@@ -265,7 +266,7 @@ func (r *runner) window(ctx context.Context, t *target, protocol string, d time.
 					continue
 				}
 				c.calls++
-				h.record(elapsed)
+				h.Record(elapsed)
 			}
 		})
 	}
@@ -301,7 +302,7 @@ func (r *runner) window(ctx context.Context, t *target, protocol string, d time.
 			(*errs)[code] += k
 		}
 		if measured {
-			s.hist.merge(r.hists[i])
+			s.hist.Merge(r.hists[i])
 		}
 	}
 	if !measured {

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+
+	"github.com/palisade-rpc/palisade/internal/histogram"
 )
 
 // Call makes call number i (counting from 0 across all workers) on worker
@@ -46,7 +48,7 @@ type Result struct {
 	// Elapsed is the wall-clock time of the run.
 	Elapsed time.Duration
 	// Latency holds the duration of every call.
-	Latency Histogram
+	Latency histogram.Histogram
 }
 
 // ErrorCount returns the number of failed calls.
@@ -86,7 +88,7 @@ func (r *Result) String() string {
 
 // worker is the part of a Result one worker builds, merged at the end.
 type worker struct {
-	latency Histogram
+	latency histogram.Histogram
 	errors  map[string]int
 	first   map[string]string
 }

@@ -263,10 +263,10 @@ func TestExpiredPeerConnectionClosed(t *testing.T) {
 	srv.WaitForLog(t, "TLS handshake error", "is after "+shortLived.Cert.NotAfter.UTC().Format(time.RFC3339))
 }
 
-// cutOnly checks that the server closed the connection of client cut (its
-// held call fails, the server logs log, and cut cannot connect again) and
-// only that one: the held call of client kept succeeds once users.Hold is
-// closed, and its connection is reused.
+// cutOnly checks that the connection of client cut was closed (its held
+// call fails, the server logs log if any is given, and cut cannot connect
+// again) and only that one: the held call of client kept succeeds once
+// users.Hold is closed, and its connection is reused.
 func cutOnly(t *testing.T, srv *rpctest.Server, users *rpctest.Users, why string,
 	cut *http.Client, cutCall chan error, kept *http.Client, keptCall chan error, log ...string) {
 	t.Helper()
@@ -278,7 +278,9 @@ func cutOnly(t *testing.T, srv *rpctest.Server, users *rpctest.Users, why string
 	case <-time.After(30 * time.Second):
 		t.Fatalf("the %s client's connection stayed open", why)
 	}
-	srv.WaitForLog(t, log...)
+	if len(log) > 0 {
+		srv.WaitForLog(t, log...)
+	}
 	close(users.Hold)
 	if err := <-keptCall; err != nil {
 		t.Fatalf("the other client's in-flight call: %v", err)
@@ -324,6 +326,29 @@ func TestRevokedPeerConnectionClosed(t *testing.T) {
 	ca.WriteCRL(crlFile, 2, revoked.Cert)
 	cutOnly(t, srv, users, "revoked", revokedClient, revokedCall, keptClient, keptCall,
 		"closing connection: the peer's certificate is revoked", "serial number "+hex(revoked)+" is revoked")
+}
+
+// TestRevokedServerConnectionClosed: when a client's reloaded CRL revokes
+// the server it has a connection to, the client closes that connection
+// (its in-flight call fails) and does not connect to the server again; a
+// client without that CRL keeps its connection and its call.
+func TestRevokedServerConnectionClosed(t *testing.T) {
+	t.Parallel()
+	ca := certstest.NewCA(t)
+	serverCert := ca.Server("/svc/user")
+	users := &rpctest.Users{Hold: make(chan struct{})}
+	srv := startWith(t, ca.Source(serverCert), users)
+	crlFile := filepath.Join(t.TempDir(), "crl.pem")
+	ca.WriteCRL(crlFile, 1)
+	clientSrc, _, _ := watched(t, ca.Client("/client/cli"), []*certstest.CA{ca}, mtls.WithCRL(crlFile))
+	revoking, kept := httpClient(t, clientSrc), httpClient(t, ca.Source(ca.Client("/client/other")))
+	peer(t, revoking, srv)
+	peer(t, kept, srv)
+	revokingCall, keptCall := heldCall(revoking, srv), heldCall(kept, srv)
+	rpctest.WaitFor(t, "both calls in the handler", func() bool { return users.Calls() == 2 })
+
+	ca.WriteCRL(crlFile, 2, serverCert.Cert)
+	cutOnly(t, srv, users, "revoking", revoking, revokingCall, kept, keptCall)
 }
 
 // TestRevokedPeersRefusedAtHandshake: with a CRL, a revoked client

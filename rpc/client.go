@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -193,6 +194,11 @@ func newHTTPClient(src mtls.Source, cfg clientConfig) (*http.Client, error) {
 	}
 	protocols := new(http.Protocols)
 	protocols.SetHTTP2(true)
+	netDialer := &net.Dialer{Timeout: cfg.dialTimeout, KeepAlive: 30 * time.Second}
+	var revoked *revokedServers
+	if w, ok := src.(mtls.RevocationWatcher); ok {
+		revoked = newRevokedServers(w, slog.Default())
+	}
 	transport := &http.Transport{
 		DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			host, _, err := net.SplitHostPort(addr)
@@ -203,7 +209,10 @@ func newHTTPClient(src mtls.Source, cfg clientConfig) (*http.Client, error) {
 			if err != nil {
 				return nil, err
 			}
-			d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: cfg.dialTimeout, KeepAlive: 30 * time.Second}, Config: tlsConfig}
+			if revoked != nil {
+				return revoked.dial(ctx, netDialer, network, addr, tlsConfig)
+			}
+			d := &tls.Dialer{NetDialer: netDialer, Config: tlsConfig}
 			return d.DialContext(ctx, network, addr)
 		},
 		Protocols:         protocols,

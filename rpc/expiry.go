@@ -107,13 +107,7 @@ func (g *connGuard) track(c net.Conn) {
 // watchRevocations checks every open connection again each time w's
 // revocations change, closing those of a revoked peer, until done is closed.
 func (g *connGuard) watchRevocations(w mtls.RevocationWatcher, done <-chan struct{}) {
-	for {
-		changed := w.RevocationsChanged()
-		select {
-		case <-changed:
-		case <-done:
-			return
-		}
+	watchRevocations(w, w.RevocationsChanged(), done, func() {
 		revoked := map[net.Conn]error{}
 		g.mu.Lock()
 		for c, gc := range g.conns {
@@ -129,7 +123,7 @@ func (g *connGuard) watchRevocations(w mtls.RevocationWatcher, done <-chan struc
 		for c, err := range revoked {
 			g.closeRevoked(c, err)
 		}
-	}
+	})
 }
 
 func (g *connGuard) closeRevoked(c net.Conn, err error) {

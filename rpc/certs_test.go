@@ -341,7 +341,13 @@ func TestRevokedServerConnectionClosed(t *testing.T) {
 	crlFile := filepath.Join(t.TempDir(), "crl.pem")
 	ca.WriteCRL(crlFile, 1)
 	clientSrc, _, _ := watched(t, ca.Client("/client/cli"), []*certstest.CA{ca}, mtls.WithCRL(crlFile))
-	revoking, kept := httpClient(t, clientSrc), httpClient(t, ca.Source(ca.Client("/client/other")))
+	logger, clientLogs := rpctest.NewLogger(t)
+	revoking, err := rpc.NewHTTPClient(clientSrc, rpc.WithLogger(logger))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(revoking.CloseIdleConnections)
+	kept := httpClient(t, ca.Source(ca.Client("/client/other")))
 	peer(t, revoking, srv)
 	peer(t, kept, srv)
 	revokingCall, keptCall := heldCall(revoking, srv), heldCall(kept, srv)
@@ -349,6 +355,7 @@ func TestRevokedServerConnectionClosed(t *testing.T) {
 
 	ca.WriteCRL(crlFile, 2, serverCert.Cert)
 	cutOnly(t, srv, users, "revoking", revoking, revokingCall, kept, keptCall)
+	clientLogs.WaitForLog(t, "closing connection: the server's certificate is revoked", "serial number "+hex(serverCert)+" is revoked")
 }
 
 // TestRevokedPeersRefusedAtHandshake: with a CRL, a revoked client

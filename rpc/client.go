@@ -50,6 +50,7 @@ type clientConfig struct {
 	httpClient     *http.Client
 	tracerProvider trace.TracerProvider
 	meterProvider  metric.MeterProvider
+	logger         *slog.Logger
 }
 
 // TokenSource returns the bearer token to send with a call made in ctx, or
@@ -115,7 +116,7 @@ func WithConnectOptions(opts ...connect.ClientOption) ClientOption {
 }
 
 func newClientConfig(opts []ClientOption) (clientConfig, error) {
-	cfg := clientConfig{trustDomain: DefaultTrustDomain, callTimeout: DefaultCallTimeout, dialTimeout: 5 * time.Second}
+	cfg := clientConfig{trustDomain: DefaultTrustDomain, callTimeout: DefaultCallTimeout, dialTimeout: 5 * time.Second, logger: slog.Default()}
 	for _, o := range opts {
 		o.applyClient(&cfg)
 	}
@@ -197,7 +198,7 @@ func newHTTPClient(src mtls.Source, cfg clientConfig) (*http.Client, error) {
 	netDialer := &net.Dialer{Timeout: cfg.dialTimeout, KeepAlive: 30 * time.Second}
 	var revoked *revokedServers
 	if w, ok := src.(mtls.RevocationWatcher); ok {
-		revoked = newRevokedServers(w, slog.Default())
+		revoked = newRevokedServers(w, cfg.logger)
 	}
 	transport := &http.Transport{
 		DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {

@@ -62,13 +62,22 @@ func WithTrustDomain(td string) ServerOption {
 	return serverOptionFunc(func(c *serverConfig) { c.trustDomain = td })
 }
 
-// WithLogger sets the server's logger (default slog.Default()).
-func WithLogger(l *slog.Logger) ServerOption {
-	return serverOptionFunc(func(c *serverConfig) {
-		if l != nil {
-			c.logger = l
-		}
-	})
+// WithLogger sets the logger (default slog.Default()) of a server, or of a
+// client, which logs only the connections it closes to a server its CRL
+// has come to revoke.
+func WithLogger(l *slog.Logger) Option {
+	return sharedOption{
+		server: func(c *serverConfig) {
+			if l != nil {
+				c.logger = l
+			}
+		},
+		client: func(c *clientConfig) {
+			if l != nil {
+				c.logger = l
+			}
+		},
+	}
 }
 
 // WithReadMaxBytes caps the size of one request message after decompression

@@ -94,6 +94,7 @@ func NewServer(ctx context.Context, cfg Config) (*Server, error) {
 		rpc.WithServerID(cfg.UserID),
 		rpc.WithClientTrustDomain(td),
 		rpc.WithCallTimeout(cfg.UpstreamTimeout),
+		rpc.WithLogger(cfg.Logger),
 	}
 	upstream = append(upstream, cfg.ClientOptions...)
 

@@ -6,7 +6,9 @@ import (
 	"crypto/x509"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/http/httptrace"
 	"path/filepath"
 	"strings"
@@ -302,6 +304,110 @@ func heldCall(hc *http.Client, srv *rpctest.Server) chan error {
 		errc <- err
 	}()
 	return errc
+}
+
+// shortLivedServer issues a certificate like ca.Server("/svc/user") that
+// expires in d.
+func shortLivedServer(ca *certstest.CA, d time.Duration) *certs.Issued {
+	return ca.Issue(certs.Leaf{SPIFFEID: "spiffe://palisade.local/svc/user", DNSNames: []string{"localhost"},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, Usage: certs.UsageWorkload,
+		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(d)})
+}
+
+// TestExpiringServerDrained: within rpc.ExpiryDrainWindow of the expiry of
+// the certificate a server presents, the server asks its clients to leave
+// each connection after the response, so a client's next call opens a new
+// connection, where a rotated certificate would be presented.
+func TestExpiringServerDrained(t *testing.T) {
+	t.Parallel()
+	ca := certstest.NewCA(t)
+	srv := startWith(t, ca.Source(shortLivedServer(ca, rpc.ExpiryDrainWindow/2)), &rpctest.Users{})
+	hc := httpClient(t, ca.Source(ca.Client("/client/cli")))
+	for i := range 3 {
+		if got := peer(t, hc, srv); got.reused {
+			t.Fatalf("call %d reused a connection the server asked its client to leave", i)
+		}
+	}
+	if n := srv.Count("has expired"); n != 0 {
+		t.Fatalf("%d connections were cut; they should have been left", n)
+	}
+}
+
+// TestExpiredServerConnectionClosed: no connection outlives the server's
+// certificate. A Palisade server closes its connections when the
+// certificate it presented on them expires, even to a client that does not
+// check (a plain HTTP/2 client); a Palisade client closes its connection to
+// a server whose certificate has expired, even to a server that does not
+// (a plain TLS server). Both cut the call held in flight.
+func TestExpiredServerConnectionClosed(t *testing.T) {
+	t.Parallel()
+	ca := certstest.NewCA(t)
+	cutAtExpiry := func(t *testing.T, call chan error, short *certs.Issued) {
+		t.Helper()
+		select {
+		case err := <-call:
+			if err == nil {
+				t.Fatal("the call held in flight succeeded")
+			}
+			if time.Now().Before(short.Cert.NotAfter) {
+				t.Fatalf("the call failed before the certificate expired: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("the connection outlived the server's certificate")
+		}
+	}
+
+	t.Run("server", func(t *testing.T) {
+		t.Parallel()
+		short := shortLivedServer(ca, 3*time.Second)
+		users := &rpctest.Users{Hold: make(chan struct{})}
+		defer close(users.Hold)
+		srv := startWith(t, ca.Source(short), users)
+		plain := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{
+			RootCAs: ca.Pool(), Certificates: []tls.Certificate{certstest.TLSCertificate(ca.Client("/client/cli"))}, NextProtos: []string{"h2"},
+		}, ForceAttemptHTTP2: true}}
+		t.Cleanup(plain.CloseIdleConnections)
+		call := heldCall(plain, srv)
+		cutAtExpiry(t, call, short)
+		srv.WaitForLog(t, "closing connection: the server's own certificate has expired",
+			"not_after="+short.Cert.NotAfter.UTC().Format(time.RFC3339))
+	})
+
+	t.Run("client", func(t *testing.T) {
+		t.Parallel()
+		short := shortLivedServer(ca, 3*time.Second)
+		hold := make(chan struct{})
+		plain := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			select {
+			case <-hold:
+			case <-r.Context().Done():
+			}
+		}))
+		plain.EnableHTTP2 = true
+		plain.TLS = &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{certstest.TLSCertificate(short)},
+			ClientAuth: tls.RequireAnyClientCert}
+		plain.StartTLS()
+		defer plain.Close()
+		defer close(hold)
+		logger, logs := rpctest.NewLogger(t)
+		hc, err := rpc.NewHTTPClient(ca.Source(ca.Client("/client/cli")), rpc.WithLogger(logger))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(hc.CloseIdleConnections)
+		call := make(chan error, 1)
+		go func() {
+			res, err := hc.Get(plain.URL)
+			if err == nil {
+				_, err = io.ReadAll(res.Body)
+				res.Body.Close()
+			}
+			call <- err
+		}()
+		cutAtExpiry(t, call, short)
+		logs.WaitForLog(t, "closing connection: the server's certificate has expired",
+			"not_after="+short.Cert.NotAfter.UTC().Format(time.RFC3339))
+	})
 }
 
 // TestRevokedPeerConnectionClosed: when a reloaded CRL revokes a client

@@ -2,7 +2,6 @@ package rpc
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -196,10 +195,7 @@ func newHTTPClient(src mtls.Source, cfg clientConfig) (*http.Client, error) {
 	protocols := new(http.Protocols)
 	protocols.SetHTTP2(true)
 	netDialer := &net.Dialer{Timeout: cfg.dialTimeout, KeepAlive: 30 * time.Second}
-	var revoked *revokedServers
-	if w, ok := src.(mtls.RevocationWatcher); ok {
-		revoked = newRevokedServers(w, cfg.logger)
-	}
+	guard := newServerGuard(src, cfg.logger)
 	transport := &http.Transport{
 		DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			host, _, err := net.SplitHostPort(addr)
@@ -210,11 +206,7 @@ func newHTTPClient(src mtls.Source, cfg clientConfig) (*http.Client, error) {
 			if err != nil {
 				return nil, err
 			}
-			if revoked != nil {
-				return revoked.dial(ctx, netDialer, network, addr, tlsConfig)
-			}
-			d := &tls.Dialer{NetDialer: netDialer, Config: tlsConfig}
-			return d.DialContext(ctx, network, addr)
+			return guard.dial(ctx, netDialer, network, addr, tlsConfig)
 		},
 		Protocols:         protocols,
 		ForceAttemptHTTP2: true,

@@ -1,12 +1,14 @@
 package rpc
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"log/slog"
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/palisade-rpc/palisade/security/mtls"
@@ -21,7 +23,7 @@ import (
 const ExpiryDrainWindow = time.Minute
 
 // connGuard closes a connection when its peer's certificate expires or is
-// revoked. Certificates are checked only at the handshake, and an HTTP/2
+// revoked, or when the certificate the server presented on it expires. Certificates are checked only at the handshake, and an HTTP/2
 // connection can outlive its client certificate by hours; without this, a
 // client whose certificate was not renewed, or was revoked (because it was
 // compromised, say), would keep calling over the connection it already had.
@@ -29,18 +31,85 @@ const ExpiryDrainWindow = time.Minute
 // It follows connections through http.Server.ConnState: when a connection
 // first turns active its handshake is complete; it is checked against the
 // revocations then (they may have changed since its handshake), and a timer
-// is armed for the earliest NotAfter of the peer's verified chain. The timer
-// is stopped when the connection closes; Serve stops the remaining ones when
-// it returns. Within ExpiryDrainWindow of that time, drain asks the client
-// to leave the connection gracefully first. When the revocations change
-// (watchRevocations), every connection is checked again.
+// is armed for the earliest NotAfter of the peer's verified chain and of
+// the server's own certificate on the connection (which tlsConfig records
+// at the handshake: a server that rotated its certificate still has
+// connections made under the old one). The timer is stopped when the
+// connection closes; Serve stops the remaining ones when it returns. Within
+// ExpiryDrainWindow of that time, drain asks the client to leave the
+// connection gracefully first, so a client that rotated, or a server that
+// did, moves to a new connection without a failed call. When the
+// revocations change (watchRevocations), every connection is checked again.
 type connGuard struct {
 	log     *slog.Logger
 	revoked func(verifiedChains [][]*x509.Certificate) error // nil: nothing is ever revoked
 
+	// served holds a *servedCert per TLS connection from its acceptance
+	// (connContext) to its close, by the connection under it: the one a
+	// ClientHelloInfo names.
+	served sync.Map
+
 	mu     sync.Mutex
 	conns  map[net.Conn]*guarded
 	closed bool
+}
+
+// servedCert is when the certificate the server presented on a connection
+// expires, in Unix nanoseconds; 0 until the handshake has chosen it.
+type servedCert struct{ notAfter atomic.Int64 }
+
+type servedCertKey struct{}
+
+// connContext is the http.Server ConnContext hook: it gives a TLS
+// connection its servedCert, in the context of every request on it.
+func (g *connGuard) connContext(ctx context.Context, c net.Conn) context.Context {
+	tc, ok := c.(*tls.Conn)
+	if !ok {
+		return ctx
+	}
+	sc := new(servedCert)
+	g.served.Store(tc.NetConn(), sc)
+	return context.WithValue(ctx, servedCertKey{}, sc)
+}
+
+// tlsConfig makes cfg record, at each handshake, when the certificate it
+// presents expires.
+func (g *connGuard) tlsConfig(cfg *tls.Config) *tls.Config {
+	get := cfg.GetConfigForClient
+	cfg.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+		c, err := get(hello)
+		if err != nil || c == nil || len(c.Certificates) == 0 {
+			return c, err
+		}
+		if v, ok := g.served.Load(hello.Conn); ok {
+			if leaf := leafOf(c.Certificates[0]); leaf != nil {
+				v.(*servedCert).notAfter.Store(leaf.NotAfter.UnixNano())
+			}
+		}
+		return c, nil
+	}
+	return cfg
+}
+
+// leafOf returns cert's leaf, parsing it if cert does not hold it parsed
+// (nil if it does not parse; the handshake then fails anyway).
+func leafOf(cert tls.Certificate) *x509.Certificate {
+	if cert.Leaf != nil || len(cert.Certificate) == 0 {
+		return cert.Leaf
+	}
+	leaf, _ := x509.ParseCertificate(cert.Certificate[0])
+	return leaf
+}
+
+// servedExpiry is when the certificate the server presented on c expires
+// (zero if not known).
+func (g *connGuard) servedExpiry(c *tls.Conn) time.Time {
+	if v, ok := g.served.Load(c.NetConn()); ok {
+		if n := v.(*servedCert).notAfter.Load(); n != 0 {
+			return time.Unix(0, n)
+		}
+	}
+	return time.Time{}
 }
 
 type guarded struct {
@@ -62,6 +131,9 @@ func (g *connGuard) connState(c net.Conn, state http.ConnState) {
 	case http.StateActive:
 		g.track(c)
 	case http.StateClosed, http.StateHijacked:
+		if tc, ok := c.(*tls.Conn); ok {
+			g.served.Delete(tc.NetConn())
+		}
 		g.mu.Lock()
 		if gc, ok := g.conns[c]; ok {
 			gc.timer.Stop()
@@ -95,9 +167,12 @@ func (g *connGuard) track(c net.Conn) {
 			return
 		}
 	}
-	notAfter := earliestExpiry(cs.VerifiedChains[0])
+	notAfter, whose := earliestExpiry(cs.VerifiedChains[0]), "the peer's certificate"
+	if served := g.servedExpiry(tc); !served.IsZero() && served.Before(notAfter) {
+		notAfter, whose = served, "the server's own certificate"
+	}
 	g.conns[c] = &guarded{chains: cs.VerifiedChains, timer: time.AfterFunc(time.Until(notAfter), func() {
-		g.log.Warn("closing connection: the peer's certificate has expired",
+		g.log.Warn("closing connection: "+whose+" has expired",
 			"remote", c.RemoteAddr().String(), "not_after", notAfter.UTC().Format(time.RFC3339))
 		_ = c.Close()
 	})}
@@ -133,11 +208,20 @@ func (g *connGuard) closeRevoked(c net.Conn, err error) {
 }
 
 // drain is the HTTP middleware that marks responses on a connection whose
-// peer certificate expires within ExpiryDrainWindow with "Connection: close".
+// peer certificate, or the server's own certificate on it, expires within
+// ExpiryDrainWindow with "Connection: close".
 func (g *connGuard) drain(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 && time.Until(earliestExpiry(r.TLS.VerifiedChains[0])) < ExpiryDrainWindow {
-			w.Header().Set("Connection", "close")
+		if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 {
+			soon := time.Now().Add(ExpiryDrainWindow)
+			expiring := earliestExpiry(r.TLS.VerifiedChains[0]).Before(soon)
+			if sc, ok := r.Context().Value(servedCertKey{}).(*servedCert); ok && !expiring {
+				n := sc.notAfter.Load()
+				expiring = n != 0 && n < soon.UnixNano()
+			}
+			if expiring {
+				w.Header().Set("Connection", "close")
+			}
 		}
 		next.ServeHTTP(w, r)
 	})

@@ -63,8 +63,8 @@ func WithTrustDomain(td string) ServerOption {
 }
 
 // WithLogger sets the logger (default slog.Default()) of a server, or of a
-// client, which logs only the connections it closes to a server its CRL
-// has come to revoke.
+// client, which logs only the connections it closes to a server whose
+// certificate has expired or been revoked.
 func WithLogger(l *slog.Logger) Option {
 	return sharedOption{
 		server: func(c *serverConfig) {

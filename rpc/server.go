@@ -144,7 +144,7 @@ func NewServer(src mtls.Source, authz policy.Authorizer, opts ...ServerOption) (
 	protocols.SetHTTP2(true)
 	s.http = &http.Server{
 		Handler:           s.conns.drain(s.front(s.mux)),
-		TLSConfig:         mtls.ServerConfig(src, "h2", "http/1.1"),
+		TLSConfig:         s.conns.tlsConfig(mtls.ServerConfig(src, "h2", "http/1.1")),
 		Protocols:         protocols,
 		ReadHeaderTimeout: cfg.readHeaderTimeout,
 		IdleTimeout:       cfg.idleTimeout,
@@ -152,8 +152,9 @@ func NewServer(src mtls.Source, authz policy.Authorizer, opts ...ServerOption) (
 		HTTP2: &http.HTTP2Config{
 			MaxConcurrentStreams: cfg.maxConcurrentStreams,
 		},
-		ErrorLog:  slog.NewLogLogger(cfg.logger.Handler(), slog.LevelWarn),
-		ConnState: s.conns.connState,
+		ErrorLog:    slog.NewLogLogger(cfg.logger.Handler(), slog.LevelWarn),
+		ConnState:   s.conns.connState,
+		ConnContext: s.conns.connContext,
 	}
 
 	if err := Mount(s, grpchealth.NewHandler, grpchealth.Checker(s.health)); err != nil {

@@ -7,18 +7,21 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"time"
 
 	"github.com/palisade-rpc/palisade/security/mtls"
 )
 
-// revokedServers is the client's side of connGuard's revocation check: it
-// closes the client's connections to a server whose certificate the
-// client's source comes to revoke. The handshake checks the server against
-// the CRL, but an HTTP/2 connection is reused for hours; without this, a
-// client whose CRL is updated (because a server's key was compromised, say)
-// would keep sending calls, and the users' tokens with them, over the
-// connection it already had. Calls in flight on such a connection fail
-// with unavailable, as on the server side.
+// serverGuard is the client's side of connGuard: it closes the client's
+// connection to a server when the server's certificate expires, or when
+// the client's source comes to revoke it. The handshake checks the server's
+// certificate, but an HTTP/2 connection is reused for hours; without this,
+// a client would keep sending calls, and its users' tokens with them, to a
+// server whose certificate has expired or was revoked (because its key was
+// compromised, say) over the connection it already had. Calls in flight on
+// such a connection fail with unavailable, as on the server side; a
+// Palisade server asks its clients to leave a connection before its own
+// certificate expires (connGuard.drain), so at expiry there are none.
 //
 // It dials the connections itself, so that it learns when the transport
 // closes one (closeHook): http.Transport needs the *tls.Conn itself to
@@ -26,25 +29,29 @@ import (
 // connection under it can. A goroutine watches the revocations only while
 // connections are open, so a client that is dropped leaves nothing running
 // once its idle connections are closed.
-type revokedServers struct {
-	watcher mtls.RevocationWatcher
+type serverGuard struct {
+	watcher mtls.RevocationWatcher // nil: the revocations never change
 	log     *slog.Logger
 
 	mu    sync.Mutex
-	conns map[*tls.Conn][][]*x509.Certificate
+	conns map[*tls.Conn]*guarded
 	// stop is closed to end the watching goroutine when the last connection
 	// closes; nil when none runs.
 	stop chan struct{}
 }
 
-func newRevokedServers(w mtls.RevocationWatcher, log *slog.Logger) *revokedServers {
-	return &revokedServers{watcher: w, log: log, conns: map[*tls.Conn][][]*x509.Certificate{}}
+func newServerGuard(src mtls.Source, log *slog.Logger) *serverGuard {
+	g := &serverGuard{log: log, conns: map[*tls.Conn]*guarded{}}
+	if w, ok := src.(mtls.RevocationWatcher); ok {
+		g.watcher = w
+	}
+	return g
 }
 
 // dial connects to addr with d, makes the TLS handshake with config and
-// tracks the connection until it is closed. As with tls.Dialer, d's
+// guards the connection until it is closed. As with tls.Dialer, d's
 // Timeout bounds the connection and the handshake together.
-func (g *revokedServers) dial(ctx context.Context, d *net.Dialer, network, addr string, config *tls.Config) (net.Conn, error) {
+func (g *serverGuard) dial(ctx context.Context, d *net.Dialer, network, addr string, config *tls.Config) (net.Conn, error) {
 	if d.Timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, d.Timeout)
@@ -68,44 +75,54 @@ func (g *revokedServers) dial(ctx context.Context, d *net.Dialer, network, addr 
 	return tc, nil
 }
 
-// track checks tc's server against the revocations again, under the lock
-// (a CRL that took effect after the handshake's check would otherwise be
-// missed: the watcher sweeps only the connections already tracked), and
-// tracks it.
+// track arms tc's expiry timer and, with a watcher, checks tc's server
+// against the revocations again, under the lock (a CRL that took effect
+// after the handshake's check would otherwise be missed: the watcher sweeps
+// only the connections already tracked).
 //
 // What is checked is the chain the server presented, leaf first: the
 // client's chains are verified in mtls.ClientConfig's VerifyConnection, so
 // the connection state holds none, and the presented certificates include
 // the leaf and intermediates a CRL can revoke.
-func (g *revokedServers) track(tc *tls.Conn) error {
-	chains := [][]*x509.Certificate{tc.ConnectionState().PeerCertificates}
+func (g *serverGuard) track(tc *tls.Conn) error {
+	peer := tc.ConnectionState().PeerCertificates
+	chains := [][]*x509.Certificate{peer}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.stop == nil {
-		// The channel is taken before the check below: a change after the
-		// check closes it, and the watcher then sweeps tc too.
-		g.stop = make(chan struct{})
-		changed := g.watcher.RevocationsChanged()
-		go watchRevocations(g.watcher, changed, g.stop, g.sweep)
-	}
-	if err := g.watcher.CheckRevocation(chains); err != nil {
-		if len(g.conns) == 0 {
-			close(g.stop)
-			g.stop = nil
+	if g.watcher != nil {
+		if g.stop == nil {
+			// The channel is taken before the check below: a change after
+			// the check closes it, and the watcher then sweeps tc too.
+			g.stop = make(chan struct{})
+			go watchRevocations(g.watcher, g.watcher.RevocationsChanged(), g.stop, g.sweep)
 		}
-		return err
+		if err := g.watcher.CheckRevocation(chains); err != nil {
+			g.stopIfIdle()
+			return err
+		}
 	}
-	g.conns[tc] = chains
+	notAfter := earliestExpiry(peer)
+	g.conns[tc] = &guarded{chains: chains, timer: time.AfterFunc(time.Until(notAfter), func() {
+		g.log.Warn("closing connection: the server's certificate has expired",
+			"remote", tc.RemoteAddr().String(), "not_after", notAfter.UTC().Format(time.RFC3339))
+		_ = tc.Close()
+	})}
 	return nil
 }
 
-func (g *revokedServers) untrack(tc *tls.Conn) {
+func (g *serverGuard) untrack(tc *tls.Conn) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if _, ok := g.conns[tc]; !ok {
-		return
+	if gc, ok := g.conns[tc]; ok {
+		gc.timer.Stop()
+		delete(g.conns, tc)
+		g.stopIfIdle()
 	}
-	delete(g.conns, tc)
+}
+
+// stopIfIdle ends the watching goroutine if no connection is left. g.mu is
+// held.
+func (g *serverGuard) stopIfIdle() {
 	if len(g.conns) == 0 && g.stop != nil {
 		close(g.stop)
 		g.stop = nil
@@ -113,11 +130,11 @@ func (g *revokedServers) untrack(tc *tls.Conn) {
 }
 
 // sweep closes every connection to a server the revocations now list.
-func (g *revokedServers) sweep() {
+func (g *serverGuard) sweep() {
 	revoked := map[*tls.Conn]error{}
 	g.mu.Lock()
-	for tc, chains := range g.conns {
-		if err := g.watcher.CheckRevocation(chains); err != nil {
+	for tc, gc := range g.conns {
+		if err := g.watcher.CheckRevocation(gc.chains); err != nil {
 			revoked[tc] = err
 		}
 	}

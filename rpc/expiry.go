@@ -14,12 +14,13 @@ import (
 	"github.com/palisade-rpc/palisade/security/mtls"
 )
 
-// ExpiryDrainWindow is how long before its peer's certificate expires a
-// connection is asked to close: every response on it carries "Connection:
-// close", which ends an HTTP/1.1 connection after the response and makes
-// the HTTP/2 server send GOAWAY, finish the calls in flight and close. The
-// client carries on over a new connection, made with its current —
-// rotated — certificate, before the old connection is cut at expiry.
+// ExpiryDrainWindow is how long before the client's certificate on a
+// connection, or the server's, expires the server asks the client to leave
+// it: every response on it carries "Connection: close", which ends an
+// HTTP/1.1 connection after the response and makes the HTTP/2 server send
+// GOAWAY, finish the calls in flight and close. The client carries on over
+// a new connection, made with the current — rotated — certificates, before
+// the old connection is cut at expiry.
 const ExpiryDrainWindow = time.Minute
 
 // connGuard closes a connection when its peer's certificate expires or is

@@ -11,9 +11,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
@@ -90,15 +88,7 @@ func TestProtocolsInteroperate(t *testing.T) {
 	t.Run("grpc-go", func(t *testing.T) {
 		t.Parallel()
 		id, _ := spiffeid.Parse("spiffe://palisade.local/svc/user")
-		cfg, err := mtls.ClientConfig(src, "127.0.0.1", mtls.AuthorizeID(id))
-		if err != nil {
-			t.Fatal(err)
-		}
-		conn, err := grpc.NewClient(f.srv.Addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
+		conn := rpctest.GRPCGo(t, f.srv.Addr, src, mtls.AuthorizeID(id))
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		var res userv1.GetUserResponse

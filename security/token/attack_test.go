@@ -14,9 +14,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -309,15 +307,7 @@ func TestStreamsAreAuthenticated(t *testing.T) {
 	now := time.Now().Unix()
 	forged := forge(`{"alg":"EdDSA","kid":"`+f.active.ID+`","typ":"at+jwt"}`, claims(issuerName, audience, now+600, now, now),
 		func(in []byte) []byte { return ed25519.Sign(attacker, in) })
-	cfg, err := mtls.ClientConfig(f.ca.Source(f.cli), "127.0.0.1", mtls.AuthorizeMemberOf(certstest.TrustDomain))
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn, err := grpc.NewClient(f.srv.Addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := rpctest.GRPCGo(t, f.srv.Addr, f.ca.Source(f.cli), mtls.AuthorizeMemberOf(certstest.TrustDomain))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+forged)

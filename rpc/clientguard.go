@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"log/slog"
 	"net"
 	"sync"
@@ -86,6 +87,9 @@ func (g *serverGuard) dial(ctx context.Context, d *net.Dialer, network, addr str
 // the leaf and intermediates a CRL can revoke.
 func (g *serverGuard) track(tc *tls.Conn) error {
 	peer := tc.ConnectionState().PeerCertificates
+	if len(peer) == 0 { // mtls.ClientConfig refuses such a server; never trust one
+		return errors.New("rpc: the server presented no certificate")
+	}
 	chains := [][]*x509.Certificate{peer}
 	g.mu.Lock()
 	defer g.mu.Unlock()

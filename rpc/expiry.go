@@ -24,10 +24,11 @@ import (
 const ExpiryDrainWindow = time.Minute
 
 // connGuard closes a connection when its peer's certificate expires or is
-// revoked, or when the certificate the server presented on it expires. Certificates are checked only at the handshake, and an HTTP/2
-// connection can outlive its client certificate by hours; without this, a
-// client whose certificate was not renewed, or was revoked (because it was
-// compromised, say), would keep calling over the connection it already had.
+// revoked, or when the certificate the server presented on it expires.
+// Certificates are checked only at the handshake, and an HTTP/2 connection
+// can outlive its client certificate by hours; without this, a client whose
+// certificate was not renewed, or was revoked (because it was compromised,
+// say), would keep calling over the connection it already had.
 //
 // It follows connections through http.Server.ConnState: when a connection
 // first turns active its handshake is complete; it is checked against the

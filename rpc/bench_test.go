@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/binary"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -89,11 +90,12 @@ func (f *chainFixture) verifier(b *testing.B, cacheSize int) *token.Verifier {
 	return v
 }
 
-// requests returns, per user, a Connect unary GetUser request for the
-// user's own id as a connect-go client sends it over HTTP/2 and TLS, with
-// the user's token when withToken, and the body it carries. The body is
-// rewound by the caller before every use.
-func (f *chainFixture) requests(b *testing.B, withToken bool) ([]*http.Request, []*rewindBody) {
+// requests returns, per user, a unary GetUser request for the user's own id
+// as a connect-go client sends it over HTTP/2 and TLS in protocol
+// (connect.ProtocolConnect or connect.ProtocolGRPC, binary proto), with the
+// user's token when withToken, and the body it carries. The body is rewound
+// by the caller before every use.
+func (f *chainFixture) requests(b *testing.B, protocol string, withToken bool) ([]*http.Request, []*rewindBody) {
 	b.Helper()
 	reqs := make([]*http.Request, len(f.ids))
 	bodies := make([]*rewindBody, len(f.ids))
@@ -102,13 +104,25 @@ func (f *chainFixture) requests(b *testing.B, withToken bool) ([]*http.Request, 
 		if err != nil {
 			b.Fatal(err)
 		}
+		if protocol == connect.ProtocolGRPC {
+			data = append(binary.BigEndian.AppendUint32([]byte{0}, uint32(len(data))), data...) // an uncompressed message
+		}
 		bodies[u] = &rewindBody{data: data}
 		r := httptest.NewRequest(http.MethodPost, "https://127.0.0.1:8443"+userv1connect.UserServiceGetUserProcedure, bodies[u])
 		r.Proto, r.ProtoMajor, r.ProtoMinor = "HTTP/2.0", 2, 0
 		r.TLS = f.tlsState
-		r.Header.Set("Content-Type", "application/proto")
-		r.Header.Set("Connect-Protocol-Version", "1")
-		r.Header.Set("Accept-Encoding", "gzip")
+		switch protocol {
+		case connect.ProtocolConnect:
+			r.Header.Set("Content-Type", "application/proto")
+			r.Header.Set("Connect-Protocol-Version", "1")
+			r.Header.Set("Accept-Encoding", "gzip")
+		case connect.ProtocolGRPC:
+			r.Header.Set("Content-Type", "application/grpc")
+			r.Header.Set("Te", "trailers")
+			r.Header.Set("Grpc-Accept-Encoding", "gzip")
+		default:
+			b.Fatalf("protocol %q", protocol)
+		}
 		if withToken {
 			r.Header.Set("Authorization", f.auth[u])
 		}
@@ -149,6 +163,26 @@ func (s *sink) WriteHeader(code int) {
 func (s *sink) Write(p []byte) (int, error) {
 	s.WriteHeader(http.StatusOK)
 	return s.body.Write(p)
+}
+
+// failure says why the response in s is not a success in protocol: a gRPC
+// error comes with status 200 and a grpc-status other than 0, in the
+// trailers or, for an error before any message, in the headers.
+func (s *sink) failure(protocol string) error {
+	if s.status != http.StatusOK {
+		return fmt.Errorf("status %d: %s", s.status, s.body.String())
+	}
+	if protocol != connect.ProtocolGRPC {
+		return nil
+	}
+	st := s.header.Get(http.TrailerPrefix + "Grpc-Status")
+	if st == "" {
+		st = s.header.Get("Grpc-Status")
+	}
+	if st != "0" {
+		return fmt.Errorf("grpc-status %q: %s", st, s.header.Get(http.TrailerPrefix+"Grpc-Message")+s.header.Get("Grpc-Message"))
+	}
+	return nil
 }
 
 // benchUserService answers GetUser with a small user of constant shape, as
@@ -194,7 +228,7 @@ func BenchmarkPrincipal(b *testing.B) {
 					reached++
 				}
 			})
-			reqs, _ := f.requests(b, c.withToken)
+			reqs, _ := f.requests(b, connect.ProtocolConnect, c.withToken)
 			w := &sink{header: http.Header{}}
 			for _, r := range reqs { // fill the token cache
 				h.ServeHTTP(w, r)
@@ -217,7 +251,8 @@ func BenchmarkPrincipal(b *testing.B) {
 // BenchmarkChain measures one unary call through the server's handler
 // without the network: the request as it arrives after the TLS handshake
 // (a verified client chain, a bearer token of one of benchUsers users,
-// Connect protocol, binary proto) to the response written.
+// binary proto) to the response written, over the Connect and the gRPC
+// protocol (the sub-benchmark's last part: bare/connect, bare/grpc, …).
 //
 //   - bare: the generated Connect handler alone, with the handler options
 //     a Palisade server gives it: the cost of the call without security;
@@ -227,7 +262,7 @@ func BenchmarkPrincipal(b *testing.B) {
 //   - mtls+jwt+opa+otel: the same with tracing and metrics on (SDK providers
 //     that record but export nowhere).
 //
-// The chain's own cost is mtls+jwt+opa minus bare. One goroutine runs the
+// The chain's own cost is mtls+jwt+opa minus bare, per protocol. One goroutine runs the
 // calls, so ns/op is CPU time per call, except for garbage collection done
 // on other cores meanwhile.
 func BenchmarkChain(b *testing.B) {
@@ -269,30 +304,39 @@ func BenchmarkChain(b *testing.B) {
 		}},
 	}
 	for _, c := range cases {
-		b.Run(c.name, func(b *testing.B) {
-			h := c.handler(b)
-			reqs, bodies := f.requests(b, c.withToken)
-			w := &sink{header: http.Header{}}
-			for u, r := range reqs { // warm the token cache; check every answer once
-				w.reset()
-				bodies[u].rewind()
-				h.ServeHTTP(w, r)
-				var res userv1.GetUserResponse
-				if err := proto.Unmarshal(w.body.Bytes(), &res); w.status != http.StatusOK || err != nil || res.GetUser().GetId() != f.ids[u] {
-					b.Fatalf("user %d: status %d, %v, %q", u, w.status, err, w.body.String())
+		for _, protocol := range []string{connect.ProtocolConnect, connect.ProtocolGRPC} {
+			b.Run(c.name+"/"+protocol, func(b *testing.B) {
+				h := c.handler(b)
+				reqs, bodies := f.requests(b, protocol, c.withToken)
+				w := &sink{header: http.Header{}}
+				for u, r := range reqs { // warm the token cache; check every answer once
+					w.reset()
+					bodies[u].rewind()
+					h.ServeHTTP(w, r)
+					if err := w.failure(protocol); err != nil {
+						b.Fatalf("user %d: %v", u, err)
+					}
+					msg := w.body.Bytes()
+					if protocol == connect.ProtocolGRPC && len(msg) >= 5 {
+						msg = msg[5:]
+					}
+					var res userv1.GetUserResponse
+					if err := proto.Unmarshal(msg, &res); err != nil || res.GetUser().GetId() != f.ids[u] {
+						b.Fatalf("user %d: %v, %q", u, err, w.body.String())
+					}
 				}
-			}
-			u := 0
-			b.ReportAllocs()
-			for b.Loop() {
-				w.reset()
-				bodies[u].rewind()
-				h.ServeHTTP(w, reqs[u])
-				if w.status != http.StatusOK {
-					b.Fatalf("status %d: %s", w.status, w.body.String())
+				u := 0
+				b.ReportAllocs()
+				for b.Loop() {
+					w.reset()
+					bodies[u].rewind()
+					h.ServeHTTP(w, reqs[u])
+					if err := w.failure(protocol); err != nil {
+						b.Fatal(err)
+					}
+					u = (u + 1) % len(reqs)
 				}
-				u = (u + 1) % len(reqs)
-			}
-		})
+			})
+		}
 	}
 }

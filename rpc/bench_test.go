@@ -262,9 +262,9 @@ func BenchmarkPrincipal(b *testing.B) {
 //   - mtls+jwt+opa+otel: the same with tracing and metrics on (SDK providers
 //     that record but export nowhere).
 //
-// The chain's own cost is mtls+jwt+opa minus bare, per protocol. One goroutine runs the
-// calls, so ns/op is CPU time per call, except for garbage collection done
-// on other cores meanwhile.
+// The chain's own cost is mtls+jwt+opa minus bare, per protocol. One
+// goroutine runs the calls, so ns/op is CPU time per call, except for
+// garbage collection done on other cores meanwhile.
 func BenchmarkChain(b *testing.B) {
 	f := newChainFixture(b)
 	bundle, err := policy.DefaultBundle()

@@ -13,11 +13,32 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"google.golang.org/protobuf/proto"
 )
 
 // DefaultMaxStreamMessages is how many messages a client may send on one
 // stream unless WithMaxStreamMessages says otherwise.
 const DefaultMaxStreamMessages = 10_000
+
+// DefaultMaxStreamBytes is how many bytes of messages a client may send on
+// one stream unless WithMaxStreamBytes says otherwise: twice
+// DefaultReadMaxBytes, so a stream carries two messages of the largest size,
+// or the sample order service's largest valid import (1,000 orders of 100
+// line items: 7.1 MB), while one principal's open streams
+// (DefaultMaxStreamsPerPrincipal) can deliver at most 256 MiB at once.
+const DefaultMaxStreamBytes = 2 * DefaultReadMaxBytes
+
+// WithMaxStreamBytes caps the bytes a client may send on one client or bidi
+// stream, over all its messages (default DefaultMaxStreamBytes; 0 or less:
+// no cap). A message counts with its size after decompression — the
+// measure of WithReadMaxBytes, fields the schema does not know included,
+// though the server does not keep them. The message that takes a stream
+// past the cap is not decoded, and the stream fails with
+// resource_exhausted. A server stream's single request is bounded by
+// WithReadMaxBytes alone.
+func WithMaxStreamBytes(n int) ServerOption {
+	return serverOptionFunc(func(c *serverConfig) { c.maxStreamBytes = n })
+}
 
 // WithMaxStreamMessages caps the messages a client may send on one stream
 // (default DefaultMaxStreamMessages; 0 or less: no cap). The message past
@@ -74,53 +95,88 @@ func (d *boundedDecompressor) Reset(r io.Reader) error {
 	return d.gz.Reset(r)
 }
 
-// streamLimit caps the messages a client sends on a stream.
-type streamLimit int
+// streamLimit caps what a client sends on a client or bidi stream: its
+// messages (maxMessages) and their bytes (maxBytes), each cap off when 0.
+// The bytes of a message are its size after decompression, as the codec
+// received it (see messageSizes), the measure WithReadMaxBytes applies to
+// one message: unknown fields count, though they are not kept.
+type streamLimit struct {
+	maxMessages int
+	maxBytes    int
+	sizes       *messageSizes
+}
 
-func (n streamLimit) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc { return next }
+func (l *streamLimit) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc { return next }
 
-func (n streamLimit) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+func (l *streamLimit) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
 	return next
 }
 
-func (n streamLimit) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+func (l *streamLimit) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
 	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
 		t := conn.Spec().StreamType
 		if t != connect.StreamTypeClient && t != connect.StreamTypeBidi {
 			return next(ctx, conn)
 		}
-		counted := &countingConn{StreamingHandlerConn: conn, max: int(n)}
+		counted := &countingConn{StreamingHandlerConn: conn, limit: l}
 		err := next(ctx, counted)
-		if counted.exceeded.Load() {
+		if exceeded := counted.exceeded.Load(); exceeded != nil {
 			// Whatever the handler made of it, the stream failed on the limit.
-			return counted.limitError()
+			return exceeded
 		}
 		return err
 	}
 }
 
-// countingConn refuses the message past max.
+// countingConn refuses the message past either cap, and every message
+// after it.
 type countingConn struct {
 	connect.StreamingHandlerConn
-	max      int
-	received atomic.Int64
-	exceeded atomic.Bool
+	limit    *streamLimit
+	received atomic.Int64 // messages
+	bytes    atomic.Int64
+	exceeded atomic.Pointer[connect.Error]
 }
 
-func (c *countingConn) limitError() error {
-	return connect.NewError(connect.CodeResourceExhausted, fmt.Errorf("a stream may carry at most %d messages from the client", c.max))
+// fail records that the stream passed a cap, and returns the error it
+// fails with from now on.
+func (c *countingConn) fail(reason error) error {
+	c.exceeded.CompareAndSwap(nil, connect.NewError(connect.CodeResourceExhausted, reason))
+	return c.exceeded.Load()
 }
 
 func (c *countingConn) Receive(msg any) error {
-	if c.exceeded.Load() {
-		return c.limitError()
-	}
-	if err := c.StreamingHandlerConn.Receive(msg); err != nil {
+	if err := c.exceeded.Load(); err != nil {
 		return err
 	}
-	if c.received.Add(1) > int64(c.max) {
-		c.exceeded.Store(true)
-		return c.limitError()
+	l := c.limit
+	var slot *sizeSlot
+	if l.maxBytes > 0 {
+		if slot = l.sizes.watch(msg, l.maxBytes-int(c.bytes.Load())); slot != nil {
+			defer l.sizes.done(msg)
+		}
+	}
+	err := c.StreamingHandlerConn.Receive(msg)
+	if l.maxBytes > 0 {
+		size := -1
+		if slot != nil {
+			size = slot.size
+		}
+		if size < 0 && err == nil {
+			// Decoded without our codec seeing it: count what was kept.
+			if m, ok := msg.(proto.Message); ok {
+				size = proto.Size(m)
+			}
+		}
+		if size > 0 && c.bytes.Add(int64(size)) > int64(l.maxBytes) {
+			return c.fail(fmt.Errorf("a stream may carry at most %d bytes from the client", l.maxBytes))
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if l.maxMessages > 0 && c.received.Add(1) > int64(l.maxMessages) {
+		return c.fail(fmt.Errorf("a stream may carry at most %d messages from the client", l.maxMessages))
 	}
 	return nil
 }

@@ -34,6 +34,9 @@ type serverConfig struct {
 	pinned               []pinnedClient
 	rateLimit            RateLimit
 	maxStreamMessages    int
+
+	maxStreamBytes         int // limits.go
+	maxStreamsPerPrincipal int // principalstreams.go
 }
 
 func defaultServerConfig() serverConfig {
@@ -48,6 +51,9 @@ func defaultServerConfig() serverConfig {
 		maxConcurrentStreams: DefaultMaxConcurrentStreams,
 		compressMinBytes:     DefaultCompressMinBytes,
 		maxStreamMessages:    DefaultMaxStreamMessages,
+
+		maxStreamBytes:         DefaultMaxStreamBytes,
+		maxStreamsPerPrincipal: DefaultMaxStreamsPerPrincipal,
 	}
 }
 

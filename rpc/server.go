@@ -9,7 +9,8 @@
 //	HTTP middleware: the peer's SPIFFE ID, before any message is read   -> security.Principal
 //	interceptor: tracing and RPC metrics (otelconnect), with WithTracerProvider / WithMeterProvider
 //	interceptor: rate limit per principal (WithRateLimit)
-//	interceptor: message cap on client streams (WithMaxStreamMessages)
+//	interceptor: open streams per principal (WithMaxStreamsPerPrincipal)
+//	interceptor: message and byte caps on client streams (WithMaxStreamMessages, WithMaxStreamBytes)
 //	interceptor: authorization (policy.Authorizer), failing closed
 //	interceptor: validation of request messages (protovalidate rules in the .proto)
 //	interceptor: streams end when their token expires or the server drains (streams.go)
@@ -67,7 +68,8 @@ type Server struct {
 	cfg       serverConfig
 	src       mtls.Source
 	authz     *policy.Interceptor
-	rateLimit *rateLimiter // nil when off
+	rateLimit *rateLimiter      // nil when off
+	perCaller *principalStreams // nil when off
 	streams   *streamGuard
 	mux       *http.ServeMux
 	health    *grpchealth.StaticChecker
@@ -139,6 +141,9 @@ func NewServer(src mtls.Source, authz policy.Authorizer, opts ...ServerOption) (
 		validation: validation,
 		rateLimit:  newRateLimiter(cfg.rateLimit),
 	}
+	if cfg.maxStreamsPerPrincipal > 0 {
+		s.perCaller = newPrincipalStreams(cfg.maxStreamsPerPrincipal)
+	}
 	protocols := new(http.Protocols)
 	protocols.SetHTTP1(true)
 	protocols.SetHTTP2(true)
@@ -187,17 +192,22 @@ func (s *Server) handlerOptions() []connect.HandlerOption {
 	if s.rateLimit != nil {
 		interceptors = append(interceptors, s.rateLimit)
 	}
-	if s.cfg.maxStreamMessages > 0 {
-		interceptors = append(interceptors, streamLimit(s.cfg.maxStreamMessages))
+	if s.perCaller != nil {
+		interceptors = append(interceptors, s.perCaller)
+	}
+	// The codecs report message sizes to this service's stream limit.
+	sizes := new(messageSizes)
+	if s.cfg.maxStreamMessages > 0 || s.cfg.maxStreamBytes > 0 {
+		interceptors = append(interceptors, &streamLimit{maxMessages: s.cfg.maxStreamMessages, maxBytes: s.cfg.maxStreamBytes, sizes: sizes})
 	}
 	interceptors = append(interceptors, s.authz, s.validation, s.streams)
 	interceptors = append(interceptors, s.cfg.interceptors...)
-	return []connect.HandlerOption{
+	return append(codecs(sizes),
 		connect.WithInterceptors(interceptors...),
 		connect.WithReadMaxBytes(s.cfg.readMaxBytes),
 		boundedGzip(s.cfg.readMaxBytes),
 		connect.WithCompressMinBytes(s.cfg.compressMinBytes),
-	}
+	)
 }
 
 func (s *Server) register(path string, h http.Handler) error {

@@ -13,6 +13,7 @@ import (
 	"github.com/palisade-rpc/palisade/certs/certstest"
 	"github.com/palisade-rpc/palisade/policy"
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
+	"github.com/palisade-rpc/palisade/rpc"
 	"github.com/palisade-rpc/palisade/rpc/rpctest"
 	"github.com/palisade-rpc/palisade/security/password"
 	"github.com/palisade-rpc/palisade/security/token"
@@ -59,6 +60,8 @@ type FleetOptions struct {
 	// here, so that a loaded test machine does not make a cache bypass
 	// lookups the test expects it to answer; backoffs to 20ms–200ms.
 	Cache order.UserCacheOptions
+	// OrderOptions are every order replica's extra server options.
+	OrderOptions []rpc.ServerOption
 }
 
 // Replica is one order service replica and what its cache applied.
@@ -193,7 +196,7 @@ func (f *Fleet) AddReplica(t testing.TB) *Replica {
 	cacheOpts.Observe = r.observe
 	if r.Srv, err = order.NewServer(ctx, order.Config{
 		Source: f.CA.Source(f.certs["order"]), Store: r.Store, Authorizer: f.engine,
-		UserURL: f.Users.URL, Logger: logger, UserCache: cacheOpts,
+		UserURL: f.Users.URL, Logger: logger, UserCache: cacheOpts, ServerOptions: f.opts.OrderOptions,
 	}); err != nil {
 		t.Fatal(err)
 	}

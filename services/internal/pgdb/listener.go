@@ -17,12 +17,13 @@ const (
 )
 
 // Listener keeps a connection of its own LISTENing on a channel and calls
-// a function on every notification sent to it — by any client of the
-// database, this process included. PostgreSQL delivers a NOTIFY when the
-// transaction that sent it commits, and drops those sent while the
-// listener was disconnected; so when it connects again, the Listener calls
-// the function once more, for whatever it missed: the function must be "go
-// and look", not "here is what changed".
+// a function with the payload of every notification sent to it — by any
+// client of the database, this process included. PostgreSQL delivers a
+// NOTIFY when the transaction that sent it commits, and drops those sent
+// while the listener was disconnected; so when it connects again, the
+// Listener calls the function once more, with an empty payload, for
+// whatever it missed: the function must be "go and look", not "here is
+// what changed".
 //
 // A connection that fails (the server restarts, or ends it with
 // pg_terminate_backend) is replaced, retrying with backoff from
@@ -31,7 +32,7 @@ const (
 type Listener struct {
 	cfg     *pgx.ConnConfig
 	channel string
-	notify  func()
+	notify  func(payload string)
 	log     *slog.Logger
 	cancel  context.CancelFunc
 	done    chan struct{}
@@ -40,11 +41,11 @@ type Listener struct {
 
 // Listen connects to the database at url and LISTENs on channel before it
 // returns, so a notification sent after Listen returns is not missed; then
-// it calls notify on every notification (and after every reconnection)
-// until Close. notify runs on the Listener's goroutine and must not block.
+// it calls notify with the payload of every notification (and with "" after
+// every reconnection) until Close. notify runs on the Listener's goroutine and must not block.
 // logger receives the losses and recoveries of the connection (nil:
 // slog.Default()). Errors never hold the URL.
-func Listen(ctx context.Context, url, channel string, notify func(), logger *slog.Logger) (*Listener, error) {
+func Listen(ctx context.Context, url, channel string, notify func(payload string), logger *slog.Logger) (*Listener, error) {
 	cfg, err := ParseURL(url)
 	if err != nil {
 		return nil, err
@@ -84,9 +85,9 @@ func (l *Listener) run(ctx context.Context) {
 	defer close(l.done)
 	defer l.setConn(nil)
 	for {
-		_, err := l.conn.WaitForNotification(ctx)
+		n, err := l.conn.WaitForNotification(ctx)
 		if err == nil {
-			l.notify()
+			l.notify(n.Payload)
 			continue
 		}
 		if ctx.Err() != nil {
@@ -100,7 +101,7 @@ func (l *Listener) run(ctx context.Context) {
 		}
 		l.log.LogAttrs(ctx, slog.LevelInfo, "listener reconnected", slog.String("channel", l.channel))
 		// What was sent while we were away is lost: look again.
-		l.notify()
+		l.notify("")
 	}
 }
 

@@ -162,7 +162,7 @@ func TestErrorsNeverHoldThePassword(t *testing.T) {
 	if _, err := pgdb.Open(ctx, bad, "x", twoMigrations); err == nil || strings.Contains(err.Error(), secret) {
 		t.Fatalf("refused connection: %v", err)
 	}
-	if _, err := pgdb.Listen(ctx, bad, "c", func() {}, nil); err == nil || strings.Contains(err.Error(), secret) {
+	if _, err := pgdb.Listen(ctx, bad, "c", func(string) {}, nil); err == nil || strings.Contains(err.Error(), secret) {
 		t.Fatalf("refused listener: %v", err)
 	}
 	if _, err := pgdb.Open(ctx, "/var/lib/users.db", "x", twoMigrations); err == nil {
@@ -178,56 +178,54 @@ func TestListenerSurvivesATerminatedConnection(t *testing.T) {
 	ctx := context.Background()
 	url := pg.NewDatabase(t)
 	db := open(t, url, "things", twoMigrations)
-	calls := make(chan struct{}, 100)
-	l, err := pgdb.Listen(ctx, url, "some channel", func() { calls <- struct{}{} }, nil)
+	calls := make(chan string, 100)
+	l, err := pgdb.Listen(ctx, url, "some channel", func(payload string) { calls <- payload }, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	wantCall := func(what string) {
+	wantCall := func(what, payload string) {
 		t.Helper()
 		select {
-		case <-calls:
+		case got := <-calls:
+			if got != payload {
+				t.Fatalf("%s: notify(%q), want notify(%q)", what, got, payload)
+			}
 		case <-time.After(30 * time.Second):
-			t.Fatalf("no notify call after %s", what)
+			t.Fatalf("%s: no notify call", what)
 		}
 	}
-	send := func() {
+	send := func(payload string) {
 		t.Helper()
-		if _, err := db.ExecContext(ctx, `SELECT pg_notify('some channel', 'x')`); err != nil {
+		if _, err := db.ExecContext(ctx, `SELECT pg_notify('some channel', $1)`, payload); err != nil {
 			t.Fatal(err)
 		}
 	}
-	send()
-	wantCall("a notification")
+	send("1")
+	wantCall("a notification", "1")
 
 	// A notification sent in a transaction is delivered when it commits.
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := tx.ExecContext(ctx, `NOTIFY "some channel"`); err != nil {
+	if _, err := tx.ExecContext(ctx, `NOTIFY "some channel", 'rolled back'`); err != nil {
 		t.Fatal(err)
 	}
 	if err := tx.Rollback(); err != nil {
 		t.Fatal(err)
 	}
-	send()
-	wantCall("a notification after a rolled-back one")
-	select {
-	case <-calls:
-		t.Fatal("the rolled-back notification was delivered")
-	default:
-	}
+	send("2")
+	wantCall("a rolled-back notification, then another", "2")
 
 	var n int
 	if err := db.QueryRowContext(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
 		WHERE datname = current_database() AND query LIKE 'LISTEN %'`).Scan(&n); err != nil || n != 1 {
 		t.Fatalf("terminated %d listeners, %v; want 1", n, err)
 	}
-	wantCall("the reconnection")
-	send()
-	wantCall("a notification on the new connection")
+	wantCall("the reconnection", "")
+	send("3")
+	wantCall("a notification on the new connection", "3")
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}

@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	orderv1 "github.com/palisade-rpc/palisade/proto/order/v1"
@@ -41,7 +40,7 @@ func (s *Store) SetStatus(ctx context.Context, id string, status orderv1.OrderSt
 	// The time is now, or just after the previous one if the clock says
 	// otherwise, so a tracker can tell the newer of two states.
 	err = tx.QueryRowContext(ctx,
-		"UPDATE orders SET status = ?, status_time = MAX(?, status_time + 1, create_time + 1) WHERE id = ? RETURNING user_id, status_time",
+		"UPDATE orders SET status = $1, status_time = "+s.greatest+"($2, status_time + 1, create_time + 1) WHERE id = $3 RETURNING user_id, status_time",
 		status.String(), s.now().UnixNano(), id).Scan(&st.UserID, &nano)
 	if errors.Is(err, sql.ErrNoRows) {
 		return OrderState{}, fmt.Errorf("order store: order %q: %w", id, ErrNotFound)
@@ -72,9 +71,8 @@ func (s *Store) States(ctx context.Context, ids []string) (map[string]OrderState
 	for i, id := range ids {
 		args[i] = id
 	}
-	placeholders := strings.TrimSuffix(strings.Repeat("?,", len(ids)), ",")
 	rows, err := s.db.QueryContext(ctx,
-		"SELECT id, user_id, status, CASE WHEN status_time = 0 THEN create_time ELSE status_time END FROM orders WHERE id IN ("+placeholders+")", args...)
+		"SELECT id, user_id, status, CASE WHEN status_time = 0 THEN create_time ELSE status_time END FROM orders WHERE id IN ("+placeholders(len(args))+")", args...)
 	if err != nil {
 		return nil, fmt.Errorf("order store: states: %w", err)
 	}

@@ -71,7 +71,7 @@ func run(args []string) error {
 	defer base.Stop()
 	logger, src := base.Logger, base.Source
 
-	store, err := order.OpenStore(ctx, *db)
+	store, err := order.OpenStore(ctx, *db, order.WithStoreLogger(logger))
 	if err != nil {
 		return err
 	}

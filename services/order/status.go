@@ -48,6 +48,12 @@ func (s *Store) SetStatus(ctx context.Context, id string, status orderv1.OrderSt
 	if err != nil {
 		return OrderState{}, fmt.Errorf("order store: set status of %q: %w", id, err)
 	}
+	if s.listener != nil {
+		// Delivered to the other replicas when the transaction commits.
+		if _, err := tx.ExecContext(ctx, "SELECT pg_notify('"+statusChannel+"', $1)", s.id); err != nil {
+			return OrderState{}, fmt.Errorf("order store: set status of %q: notify: %w", id, err)
+		}
+	}
 	if err := tx.Commit(); err != nil {
 		return OrderState{}, fmt.Errorf("order store: set status of %q: %w", id, err)
 	}
@@ -57,8 +63,10 @@ func (s *Store) SetStatus(ctx context.Context, id string, status orderv1.OrderSt
 }
 
 // StatusSignal returns a channel that is closed when the next SetStatus
-// commits. Take it before reading states, so a change committed after the
-// read is not missed.
+// commits: on this store, or with PostgreSQL on any replica sharing the
+// database (and also whenever the listener reconnects, since it may have
+// missed some). Take it before reading states, so a change committed after
+// the read is not missed.
 func (s *Store) StatusSignal() <-chan struct{} { return s.statusChanged.Wait() }
 
 // States returns the state of each of the orders ids that exists.

@@ -7,9 +7,11 @@ import (
 	"embed"
 	"encoding/base32"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"strconv"
 	"strings"
 	"time"
@@ -56,38 +58,96 @@ type Store struct {
 	// on both backends.
 	greatest string
 	now      func() time.Time
-	// statusChanged is notified when SetStatus commits.
+	// statusChanged is notified when SetStatus commits: by this store, and
+	// by listener when another replica's SetStatus commits (PostgreSQL).
 	statusChanged broadcast.Signal
+	listener      *pgdb.Listener // nil with SQLite
+	// id tells this store's notifications from other replicas' (PostgreSQL).
+	id string
+}
+
+// statusChannel is the PostgreSQL notification channel of status changes;
+// the payload is the id of the store that made the change.
+const statusChannel = "order_status"
+
+// StoreOption configures OpenStore.
+type StoreOption interface {
+	applyStore(*storeConfig)
+}
+
+type storeConfig struct {
+	logger *slog.Logger
+}
+
+type storeOptionFunc func(*storeConfig)
+
+func (f storeOptionFunc) applyStore(c *storeConfig) { f(c) }
+
+// WithStoreLogger sets the logger of a PostgreSQL store's status listener,
+// which logs losing and regaining its connection (default slog.Default()).
+func WithStoreLogger(l *slog.Logger) StoreOption {
+	return storeOptionFunc(func(c *storeConfig) {
+		if l != nil {
+			c.logger = l
+		}
+	})
 }
 
 // OpenStore opens the order database db and brings its schema up to date
 // (the files in migrations/sqlite or migrations/postgres). db is a SQLite
 // file path, the file and its directory created when missing (see package
-// sqlitedb), or a postgres:// URL (see package pgdb). Errors never hold the
-// URL, which may hold a password.
-func OpenStore(ctx context.Context, db string) (*Store, error) {
-	backend, greatest := "sqlite", "MAX"
-	if pgdb.IsURL(db) {
-		backend, greatest = "postgres", "GREATEST"
+// sqlitedb), or a postgres:// URL (see package pgdb). A PostgreSQL store
+// also listens for the status changes other replicas sharing the database
+// commit, and closes StatusSignal on each. Errors never hold the URL, which
+// may hold a password.
+func OpenStore(ctx context.Context, db string, opts ...StoreOption) (*Store, error) {
+	cfg := storeConfig{logger: slog.Default()}
+	for _, o := range opts {
+		o.applyStore(&cfg)
 	}
-	migrations, err := fs.Sub(migrationFiles, "migrations/"+backend)
+	if !pgdb.IsURL(db) {
+		migrations, err := fs.Sub(migrationFiles, "migrations/sqlite")
+		if err != nil {
+			return nil, fmt.Errorf("order store: %w", err)
+		}
+		sdb, err := sqlitedb.Open(ctx, db, migrations)
+		if err != nil {
+			return nil, fmt.Errorf("order store: %w", err)
+		}
+		return &Store{db: sdb, greatest: "MAX", now: time.Now}, nil
+	}
+	migrations, err := fs.Sub(migrationFiles, "migrations/postgres")
 	if err != nil {
 		return nil, fmt.Errorf("order store: %w", err)
 	}
-	var sdb *sql.DB
-	if backend == "postgres" {
-		sdb, err = pgdb.Open(ctx, db, "order", migrations)
-	} else {
-		sdb, err = sqlitedb.Open(ctx, db, migrations)
-	}
+	sdb, err := pgdb.Open(ctx, db, "order", migrations)
 	if err != nil {
 		return nil, fmt.Errorf("order store: %w", err)
 	}
-	return &Store{db: sdb, greatest: greatest, now: time.Now}, nil
+	var id [8]byte
+	_, _ = rand.Read(id[:]) // crypto/rand.Read never fails
+	s := &Store{db: sdb, greatest: "GREATEST", now: time.Now, id: hex.EncodeToString(id[:])}
+	if s.listener, err = pgdb.Listen(ctx, db, statusChannel, s.notified, cfg.logger); err != nil {
+		_ = sdb.Close()
+		return nil, fmt.Errorf("order store: %w", err)
+	}
+	return s, nil
 }
 
-// Close closes the database.
+// notified is called by the listener with the payload of a notification,
+// or "" when it may have missed some.
+func (s *Store) notified(payload string) {
+	if payload == s.id {
+		return // this store's own change: it closed the signal when it committed
+	}
+	s.statusChanged.Notify()
+}
+
+// Close stops listening for status changes and closes the database.
 func (s *Store) Close() error {
+	if s.listener != nil {
+		_ = s.listener.Close() // never fails
+	}
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("order store: close: %w", err)
 	}

@@ -5,9 +5,11 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"log/slog"
 	"path/filepath"
 	"regexp"
 	"testing"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -257,4 +259,40 @@ func TestStoreListRejectsBadTokens(t *testing.T) {
 			t.Fatal("List without a user id succeeded")
 		}
 	})
+}
+
+// TestStatusChangesWakeEveryReplica: two replicas share a PostgreSQL
+// database; a status set through A closes B's status signal, so B's
+// TrackOrders streams see it.
+func TestStatusChangesWakeEveryReplica(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url := order.PG.NewDatabase(t)
+	var replicas [2]*order.Store
+	for i := range replicas {
+		s, err := order.OpenStore(ctx, url, order.WithStoreLogger(slog.New(slog.DiscardHandler)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = s.Close() })
+		replicas[i] = s
+	}
+	a, b := replicas[0], replicas[1]
+	o, err := a.Create(ctx, newOrder("alice"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	signal := b.StatusSignal()
+	if _, err := a.SetStatus(ctx, o.GetId(), orderv1.OrderStatus_ORDER_STATUS_SHIPPED); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-signal:
+	case <-time.After(30 * time.Second):
+		t.Fatal("B's status signal stayed open after A set a status")
+	}
+	states, err := b.States(ctx, []string{o.GetId()})
+	if err != nil || states[o.GetId()].Status != orderv1.OrderStatus_ORDER_STATUS_SHIPPED {
+		t.Fatalf("B reads %+v, %v; want the order shipped", states, err)
+	}
 }

@@ -282,16 +282,6 @@ func (p *Shared) NewDatabase(t testing.TB) string {
 	return srv.NewDatabase(t)
 }
 
-// Server returns the shared server, starting it if it is not running yet.
-func (p *Shared) Server(t testing.TB) *Server {
-	t.Helper()
-	srv, err := p.server()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return srv
-}
-
 func (p *Shared) server() (*Server, error) {
 	p.once.Do(func() { p.srv, p.err = Start(context.Background()) })
 	return p.srv, p.err

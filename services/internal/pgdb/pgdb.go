@@ -66,9 +66,15 @@ func ParseURL(url string) (*pgx.ConnConfig, error) {
 	}
 	cfg, err := pgx.ParseConfig(url)
 	if err != nil {
-		// pgconn's error quotes the URL with the password masked, on a
-		// best-effort basis; say only that it does not parse.
-		return nil, errors.New("pgdb: the database URL does not parse (it is left out of this message: it may hold a password)")
+		// pgconn's error quotes the URL between backquotes, its password
+		// masked on a best-effort basis, then says what is wrong: keep only
+		// that, and do not wrap the error, which holds the URL.
+		msg := err.Error()
+		reason := "malformed"
+		if i := strings.LastIndex(msg, "`: "); i >= 0 {
+			reason = msg[i+len("`: "):]
+		}
+		return nil, errors.New("pgdb: the database URL does not parse (the URL is left out: it may hold a password): " + reason)
 	}
 	return cfg, nil
 }

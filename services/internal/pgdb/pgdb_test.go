@@ -149,8 +149,19 @@ func TestErrorsNeverHoldThePassword(t *testing.T) {
 	const secret = "s3cr3t-pa55"
 	url := pg.NewDatabase(t)
 	ctx := context.Background()
-	if _, err := pgdb.Open(ctx, "postgres://app:"+secret+"@127.0.0.1:notaport/db", "x", twoMigrations); err == nil || strings.Contains(err.Error(), secret) {
-		t.Fatalf("unparsable URL: %v", err)
+	for _, bad := range []string{
+		"postgres://app:" + secret + "@127.0.0.1:notaport/db",
+		"postgres://app:" + secret + "@127.0.0.1/db?sslmode=bogus",
+		"postgres://app:" + secret + "%zz@127.0.0.1/db",
+		"postgres://app:" + secret + "@[::1/db",
+		"postgres://app@127.0.0.1/db?password=" + secret + "&connect_timeout=x",
+		"postgres://app:" + secret + " x@127.0.0.1/db",
+		"postgresql://app:" + secret + "@@127.0.0.1:5432:5432/db",
+	} {
+		_, err := pgdb.Open(ctx, bad, "x", twoMigrations)
+		if err == nil || strings.Contains(err.Error(), secret) || !strings.Contains(err.Error(), "does not parse") {
+			t.Fatalf("unparsable URL: %v", err)
+		}
 	}
 	if _, err := pgdb.Open(ctx, "postgres://app@127.0.0.1:1/db?password="+secret+"&connect_timeout=5", "x", twoMigrations); err == nil || strings.Contains(err.Error(), secret) {
 		t.Fatalf("unreachable server: %v", err)

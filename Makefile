@@ -28,7 +28,7 @@ CONFORMANCE_VERSION := v1.0.7
 # Extra flags for `make load` and `make soak` (bin/palisade load --help).
 LOAD_FLAGS ?=
 
-.PHONY: help generate check-generate build test test-go test-demo test-fuzz fuzz vet demo up down bench bench-micro conformance load soak
+.PHONY: help generate check-generate build deps test test-go test-demo test-fuzz fuzz vet demo up down bench bench-micro conformance load soak
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -53,7 +53,10 @@ vet: ## go vet and a gofmt check
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
-test: vet check-generate test-go test-fuzz test-demo conformance ## the whole suite: vet, generated-code check, go test -race, short fuzzing, the demo, the conformance suite
+deps: ## install what the tests need beyond Go: PostgreSQL, for the store tests (quiet when present)
+	@scripts/install-deps.sh
+
+test: deps vet check-generate test-go test-fuzz test-demo conformance ## the whole suite: vet, generated-code check, go test -race, short fuzzing, the demo, the conformance suite
 	@echo "make test: all passed"
 
 test-go: ## go test -race ./...

@@ -25,14 +25,16 @@ issuer's keys (fetched from --jwks-url over mTLS); then the OPA policy decides
 CreateOrder calls the user service (--user-service) with this service's own
 certificate and, for the user of the call, a delegated token: the caller's
 token exchanged at the user service's AuthService.ExchangeToken (sub = the
-user, act = this service). Orders are stored in a SQLite file (--db).
+user, act = this service). Orders are stored in a SQLite file (--db), or
+in PostgreSQL (--db postgres://…), which several replicas can share.
 
 Users are cached in memory (--user-cache-size), kept fresh by the user
 service's change feed (WatchUserChanges), which this service follows as
 itself, resuming where it left off after a disconnection. While the feed is
 down or catching up, the cache is bypassed; a cached user is never served
 more than --user-cache-liveness after the feed's last heartbeat. Run several
-replicas (different --addr and --db): each follows the feed.`
+replicas (different --addr; different SQLite files, or one PostgreSQL
+database): each follows the feed.`
 
 func main() {
 	if err := run(os.Args[1:]); err != nil {
@@ -45,7 +47,7 @@ func run(args []string) error {
 	fs := flag.NewFlagSet("ordersvc", flag.ContinueOnError)
 	var common svcmain.Flags
 	common.Register(fs, "ordersvc", "127.0.0.1:9443")
-	db := fs.String("db", filepath.Join(svcmain.DefaultHome, "orders.db"), "SQLite `file` holding the orders (created when missing)")
+	db := fs.String("db", filepath.Join(svcmain.DefaultHome, "orders.db"), "SQLite `file` holding the orders (created when missing), or a postgres:// URL (keep its password in PGPASSWORD or ~/.pgpass, not on the command line)")
 	userURL := fs.String("user-service", "https://127.0.0.1:8443", "base `URL` of the user service")
 	userID := fs.String("user-service-id", "", "SPIFFE `ID` the user service must present (default spiffe://<trust-domain>/svc/user)")
 	upstreamTimeout := fs.Duration("upstream-timeout", 3*time.Second, "longest `time` a call to the user service may take; past it CreateOrder fails with unavailable")
@@ -69,7 +71,7 @@ func run(args []string) error {
 	defer base.Stop()
 	logger, src := base.Logger, base.Source
 
-	store, err := order.OpenStore(ctx, *db)
+	store, err := order.OpenStore(ctx, *db, order.WithStoreLogger(logger))
 	if err != nil {
 		return err
 	}

@@ -29,10 +29,12 @@ Every change to a user is recorded with a sequence number and streamed to
 the workloads that cache users (the order service) by WatchUserChanges;
 --change-retention and --change-retention-age bound the history kept.
 
-Users are kept in a SQLite file (--db); the demo users alice, bob and admin
-are created on first start, with random passwords written to
---demo-passwords. Signing keys are kept in --keys (created on first start,
-reloaded when 'palisade keys rotate' changes the file).`
+Users are kept in a SQLite file (--db), or in PostgreSQL (--db
+postgres://…), which several replicas can share: each serves the change
+feed, whichever wrote the change. The demo users alice, bob and admin are
+created on first start, with random passwords written to --demo-passwords.
+Signing keys are kept in --keys (created on first start, reloaded when
+'palisade keys rotate' changes the file).`
 
 func main() {
 	if err := run(os.Args[1:]); err != nil {
@@ -46,7 +48,7 @@ func run(args []string) error {
 	var common svcmain.Flags
 	common.Register(fs, "usersvc", "127.0.0.1:8443")
 	home := svcmain.DefaultHome
-	db := fs.String("db", filepath.Join(home, "users.db"), "SQLite `file` holding the users (created when missing)")
+	db := fs.String("db", filepath.Join(home, "users.db"), "SQLite `file` holding the users (created when missing), or a postgres:// URL (keep its password in PGPASSWORD or ~/.pgpass, not on the command line)")
 	keys := fs.String("keys", filepath.Join(home, "keys", "signing-keys.json"), "`file` of the token signing keys (mode 0600; created when missing)")
 	alg := fs.String("signing-alg", token.DefaultSigningAlg, "`algorithm` of a key created at first start: EdDSA or ES256")
 	ttl := fs.Duration("token-ttl", token.DefaultTTL, "`lifetime` of access tokens issued by Login")
@@ -75,7 +77,7 @@ func run(args []string) error {
 	defer base.Stop()
 	logger, src := base.Logger, base.Source
 
-	store, err := user.OpenStore(ctx, *db)
+	store, err := user.OpenStore(ctx, *db, user.WithStoreLogger(logger))
 	if err != nil {
 		return err
 	}
@@ -83,7 +85,7 @@ func run(args []string) error {
 	if seeded, err := store.SeedDemoUsers(ctx); err != nil {
 		return err
 	} else if seeded {
-		logger.Info("seeded demo users", "db", *db)
+		logger.Info("seeded demo users", "db", dbForLog(*db))
 	}
 	if *demoPasswords != "" {
 		if wrote, err := user.EnsureDemoPasswords(ctx, store, *demoPasswords, password.DefaultParams()); err != nil {
@@ -122,4 +124,12 @@ func run(args []string) error {
 		return err
 	}
 	return common.Serve(ctx, srv.Server, tel, logger)
+}
+
+// dbForLog is --db as it may be logged: a URL may hold a password.
+func dbForLog(db string) string {
+	if strings.Contains(db, "://") {
+		return "PostgreSQL"
+	}
+	return db
 }

@@ -4,10 +4,13 @@ import (
 	"testing"
 
 	"go.uber.org/goleak"
+
+	"github.com/palisade-rpc/palisade/services/order"
 )
 
-// TestMain fails the package's tests if any goroutine is left running after
-// they end: servers, clients, watchers and reloaders must all stop.
+// TestMain stops the package's PostgreSQL server (order.PG) after the
+// tests, then fails them if any goroutine is left running: servers,
+// clients, watchers and reloaders must all stop.
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(order.PG.StopAfter(m))
 }

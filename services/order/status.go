@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	orderv1 "github.com/palisade-rpc/palisade/proto/order/v1"
@@ -41,13 +40,19 @@ func (s *Store) SetStatus(ctx context.Context, id string, status orderv1.OrderSt
 	// The time is now, or just after the previous one if the clock says
 	// otherwise, so a tracker can tell the newer of two states.
 	err = tx.QueryRowContext(ctx,
-		"UPDATE orders SET status = ?, status_time = MAX(?, status_time + 1, create_time + 1) WHERE id = ? RETURNING user_id, status_time",
+		"UPDATE orders SET status = $1, status_time = "+s.greatest+"($2, status_time + 1, create_time + 1) WHERE id = $3 RETURNING user_id, status_time",
 		status.String(), s.now().UnixNano(), id).Scan(&st.UserID, &nano)
 	if errors.Is(err, sql.ErrNoRows) {
 		return OrderState{}, fmt.Errorf("order store: order %q: %w", id, ErrNotFound)
 	}
 	if err != nil {
 		return OrderState{}, fmt.Errorf("order store: set status of %q: %w", id, err)
+	}
+	if s.listener != nil {
+		// Delivered to the other replicas when the transaction commits.
+		if _, err := tx.ExecContext(ctx, "SELECT pg_notify('"+statusChannel+"', $1)", s.id); err != nil {
+			return OrderState{}, fmt.Errorf("order store: set status of %q: notify: %w", id, err)
+		}
 	}
 	if err := tx.Commit(); err != nil {
 		return OrderState{}, fmt.Errorf("order store: set status of %q: %w", id, err)
@@ -58,8 +63,10 @@ func (s *Store) SetStatus(ctx context.Context, id string, status orderv1.OrderSt
 }
 
 // StatusSignal returns a channel that is closed when the next SetStatus
-// commits. Take it before reading states, so a change committed after the
-// read is not missed.
+// commits: on this store, or with PostgreSQL on any replica sharing the
+// database (and also whenever the listener reconnects, since it may have
+// missed some). Take it before reading states, so a change committed after
+// the read is not missed.
 func (s *Store) StatusSignal() <-chan struct{} { return s.statusChanged.Wait() }
 
 // States returns the state of each of the orders ids that exists.
@@ -72,9 +79,8 @@ func (s *Store) States(ctx context.Context, ids []string) (map[string]OrderState
 	for i, id := range ids {
 		args[i] = id
 	}
-	placeholders := strings.TrimSuffix(strings.Repeat("?,", len(ids)), ",")
 	rows, err := s.db.QueryContext(ctx,
-		"SELECT id, user_id, status, CASE WHEN status_time = 0 THEN create_time ELSE status_time END FROM orders WHERE id IN ("+placeholders+")", args...)
+		"SELECT id, user_id, status, CASE WHEN status_time = 0 THEN create_time ELSE status_time END FROM orders WHERE id IN ("+placeholders(len(args))+")", args...)
 	if err != nil {
 		return nil, fmt.Errorf("order store: states: %w", err)
 	}

@@ -7,9 +7,11 @@ import (
 	"embed"
 	"encoding/base32"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"strconv"
 	"strings"
 	"time"
@@ -19,6 +21,7 @@ import (
 
 	orderv1 "github.com/palisade-rpc/palisade/proto/order/v1"
 	"github.com/palisade-rpc/palisade/services/internal/broadcast"
+	"github.com/palisade-rpc/palisade/services/internal/pgdb"
 	"github.com/palisade-rpc/palisade/services/internal/sqlitedb"
 )
 
@@ -42,34 +45,109 @@ const (
 // base32: 128 random bits.
 const IDPrefix = "ord_"
 
-//go:embed migrations/*.sql
+//go:embed migrations/sqlite/*.sql migrations/postgres/*.sql
 var migrationFiles embed.FS
 
-// Store keeps orders in a SQLite database file. It is safe for concurrent use.
+// Store keeps orders in a database: a SQLite file, the embedded default, or
+// PostgreSQL, which several replicas of the service can share. It is safe
+// for concurrent use.
 type Store struct {
-	db  *sql.DB
-	now func() time.Time
-	// statusChanged is notified when SetStatus commits.
+	db *sql.DB
+	// greatest is the SQL function of the largest of its arguments:
+	// SQLite's MAX, PostgreSQL's GREATEST. The rest of the SQL is the same
+	// on both backends.
+	greatest string
+	now      func() time.Time
+	// statusChanged is notified when SetStatus commits: by this store, and
+	// by listener when another replica's SetStatus commits (PostgreSQL).
 	statusChanged broadcast.Signal
+	listener      *pgdb.Listener // nil with SQLite
+	// id tells this store's notifications from other replicas' (PostgreSQL).
+	id string
 }
 
-// OpenStore opens the order database at path, creating the file and its
-// directory when missing, and brings its schema up to date (the files in
-// migrations/, tracked with PRAGMA user_version; see package sqlitedb).
-func OpenStore(ctx context.Context, path string) (*Store, error) {
-	migrations, err := fs.Sub(migrationFiles, "migrations")
+// statusChannel is the PostgreSQL notification channel of status changes;
+// the payload is the id of the store that made the change.
+const statusChannel = "order_status"
+
+// StoreOption configures OpenStore.
+type StoreOption interface {
+	applyStore(*storeConfig)
+}
+
+type storeConfig struct {
+	logger *slog.Logger
+}
+
+type storeOptionFunc func(*storeConfig)
+
+func (f storeOptionFunc) applyStore(c *storeConfig) { f(c) }
+
+// WithStoreLogger sets the logger of a PostgreSQL store's status listener,
+// which logs losing and regaining its connection (default slog.Default()).
+func WithStoreLogger(l *slog.Logger) StoreOption {
+	return storeOptionFunc(func(c *storeConfig) {
+		if l != nil {
+			c.logger = l
+		}
+	})
+}
+
+// OpenStore opens the order database db and brings its schema up to date
+// (the files in migrations/sqlite or migrations/postgres). db is a SQLite
+// file path, the file and its directory created when missing (see package
+// sqlitedb), or a postgres:// URL (see package pgdb). A PostgreSQL store
+// also listens for the status changes other replicas sharing the database
+// commit, and closes StatusSignal on each. Errors never hold the URL, which
+// may hold a password.
+func OpenStore(ctx context.Context, db string, opts ...StoreOption) (*Store, error) {
+	cfg := storeConfig{logger: slog.Default()}
+	for _, o := range opts {
+		o.applyStore(&cfg)
+	}
+	if !pgdb.IsURL(db) {
+		migrations, err := fs.Sub(migrationFiles, "migrations/sqlite")
+		if err != nil {
+			return nil, fmt.Errorf("order store: %w", err)
+		}
+		sdb, err := sqlitedb.Open(ctx, db, migrations)
+		if err != nil {
+			return nil, fmt.Errorf("order store: %w", err)
+		}
+		return &Store{db: sdb, greatest: "MAX", now: time.Now}, nil
+	}
+	migrations, err := fs.Sub(migrationFiles, "migrations/postgres")
 	if err != nil {
 		return nil, fmt.Errorf("order store: %w", err)
 	}
-	db, err := sqlitedb.Open(ctx, path, migrations)
+	sdb, err := pgdb.Open(ctx, db, "order", migrations)
 	if err != nil {
 		return nil, fmt.Errorf("order store: %w", err)
 	}
-	return &Store{db: db, now: time.Now}, nil
+	var id [8]byte
+	_, _ = rand.Read(id[:]) // crypto/rand.Read never fails
+	s := &Store{db: sdb, greatest: "GREATEST", now: time.Now, id: hex.EncodeToString(id[:])}
+	if s.listener, err = pgdb.Listen(ctx, db, statusChannel, s.notified, cfg.logger); err != nil {
+		_ = sdb.Close()
+		return nil, fmt.Errorf("order store: %w", err)
+	}
+	return s, nil
 }
 
-// Close closes the database.
+// notified is called by the listener with the payload of a notification,
+// or "" when it may have missed some.
+func (s *Store) notified(payload string) {
+	if payload == s.id {
+		return // this store's own change: it closed the signal when it committed
+	}
+	s.statusChanged.Notify()
+}
+
+// Close stops listening for status changes and closes the database.
 func (s *Store) Close() error {
+	if s.listener != nil {
+		_ = s.listener.Close() // never fails
+	}
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("order store: close: %w", err)
 	}
@@ -115,12 +193,12 @@ func (s *Store) CreateAll(ctx context.Context, orders []*orderv1.Order) ([]*orde
 	}
 	defer func() { _ = tx.Rollback() }()
 	insertOrder, err := tx.PrepareContext(ctx,
-		"INSERT INTO orders (id, user_id, status, create_time, user_display_name, status_time) VALUES (?, ?, ?, ?, ?, ?)")
+		"INSERT INTO orders (id, user_id, status, create_time, user_display_name, status_time) VALUES ($1, $2, $3, $4, $5, $6)")
 	if err != nil {
 		return nil, fmt.Errorf("order store: create: %w", err)
 	}
 	defer insertOrder.Close()
-	insertItem, err := tx.PrepareContext(ctx, "INSERT INTO order_items (order_id, position, sku, quantity) VALUES (?, ?, ?, ?)")
+	insertItem, err := tx.PrepareContext(ctx, "INSERT INTO order_items (order_id, position, sku, quantity) VALUES ($1, $2, $3, $4)")
 	if err != nil {
 		return nil, fmt.Errorf("order store: create: %w", err)
 	}
@@ -169,7 +247,7 @@ func scanOrder(r sqlitedb.Row) (*orderv1.Order, error) {
 
 // Get returns the order with id, or an error wrapping ErrNotFound.
 func (s *Store) Get(ctx context.Context, id string) (*orderv1.Order, error) {
-	o, err := scanOrder(s.db.QueryRowContext(ctx, "SELECT "+orderColumns+" FROM orders WHERE id = ?", id))
+	o, err := scanOrder(s.db.QueryRowContext(ctx, "SELECT "+orderColumns+" FROM orders WHERE id = $1", id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("order store: order %q: %w", id, ErrNotFound)
 	}
@@ -195,18 +273,18 @@ func (s *Store) List(ctx context.Context, userID string, pageSize int, pageToken
 		return nil, "", errors.New("order store: list: empty user id")
 	}
 	pageSize = clampPageSize(pageSize)
-	query := "SELECT " + orderColumns + " FROM orders WHERE user_id = ?"
+	query := "SELECT " + orderColumns + " FROM orders WHERE user_id = $1"
 	args := []any{userID}
 	if pageToken != "" {
 		t, id, err := decodePageToken(pageToken)
 		if err != nil {
 			return nil, "", fmt.Errorf("order store: list: %w", err)
 		}
-		query += " AND (create_time < ? OR (create_time = ? AND id < ?))"
-		args = append(args, t, t, id)
+		query += " AND (create_time < $2 OR (create_time = $2 AND id < $3))"
+		args = append(args, t, id)
 	}
 	// Ask for one more than a page to learn whether another page follows.
-	query += " ORDER BY create_time DESC, id DESC LIMIT ?"
+	query += " ORDER BY create_time DESC, id DESC LIMIT $" + strconv.Itoa(len(args)+1)
 	args = append(args, pageSize+1)
 
 	rows, err := s.db.QueryContext(ctx, query, args...)
@@ -249,9 +327,8 @@ func (s *Store) loadItems(ctx context.Context, orders []*orderv1.Order) error {
 		byID[o.GetId()] = o
 		args = append(args, o.GetId())
 	}
-	placeholders := strings.TrimSuffix(strings.Repeat("?,", len(orders)), ",")
 	rows, err := s.db.QueryContext(ctx,
-		"SELECT order_id, sku, quantity FROM order_items WHERE order_id IN ("+placeholders+") ORDER BY order_id, position", args...)
+		"SELECT order_id, sku, quantity FROM order_items WHERE order_id IN ("+placeholders(len(args))+") ORDER BY order_id, position", args...)
 	if err != nil {
 		return fmt.Errorf("load items: %w", err)
 	}
@@ -281,6 +358,18 @@ func (s *Store) Count(ctx context.Context) (int, error) {
 		return 0, fmt.Errorf("order store: count: %w", err)
 	}
 	return n, nil
+}
+
+// placeholders returns "$1, $2, …, $n".
+func placeholders(n int) string {
+	var b strings.Builder
+	for i := range n {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString("$" + strconv.Itoa(i+1))
+	}
+	return b.String()
 }
 
 func clampPageSize(n int) int {

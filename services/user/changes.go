@@ -2,8 +2,10 @@ package user
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -20,6 +22,19 @@ import (
 // WatchUserChanges streams) wait on that signal and then read the table
 // after their position, so a change committed while a reader was busy is
 // read on its next pass, and no reader ever holds up a writer.
+//
+// The sequence rule: changes commit in sequence order, so a reader that has
+// seen change n has seen every change before it, and can resume "after n".
+// SQLite has one writer at a time. On PostgreSQL, writers take the next
+// sequence by updating a row that stays locked until they commit (see
+// migrations/postgres/0003_user_changes.sql): writers of changes commit one
+// after another, readers never wait. Sequences are consecutive on both
+// backends (a rolled-back writer's number is taken again).
+//
+// With PostgreSQL, several replicas share the table. A writer also sends a
+// NOTIFY in its transaction, delivered when it commits; every other
+// replica's listener closes its store's change signal on it, so every
+// replica's readers wake, whichever replica wrote.
 //
 // Password hashes are credentials, not part of the user a subscriber caches:
 // setting one records no change.
@@ -78,35 +93,39 @@ func (s *Store) currentRetention() Retention {
 }
 
 // ChangeSignal returns a channel that is closed when the next change is
-// committed. Take it before reading the history, so that a change committed
-// after the read is not missed.
+// committed: by this store, or with PostgreSQL by any replica sharing the
+// database (and also whenever the listener reconnects, since it may have
+// missed some). Take it before reading the history, so that a change
+// committed after the read is not missed.
 func (s *Store) ChangeSignal() <-chan struct{} { return s.changed.Wait() }
 
-// recordChange writes the change of kind to user id in tx, and prunes the
-// history to the retention. The change's time is now.
-func (s *Store) recordChange(ctx context.Context, tx execer, id string, kind userv1.UserChangeKind, now time.Time) error {
+// recordChange writes the change of kind to user id in tx, announces it to
+// the other replicas (PostgreSQL), and prunes the history to the retention.
+// The change's time is now.
+func (s *Store) recordChange(ctx context.Context, tx *sql.Tx, id string, kind userv1.UserChangeKind, now time.Time) error {
 	name, ok := strings.CutPrefix(kind.String(), "USER_CHANGE_KIND_")
 	if !ok || kind == userv1.UserChangeKind_USER_CHANGE_KIND_UNSPECIFIED {
 		return fmt.Errorf("record change: kind %v", kind)
 	}
-	res, err := tx.ExecContext(ctx, "INSERT INTO user_changes (user_id, kind, time) VALUES (?, ?, ?)", id, name, now.UnixNano())
-	if err != nil {
+	var seq int64
+	if err := tx.QueryRowContext(ctx, s.sql.insertChange, id, name, now.UnixNano()).Scan(&seq); err != nil {
 		return fmt.Errorf("record change: %w", err)
 	}
-	seq, err := res.LastInsertId()
-	if err != nil {
-		return fmt.Errorf("record change: %w", err)
+	if s.sql.notifyChange != "" {
+		if _, err := tx.ExecContext(ctx, s.sql.notifyChange, strconv.FormatInt(seq, 10)+" "+s.id); err != nil {
+			return fmt.Errorf("record change: notify: %w", err)
+		}
 	}
 	// The change just written is never pruned: MaxChanges ≥ 1 keeps it, and
 	// its time is now. So the newest sequence is always in the table.
 	r := s.currentRetention()
 	if r.MaxChanges > 0 {
-		if _, err := tx.ExecContext(ctx, "DELETE FROM user_changes WHERE sequence <= ?", seq-int64(r.MaxChanges)); err != nil {
+		if _, err := tx.ExecContext(ctx, "DELETE FROM user_changes WHERE sequence <= $1", seq-int64(r.MaxChanges)); err != nil {
 			return fmt.Errorf("prune changes: %w", err)
 		}
 	}
 	if r.MaxAge > 0 {
-		if _, err := tx.ExecContext(ctx, "DELETE FROM user_changes WHERE time < ?", now.Add(-r.MaxAge).UnixNano()); err != nil {
+		if _, err := tx.ExecContext(ctx, "DELETE FROM user_changes WHERE time < $1", now.Add(-r.MaxAge).UnixNano()); err != nil {
 			return fmt.Errorf("prune changes: %w", err)
 		}
 	}
@@ -120,7 +139,7 @@ func (s *Store) Changes(ctx context.Context, after int64, limit int) ([]*userv1.
 		return nil, fmt.Errorf("user store: changes: limit %d", limit)
 	}
 	rows, err := s.db.QueryContext(ctx,
-		"SELECT sequence, user_id, kind, time FROM user_changes WHERE sequence > ? ORDER BY sequence LIMIT ?", after, limit)
+		"SELECT sequence, user_id, kind, time FROM user_changes WHERE sequence > $1 ORDER BY sequence LIMIT $2", after, limit)
 	if err != nil {
 		return nil, fmt.Errorf("user store: changes: %w", err)
 	}

@@ -24,7 +24,7 @@ func (s *Store) Credentials(ctx context.Context, id string) (string, *userv1.Use
 		return "", nil, fmt.Errorf("user store: %w", err)
 	}
 	var hash string
-	if err := s.db.QueryRowContext(ctx, "SELECT password_hash FROM users WHERE id = ?", id).Scan(&hash); err != nil {
+	if err := s.db.QueryRowContext(ctx, "SELECT password_hash FROM users WHERE id = $1", id).Scan(&hash); err != nil {
 		if errors.Is(err, sql.ErrNoRows) {
 			return "", nil, fmt.Errorf("user store: %w", ErrNotFound)
 		}
@@ -35,7 +35,7 @@ func (s *Store) Credentials(ctx context.Context, id string) (string, *userv1.Use
 
 // SetPasswordHash stores an argon2id hash (from password.Hash) for user id.
 func (s *Store) SetPasswordHash(ctx context.Context, id, hash string) error {
-	res, err := s.db.ExecContext(ctx, "UPDATE users SET password_hash = ? WHERE id = ?", hash, id)
+	res, err := s.db.ExecContext(ctx, "UPDATE users SET password_hash = $1 WHERE id = $2", hash, id)
 	if err != nil {
 		return fmt.Errorf("user store: set password: %w", err)
 	}

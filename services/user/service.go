@@ -1,5 +1,5 @@
-// Package user is the sample user service: users kept in SQLite (Store) and
-// served over user.v1.UserService (Service).
+// Package user is the sample user service: users kept in SQLite or
+// PostgreSQL (Store) and served over user.v1.UserService (Service).
 //
 // Choices a caller can observe:
 //

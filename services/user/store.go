@@ -2,14 +2,18 @@ package user
 
 import (
 	"context"
+	"crypto/rand"
 	"database/sql"
 	"embed"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -20,6 +24,7 @@ import (
 
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
 	"github.com/palisade-rpc/palisade/services/internal/broadcast"
+	"github.com/palisade-rpc/palisade/services/internal/pgdb"
 	"github.com/palisade-rpc/palisade/services/internal/sqlitedb"
 )
 
@@ -43,39 +48,147 @@ const (
 	MaxPageSize = 500
 )
 
-//go:embed migrations/*.sql
+//go:embed migrations/sqlite/*.sql migrations/postgres/*.sql
 var migrationFiles embed.FS
 
-// Store keeps users in a SQLite database file, and the history of their
-// changes (see changes.go). It is safe for concurrent use.
+// Store keeps users, and the history of their changes (see changes.go), in
+// a database: a SQLite file, the embedded default, or PostgreSQL, which
+// several replicas of the service can share. It is safe for concurrent use.
+//
+// Both backends run the same SQL but for the few statements of dialect.
 type Store struct {
 	db  *sql.DB
+	sql dialect
 	now func() time.Time
 
-	// changed is notified when a change commits.
-	changed broadcast.Signal
+	// changed is notified when a change commits: by this store after its
+	// writes, and by listener when another replica's write commits.
+	changed  broadcast.Signal
+	listener *pgdb.Listener // nil with SQLite
+	// id tells this store's notifications from other replicas' (PostgreSQL).
+	id string
 
 	mu        sync.Mutex
 	retention Retention
 }
 
-// OpenStore opens the user database at path, creating the file and its
-// directory when missing, and brings its schema up to date (the files in
-// migrations/, tracked with PRAGMA user_version; see package sqlitedb).
-func OpenStore(ctx context.Context, path string) (*Store, error) {
-	migrations, err := fs.Sub(migrationFiles, "migrations")
-	if err != nil {
-		return nil, fmt.Errorf("user store: %w", err)
-	}
-	db, err := sqlitedb.Open(ctx, path, migrations)
-	if err != nil {
-		return nil, fmt.Errorf("user store: %w", err)
-	}
-	return &Store{db: db, now: time.Now, retention: DefaultRetention()}, nil
+// dialect is what differs between the backends' SQL.
+type dialect struct {
+	// insertChange records a change ($1 user id, $2 kind, $3 time) and
+	// returns its sequence. Changes must become visible in sequence order
+	// (see changes.go).
+	insertChange string
+	// notifyChange, when set, tells the other replicas that change $1
+	// committed. It runs in the writing transaction, so it is delivered when
+	// the transaction commits, and not at all if it rolls back.
+	notifyChange string
+	// lockUsers, when set, runs first in SeedDemoUsers, so that replicas
+	// starting at once do not both find the table empty.
+	lockUsers string
 }
 
-// Close closes the database.
+// SQLite has one writer at a time (transactions begin IMMEDIATE), so
+// AUTOINCREMENT's sequences commit in order.
+var sqliteDialect = dialect{
+	insertChange: "INSERT INTO user_changes (user_id, kind, time) VALUES ($1, $2, $3) RETURNING sequence",
+}
+
+// PostgreSQL takes the next sequence by updating the one row of
+// user_change_sequence, which stays locked until the transaction ends: see
+// migrations/postgres/0003_user_changes.sql.
+var postgresDialect = dialect{
+	insertChange: `WITH next AS (UPDATE user_change_sequence SET last = last + 1 RETURNING last)
+INSERT INTO user_changes (sequence, user_id, kind, time) VALUES ((SELECT last FROM next), $1, $2, $3)
+RETURNING sequence`,
+	notifyChange: "SELECT pg_notify('" + changeChannel + "', $1)",
+	lockUsers:    "LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE",
+}
+
+// changeChannel is the PostgreSQL notification channel of user changes.
+// The payload is the change's sequence and the id of the store that wrote
+// it, separated by a space.
+const changeChannel = "user_changes"
+
+// StoreOption configures OpenStore.
+type StoreOption interface {
+	applyStore(*storeConfig)
+}
+
+type storeConfig struct {
+	logger *slog.Logger
+}
+
+type storeOptionFunc func(*storeConfig)
+
+func (f storeOptionFunc) applyStore(c *storeConfig) { f(c) }
+
+// WithStoreLogger sets the logger of a PostgreSQL store's change listener,
+// which logs losing and regaining its connection (default slog.Default()).
+func WithStoreLogger(l *slog.Logger) StoreOption {
+	return storeOptionFunc(func(c *storeConfig) {
+		if l != nil {
+			c.logger = l
+		}
+	})
+}
+
+// OpenStore opens the user database db and brings its schema up to date
+// (the files in migrations/sqlite or migrations/postgres).
+//
+// db is a SQLite file path, the file and its directory created when
+// missing (see package sqlitedb), or a postgres:// URL (see package pgdb).
+// A PostgreSQL store also listens for the changes other replicas sharing
+// the database commit, and closes ChangeSignal on each. Errors never hold
+// the URL, which may hold a password.
+func OpenStore(ctx context.Context, db string, opts ...StoreOption) (*Store, error) {
+	cfg := storeConfig{logger: slog.Default()}
+	for _, o := range opts {
+		o.applyStore(&cfg)
+	}
+	s := &Store{now: time.Now, retention: DefaultRetention()}
+	if !pgdb.IsURL(db) {
+		migrations, err := fs.Sub(migrationFiles, "migrations/sqlite")
+		if err != nil {
+			return nil, fmt.Errorf("user store: %w", err)
+		}
+		if s.db, err = sqlitedb.Open(ctx, db, migrations); err != nil {
+			return nil, fmt.Errorf("user store: %w", err)
+		}
+		s.sql = sqliteDialect
+		return s, nil
+	}
+	migrations, err := fs.Sub(migrationFiles, "migrations/postgres")
+	if err != nil {
+		return nil, fmt.Errorf("user store: %w", err)
+	}
+	if s.db, err = pgdb.Open(ctx, db, "user", migrations); err != nil {
+		return nil, fmt.Errorf("user store: %w", err)
+	}
+	s.sql = postgresDialect
+	var id [8]byte
+	_, _ = rand.Read(id[:]) // crypto/rand.Read never fails
+	s.id = hex.EncodeToString(id[:])
+	if s.listener, err = pgdb.Listen(ctx, db, changeChannel, s.notified, cfg.logger); err != nil {
+		_ = s.db.Close()
+		return nil, fmt.Errorf("user store: %w", err)
+	}
+	return s, nil
+}
+
+// notified is called by the listener with the payload of a notification,
+// or "" when it may have missed some.
+func (s *Store) notified(payload string) {
+	if _, from, _ := strings.Cut(payload, " "); from == s.id {
+		return // this store's own change: it closed the signal when it committed
+	}
+	s.changed.Notify()
+}
+
+// Close stops listening for changes and closes the database.
 func (s *Store) Close() error {
+	if s.listener != nil {
+		_ = s.listener.Close() // never fails
+	}
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("user store: close: %w", err)
 	}
@@ -94,13 +207,19 @@ func demoUsers() []*userv1.User {
 // SeedDemoUsers adds the demo users — alice and bob (role customer) and
 // admin (role admin), all active — when the users table is empty, and
 // reports whether it added them. A database that has any user is left alone,
-// so seeding on every start is safe.
+// so seeding on every start is safe, also when several replicas sharing a
+// PostgreSQL database start at once (one of them seeds).
 func (s *Store) SeedDemoUsers(ctx context.Context) (bool, error) {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return false, fmt.Errorf("user store: seed: %w", err)
 	}
 	defer func() { _ = tx.Rollback() }()
+	if s.sql.lockUsers != "" {
+		if _, err := tx.ExecContext(ctx, s.sql.lockUsers); err != nil {
+			return false, fmt.Errorf("user store: seed: %w", err)
+		}
+	}
 	var n int
 	if err := tx.QueryRowContext(ctx, "SELECT COUNT(*) FROM users").Scan(&n); err != nil {
 		return false, fmt.Errorf("user store: seed: %w", err)
@@ -149,7 +268,7 @@ type queryer interface {
 }
 
 func get(ctx context.Context, q queryer, id string) (*userv1.User, error) {
-	u, err := scanUser(q.QueryRowContext(ctx, "SELECT "+userColumns+" FROM users WHERE id = ?", id))
+	u, err := scanUser(q.QueryRowContext(ctx, "SELECT "+userColumns+" FROM users WHERE id = $1", id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("user %q: %w", id, ErrNotFound)
 	}
@@ -186,7 +305,7 @@ func (s *Store) List(ctx context.Context, pageSize int, pageToken string) (users
 	}
 	// Ask for one more than a page to learn whether another page follows.
 	rows, err := s.db.QueryContext(ctx,
-		"SELECT "+userColumns+" FROM users WHERE id > ? ORDER BY id LIMIT ?", after, pageSize+1)
+		"SELECT "+userColumns+" FROM users WHERE id > $1 ORDER BY id LIMIT $2", after, pageSize+1)
 	if err != nil {
 		return nil, "", fmt.Errorf("user store: list: %w", err)
 	}
@@ -251,7 +370,7 @@ func insert(ctx context.Context, db execer, u *userv1.User, now time.Time) (*use
 		return nil, err
 	}
 	res, err := db.ExecContext(ctx,
-		"INSERT INTO users ("+userColumns+") VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+		"INSERT INTO users ("+userColumns+") VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
 		out.GetId(), out.GetDisplayName(), out.GetEmail(), roles, out.GetActive(), now.UnixNano())
 	if err != nil {
 		return nil, err
@@ -337,7 +456,7 @@ func (s *Store) Update(ctx context.Context, u *userv1.User, paths []string) (*us
 		if !set[f] {
 			continue
 		}
-		assignments = append(assignments, f+" = ?")
+		assignments = append(assignments, f+" = $"+strconv.Itoa(len(assignments)+1))
 		switch f {
 		case "display_name":
 			args = append(args, u.GetDisplayName())
@@ -354,13 +473,14 @@ func (s *Store) Update(ctx context.Context, u *userv1.User, paths []string) (*us
 		}
 	}
 	args = append(args, u.GetId())
+	where := " WHERE id = $" + strconv.Itoa(len(args))
 
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return nil, fmt.Errorf("user store: update: %w", err)
 	}
 	defer func() { _ = tx.Rollback() }()
-	res, err := tx.ExecContext(ctx, "UPDATE users SET "+strings.Join(assignments, ", ")+" WHERE id = ?", args...)
+	res, err := tx.ExecContext(ctx, "UPDATE users SET "+strings.Join(assignments, ", ")+where, args...)
 	if err != nil {
 		return nil, fmt.Errorf("user store: update %q: %w", u.GetId(), err)
 	}

@@ -45,13 +45,15 @@ func WithHeartbeatInterval(d time.Duration) ServiceOption {
 // pruned, or after_sequence is newer than any change (the database was
 // replaced) — the stream first sends a reset, then the retained changes from
 // the oldest on. The same happens if a subscriber falls behind the retention
-// while it is connected. Sequences are consecutive (AUTOINCREMENT, one
-// writer at a time), so a gap always means lost history.
+// while it is connected. Sequences are consecutive and commit in order on
+// both backends (see changes.go), so a gap always means lost history.
 //
 // The stream reads from the store, never from a buffer that writers fill:
 // a slow subscriber costs at most one page of changes in memory and never
-// delays a writer. Changes committed by another process sharing the
-// database are seen within a heartbeat interval.
+// delays a writer. Changes committed by another replica sharing a
+// PostgreSQL database wake the stream through the store's listener; and
+// whatever the listener misses, each heartbeat follows a read of the
+// table, so a change is sent within a heartbeat interval at worst.
 func (s *Service) WatchUserChanges(ctx context.Context, req *userv1.WatchUserChangesRequest, stream *connect.ServerStream[userv1.WatchUserChangesResponse]) error {
 	pos := req.GetAfterSequence()
 	if pos < 0 {

@@ -19,12 +19,13 @@
 // # Migrations
 //
 // A service keeps its schema in an fs.FS (normally an embed.FS) of files
-// named NNNN_description.sql, numbered from 0001 without gaps. The schema
-// version of a database is its PRAGMA user_version: Migrate applies, in one
-// transaction, every file numbered above it and sets user_version to the
-// highest number. Applying the same set twice is a no-op. A database whose
-// version is higher than the highest file is refused: it was written by a
-// newer binary. To change a schema, add a file; never edit one that shipped.
+// named NNNN_description.sql, numbered from 0001 without gaps (package
+// migration reads them). The schema version of a database is its PRAGMA
+// user_version: Migrate applies, in one transaction, every file numbered
+// above it and sets user_version to the highest number. Applying the same
+// set twice is a no-op. A database whose version is higher than the highest
+// file is refused: it was written by a newer binary. To change a schema, add
+// a file; never edit one that shipped.
 package sqlitedb
 
 import (
@@ -36,11 +37,11 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"regexp"
-	"sort"
 	"strconv"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
+
+	"github.com/palisade-rpc/palisade/services/internal/migration"
 )
 
 // DriverName is the database/sql driver the databases are opened with.
@@ -106,55 +107,11 @@ func dsn(abs string) string {
 	return u.String()
 }
 
-// migration is one schema file.
-type migration struct {
-	version int
-	name    string
-	sql     string
-}
-
-var migrationName = regexp.MustCompile(`^([0-9]{4})_[a-z0-9_]+\.sql$`)
-
-// readMigrations reads the migration files at the root of fsys, sorted by
-// version, and checks that they are numbered 1..n without gaps.
-func readMigrations(fsys fs.FS) ([]migration, error) {
-	entries, err := fs.ReadDir(fsys, ".")
-	if err != nil {
-		return nil, fmt.Errorf("read migrations: %w", err)
-	}
-	var ms []migration
-	for _, e := range entries {
-		if e.IsDir() {
-			continue
-		}
-		m := migrationName.FindStringSubmatch(e.Name())
-		if m == nil {
-			return nil, fmt.Errorf("migration %q: name must look like 0001_description.sql", e.Name())
-		}
-		v, _ := strconv.Atoi(m[1]) // four digits: cannot fail
-		body, err := fs.ReadFile(fsys, e.Name())
-		if err != nil {
-			return nil, fmt.Errorf("read migration %s: %w", e.Name(), err)
-		}
-		ms = append(ms, migration{version: v, name: e.Name(), sql: string(body)})
-	}
-	sort.Slice(ms, func(i, j int) bool { return ms[i].version < ms[j].version })
-	for i, m := range ms {
-		if m.version != i+1 {
-			return nil, fmt.Errorf("migration %s: want version %04d (versions start at 0001 and have no gaps or duplicates)", m.name, i+1)
-		}
-	}
-	if len(ms) == 0 {
-		return nil, errors.New("no migrations")
-	}
-	return ms, nil
-}
-
 // Migrate brings the schema of db up to date with the migration files at the
 // root of migrations (see the package documentation). It runs in one
 // transaction: either every pending migration is applied or none is.
 func Migrate(ctx context.Context, db *sql.DB, migrations fs.FS) error {
-	ms, err := readMigrations(migrations)
+	ms, err := migration.Read(migrations)
 	if err != nil {
 		return fmt.Errorf("migrate: %w", err)
 	}
@@ -167,7 +124,7 @@ func Migrate(ctx context.Context, db *sql.DB, migrations fs.FS) error {
 	if err != nil {
 		return fmt.Errorf("migrate: %w", err)
 	}
-	latest := ms[len(ms)-1].version
+	latest := ms[len(ms)-1].Version
 	if current > latest {
 		return fmt.Errorf("migrate: database schema version %d is newer than this program's (%d)", current, latest)
 	}
@@ -175,8 +132,8 @@ func Migrate(ctx context.Context, db *sql.DB, migrations fs.FS) error {
 		return nil
 	}
 	for _, m := range ms[current:] {
-		if _, err := tx.ExecContext(ctx, m.sql); err != nil {
-			return fmt.Errorf("migrate: apply %s: %w", m.name, err)
+		if _, err := tx.ExecContext(ctx, m.SQL); err != nil {
+			return fmt.Errorf("migrate: apply %s: %w", m.Name, err)
 		}
 	}
 	// PRAGMA takes no parameters; latest is an int we parsed, not input.

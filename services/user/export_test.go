@@ -1,0 +1,8 @@
+package user
+
+import "github.com/palisade-rpc/palisade/services/internal/pgtest"
+
+// PG is the PostgreSQL server of the package's tests, internal and
+// external, started by the first test that needs a database on it and
+// stopped by TestMain.
+var PG pgtest.Shared

@@ -40,7 +40,10 @@ type AuthOptions struct {
 	// the default.
 	Audiences []string
 	// FailuresPerUser and FailuresPerPeer within FailureWindow lock out
-	// further attempts (defaults 5, 20 and one minute).
+	// further attempts (defaults 5, 20 and one minute). An attempt counts
+	// from before its password is checked until it succeeds, so at most
+	// that many are checked for a username or a workload however many
+	// arrive at once; a success erases no failure (see package throttle).
 	FailuresPerUser, FailuresPerPeer int
 	FailureWindow                    time.Duration
 	Logger                           *slog.Logger
@@ -54,6 +57,9 @@ type AuthService struct {
 	opts   AuthOptions
 	byUser *throttle.Limiter
 	byPeer *throttle.Limiter
+	// admitted, when set (by tests), is called for each login admitted to
+	// a password check, before the check.
+	admitted func(username string)
 }
 
 var _ userv1connect.AuthServiceHandler = (*AuthService)(nil)
@@ -100,25 +106,29 @@ func (a *AuthService) Login(ctx context.Context, req *userv1.LoginRequest) (*use
 	if req.GetTtlSeconds() < 0 {
 		return nil, invalidArgument("ttl_seconds", "must not be negative")
 	}
+	username, peer := req.GetUsername(), p.Workload.ID.String()
+	// Take the attempt's throttle slots before the password is checked, so
+	// that concurrent attempts cannot all pass before any has failed.
 	now := time.Now()
-	peer := p.Workload.ID.String()
-	for _, lim := range []struct {
-		l   *throttle.Limiter
-		key string
-	}{{a.byUser, "user:" + req.GetUsername()}, {a.byPeer, "peer:" + peer}} {
-		if ok, retry := lim.l.Allow(lim.key, now); !ok {
-			a.opts.Logger.WarnContext(ctx, "login throttled", "username", req.GetUsername(), "peer", peer, "retry_after", retry.String())
-			secs := int64(retry.Round(time.Second) / time.Second)
-			if secs < 1 {
-				secs = 1
-			}
-			err := connect.NewError(connect.CodeResourceExhausted, fmt.Errorf("too many failed logins; retry in %ds", secs))
-			err.Meta().Set("Retry-After", strconv.FormatInt(secs, 10))
-			return nil, err
-		}
+	byUser, retry := a.byUser.Reserve("user:"+username, now)
+	if byUser == nil {
+		return nil, a.throttled(ctx, username, peer, retry)
+	}
+	byPeer, retry := a.byPeer.Reserve("peer:"+peer, now)
+	if byPeer == nil {
+		byUser.Release()
+		return nil, a.throttled(ctx, username, peer, retry)
+	}
+	// Settled as a failure below, once the check has failed; anything else
+	// (an error, a success, a refusal) frees both slots.
+	defer byUser.Release()
+	defer byPeer.Release()
+
+	if a.admitted != nil {
+		a.admitted(username)
 	}
 
-	hash, u, err := a.store.Credentials(ctx, req.GetUsername())
+	hash, u, err := a.store.Credentials(ctx, username)
 	if err != nil && !errors.Is(err, ErrNotFound) {
 		a.opts.Logger.ErrorContext(ctx, "login: reading credentials failed", "error", err)
 		return nil, connect.NewError(connect.CodeInternal, errors.New("internal error"))
@@ -126,12 +136,12 @@ func (a *AuthService) Login(ctx context.Context, req *userv1.LoginRequest) (*use
 	// Check runs the same argon2id work whether or not the user exists.
 	valid := a.opts.Passwords.Check(req.GetPassword(), hash)
 	if !valid || u == nil || !u.GetActive() {
-		a.byUser.Failure("user:"+req.GetUsername(), now)
-		a.byPeer.Failure("peer:"+peer, now)
-		a.opts.Logger.InfoContext(ctx, "login failed", "username", req.GetUsername(), "peer", peer)
+		failed := time.Now()
+		byUser.Fail(failed)
+		byPeer.Fail(failed)
+		a.opts.Logger.InfoContext(ctx, "login failed", "username", username, "peer", peer)
 		return nil, errLogin
 	}
-	a.byUser.Reset("user:" + req.GetUsername())
 
 	ttl := time.Duration(0)
 	if req.GetTtlSeconds() > 0 {
@@ -155,6 +165,23 @@ func (a *AuthService) Login(ctx context.Context, req *userv1.LoginRequest) (*use
 }
 
 func (a *AuthService) defaultTTL() time.Duration { return a.opts.Issuer.TTL() }
+
+// throttled logs a login refused by the failure throttle and returns its
+// error.
+func (a *AuthService) throttled(ctx context.Context, username, peer string, retry time.Duration) error {
+	a.opts.Logger.WarnContext(ctx, "login throttled", "username", username, "peer", peer, "retry_after", retry.String())
+	return retryLater(retry, "too many failed logins")
+}
+
+// retryLater returns a resource_exhausted error telling the client to retry
+// after retry, rounded to whole seconds and at least one, in the message and
+// in a Retry-After header.
+func retryLater(retry time.Duration, why string) error {
+	secs := max(int64(retry.Round(time.Second)/time.Second), 1)
+	err := connect.NewError(connect.CodeResourceExhausted, fmt.Errorf("%s; retry in %ds", why, secs))
+	err.Meta().Set("Retry-After", strconv.FormatInt(secs, 10))
+	return err
+}
 
 // ExchangeToken trades the token of a user, presented by the workload that
 // received it, for a token that lets that workload act for the user: sub is

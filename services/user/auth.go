@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"slices"
 	"strconv"
 	"time"
@@ -28,6 +29,17 @@ const (
 	throttleKeys           = 10000
 )
 
+// DefaultCheckMemory is the argon2id memory, in bytes, that the password
+// checks admitted at once may use by default: AuthOptions.MaxConcurrentChecks
+// defaults to it divided by the memory of one check, 4 checks with
+// password.DefaultParams' 64 MiB.
+const DefaultCheckMemory = 256 << 20
+
+// busyRetry is the Retry-After of a login refused because
+// MaxConcurrentChecks logins are checking a password: about one check's
+// time.
+const busyRetry = time.Second
+
 // AuthOptions configures NewAuthService. Issuer, Verifier and Passwords are required.
 type AuthOptions struct {
 	// Issuer signs the tokens Login and ExchangeToken return.
@@ -46,7 +58,16 @@ type AuthOptions struct {
 	// arrive at once; a success erases no failure (see package throttle).
 	FailuresPerUser, FailuresPerPeer int
 	FailureWindow                    time.Duration
-	Logger                           *slog.Logger
+	// MaxConcurrentChecks is how many logins may be checking a password
+	// at once. A login beyond it is refused at once, resource_exhausted
+	// with Retry-After. Of those admitted, at most (GOMAXPROCS-1)/lanes
+	// (at least 1) hash at the same time, so that hashes leave a core to
+	// the other calls; the others wait their turn, holding no hash memory,
+	// and can never be more than MaxConcurrentChecks. The default is as
+	// many as fit in DefaultCheckMemory with the parameters of Passwords,
+	// at least 1.
+	MaxConcurrentChecks int
+	Logger              *slog.Logger
 }
 
 // AuthService implements user.v1.AuthService: password login and token
@@ -57,8 +78,14 @@ type AuthService struct {
 	opts   AuthOptions
 	byUser *throttle.Limiter
 	byPeer *throttle.Limiter
+	// checking holds a token for each login admitted to a password check,
+	// hashing or waiting for a hashing slot: at most MaxConcurrentChecks.
+	checking chan struct{}
+	// hashing holds a token for each password hash running: at most
+	// hashSlots.
+	hashing chan struct{}
 	// admitted, when set (by tests), is called for each login admitted to
-	// a password check, before the check.
+	// a password check, before it waits for a hashing slot.
 	admitted func(username string)
 }
 
@@ -78,15 +105,38 @@ func NewAuthService(store *Store, opts AuthOptions) (*AuthService, error) {
 	if opts.FailureWindow <= 0 {
 		opts.FailureWindow = DefaultFailureWindow
 	}
+	if opts.MaxConcurrentChecks <= 0 {
+		opts.MaxConcurrentChecks = DefaultMaxConcurrentChecks(opts.Passwords.Params())
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
 	return &AuthService{
-		store:  store,
-		opts:   opts,
-		byUser: throttle.New(opts.FailuresPerUser, opts.FailureWindow, throttleKeys),
-		byPeer: throttle.New(opts.FailuresPerPeer, opts.FailureWindow, throttleKeys),
+		store:    store,
+		opts:     opts,
+		byUser:   throttle.New(opts.FailuresPerUser, opts.FailureWindow, throttleKeys),
+		byPeer:   throttle.New(opts.FailuresPerPeer, opts.FailureWindow, throttleKeys),
+		checking: make(chan struct{}, opts.MaxConcurrentChecks),
+		hashing:  make(chan struct{}, hashSlots(opts.MaxConcurrentChecks, opts.Passwords.Params(), runtime.GOMAXPROCS(0))),
 	}, nil
+}
+
+// hashSlots returns how many of checks admitted password checks with
+// parameters p may hash at once on procs Ps: as many as keep all but one P
+// busy, at least one. A hash keeps p Ps busy for its whole duration (tenths
+// of a second); were they all busy, every other call would wait, each time
+// it needs a P, for the scheduler to preempt a hash (see
+// password.DefaultParams for what that did to GetUser).
+func hashSlots(checks int, p password.Params, procs int) int {
+	return min(checks, max((procs-1)/max(int(p.Parallelism), 1), 1))
+}
+
+// DefaultMaxConcurrentChecks returns the default of
+// AuthOptions.MaxConcurrentChecks for password checks with parameters p: as
+// many as fit in DefaultCheckMemory, at least 1.
+func DefaultMaxConcurrentChecks(p password.Params) int {
+	perCheck := max(uint64(p.Memory)*1024, 1)
+	return int(max(DefaultCheckMemory/perCheck, 1))
 }
 
 // errLogin is the one answer to a failed login, whatever failed: the user
@@ -124,6 +174,15 @@ func (a *AuthService) Login(ctx context.Context, req *userv1.LoginRequest) (*use
 	defer byUser.Release()
 	defer byPeer.Release()
 
+	// Then a place among the logins checking a password, or a refusal:
+	// never a queue that grows.
+	select {
+	case a.checking <- struct{}{}:
+		defer func() { <-a.checking }()
+	default:
+		a.opts.Logger.WarnContext(ctx, "login refused: too many password checks", "username", username, "peer", peer, "max", a.opts.MaxConcurrentChecks)
+		return nil, retryLater(busyRetry, "too many logins in progress")
+	}
 	if a.admitted != nil {
 		a.admitted(username)
 	}
@@ -133,8 +192,14 @@ func (a *AuthService) Login(ctx context.Context, req *userv1.LoginRequest) (*use
 		a.opts.Logger.ErrorContext(ctx, "login: reading credentials failed", "error", err)
 		return nil, connect.NewError(connect.CodeInternal, errors.New("internal error"))
 	}
-	// Check runs the same argon2id work whether or not the user exists.
-	valid := a.opts.Passwords.Check(req.GetPassword(), hash)
+	valid, err := a.check(ctx, req.GetPassword(), hash)
+	if err != nil { // the caller gave up waiting
+		code := connect.CodeCanceled
+		if errors.Is(err, context.DeadlineExceeded) {
+			code = connect.CodeDeadlineExceeded
+		}
+		return nil, connect.NewError(code, err)
+	}
 	if !valid || u == nil || !u.GetActive() {
 		failed := time.Now()
 		byUser.Fail(failed)
@@ -165,6 +230,19 @@ func (a *AuthService) Login(ctx context.Context, req *userv1.LoginRequest) (*use
 }
 
 func (a *AuthService) defaultTTL() time.Duration { return a.opts.Issuer.TTL() }
+
+// check waits for a hashing slot, unless ctx is done first, and checks
+// password against hash. Check runs the same argon2id work whether or not
+// the user exists.
+func (a *AuthService) check(ctx context.Context, password, hash string) (bool, error) {
+	select {
+	case a.hashing <- struct{}{}:
+	case <-ctx.Done():
+		return false, fmt.Errorf("login: waiting to check the password: %w", ctx.Err())
+	}
+	defer func() { <-a.hashing }()
+	return a.opts.Passwords.Check(password, hash), nil
+}
 
 // throttled logs a login refused by the failure throttle and returns its
 // error.

@@ -503,3 +503,45 @@ func TestLoginConcurrentGuessesFromOneWorkload(t *testing.T) {
 		t.Fatalf("another workload: %v", err)
 	}
 }
+
+// TestLoginChecksBeyondTheLimitAreRefused: with MaxConcurrentChecks checks
+// running, another login is refused at once — resource_exhausted with
+// Retry-After: 1, not queued — without a check and without spending a
+// throttle slot.
+func TestLoginChecksBeyondTheLimitAreRefused(t *testing.T) {
+	t.Parallel()
+	g := newGate(t, false)
+	f := newAuthFixtureWith(t, fixtureOptions{
+		auth:     user.AuthOptions{MaxConcurrentChecks: 2, FailuresPerUser: 1, FailuresPerPeer: 1},
+		params:   testParams,
+		admitted: g.hook,
+	})
+	// Two workloads, one guess each, so that neither is throttled.
+	held := &outcomes{}
+	f.guess(t, held, f.ca.Client("/client/attacker-1"), 1, func(int) string { return "mallory-1" })
+	f.guess(t, held, f.ca.Client("/client/attacker-2"), 1, func(int) string { return "mallory-2" })
+	rpctest.WaitFor(t, "two checks", func() bool { return g.checks.Load() == 2 })
+
+	start := time.Now()
+	_, err := f.login(t, f.cli, "alice", alicePassword)
+	var cerr *connect.Error
+	if connect.CodeOf(err) != connect.CodeResourceExhausted || !asConnect(err, &cerr) ||
+		cerr.Meta().Get("Retry-After") != "1" || !strings.Contains(cerr.Message(), "too many logins in progress") {
+		t.Fatalf("a third login while two checks run: %v, want resource_exhausted with Retry-After: 1", err)
+	}
+	if n := g.checks.Load(); n != 2 {
+		t.Fatalf("%d checks, want 2: the refused login was checked", n)
+	}
+	t.Logf("refused in %v", time.Since(start))
+
+	g.releaseRest()
+	rpctest.WaitFor(t, "the held checks", func() bool { return held.len() == 2 })
+	// One failure each would lock alice and cli out: the refusal recorded
+	// none and released its slots.
+	if _, err := f.login(t, f.cli, "alice", alicePassword); err != nil {
+		t.Fatalf("alice once the checks ended: %v", err)
+	}
+	if n := held.count(t, connect.CodeUnauthenticated, 0); n != 2 {
+		t.Fatalf("%d held guesses failed, want 2", n)
+	}
+}

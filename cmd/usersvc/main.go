@@ -59,12 +59,16 @@ func run(args []string) error {
 	retainChanges := fs.Int("change-retention", user.DefaultRetentionChanges, "keep the newest `N` user changes for WatchUserChanges subscribers (0: no count bound); a subscriber further behind is reset")
 	retainAge := fs.Duration("change-retention-age", user.DefaultRetentionAge, "drop user changes older than this `duration` (0: no age bound)")
 	heartbeat := fs.Duration("watch-heartbeat", user.DefaultHeartbeatInterval, "send a heartbeat on a caught-up WatchUserChanges stream every `duration`")
+	loginChecks := fs.Int("login-checks", 0, "at most `N` logins checking a password at once (argon2id, 64 MiB each); more are refused with resource_exhausted and Retry-After (0: as many as 256 MiB allows, 4)")
 	fs.Usage = svcmain.Usage(fs, description)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
 		}
 		return err
+	}
+	if *loginChecks < 0 {
+		return fmt.Errorf("--login-checks %d: must not be negative", *loginChecks)
 	}
 	retention := user.Retention{MaxChanges: *retainChanges, MaxAge: *retainAge}
 	if err := retention.Validate(); err != nil {
@@ -113,6 +117,7 @@ func run(args []string) error {
 		Issuer:            *issuer,
 		ChangeRetention:   retention,
 		HeartbeatInterval: *heartbeat,
+		Auth:              user.AuthOptions{MaxConcurrentChecks: *loginChecks},
 		Logger:            logger,
 		ServerOptions:     append(common.ServerOptions(logger), tel.ServerOptions()...),
 	}

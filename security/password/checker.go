@@ -44,6 +44,16 @@ func NewChecker(p Params) (*Checker, error) {
 	return &Checker{dummy: dummy, derive: argon2.IDKey}, nil
 }
 
+// Params returns the parameters of the dummy hash: the cost of checking an
+// unknown user's password, and of a stored hash made with the same
+// parameters. A nil or zero Checker returns zero Params.
+func (c *Checker) Params() Params {
+	if c == nil {
+		return Params{}
+	}
+	return c.dummy.params
+}
+
 // Check reports whether password matches encoded, the stored hash of the
 // user who is logging in. Pass "" as encoded when the user does not exist:
 // Check then verifies password against the dummy hash, doing the same work

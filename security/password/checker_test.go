@@ -46,6 +46,9 @@ func TestCheckerZeroValue(t *testing.T) {
 		if c.Check("hunter2hunter2", encoded) || c.Check("hunter2hunter2", "") {
 			t.Errorf("%s Checker: Check = true, want false", name)
 		}
+		if p := c.Params(); p != (Params{}) {
+			t.Errorf("%s Checker: Params() = %+v, want zero", name, p)
+		}
 	}
 }
 
@@ -72,6 +75,9 @@ func TestCheckerSameWork(t *testing.T) {
 	stored, err := parse(encoded)
 	if err != nil {
 		t.Fatalf("parse: %v", err)
+	}
+	if c.Params() != p {
+		t.Fatalf("Params() = %+v, want %+v", c.Params(), p)
 	}
 	if c.dummy.params != stored.params || c.dummy.params != p {
 		t.Fatalf("dummy params = %+v, real hash params = %+v, want both %+v", c.dummy.params, stored.params, p)

@@ -1,7 +1,7 @@
 // Package password hashes and verifies user passwords with argon2id
 // (RFC 9106), storing each hash as a self-describing PHC string:
 //
-//	$argon2id$v=19$m=65536,t=3,p=2$<salt>$<hash>
+//	$argon2id$v=19$m=65536,t=3,p=1$<salt>$<hash>
 //
 // where salt and hash are standard base64 without padding. The cost
 // parameters travel with the hash, so they can be raised later without
@@ -80,15 +80,20 @@ type Params struct {
 
 // DefaultParams returns RFC 9106's second recommended option (section 4,
 // for memory-constrained environments) — 64 MiB of memory, 3 passes, a
-// 128-bit salt and a 256-bit hash — with 2 lanes instead of the RFC's 4,
-// because Palisade's servers run on 2 cores and lanes beyond the core count
-// add no defence while slowing every login. One hash takes about 64 MiB of
-// memory for its duration: bound concurrent logins accordingly.
+// 128-bit salt and a 256-bit hash — with 1 lane instead of the RFC's 4.
+// Lanes add no defence (an attacker's cost is memory × passes) and only
+// spread one hash over several cores: on Palisade's 2-core servers a 2-lane
+// hash kept both of Go's Ps busy for its whole duration and other calls
+// waited behind it (GetUser's p99 under a login flood: 250 ms with 2 lanes,
+// 100 ms with 1, under the race detector on a loaded machine). One hash
+// takes about 64 MiB of memory and one core for its duration: bound
+// concurrent logins accordingly. Hashes stored with other parameters (such
+// as 2 lanes, before) still verify; see [NeedsRehash].
 func DefaultParams() Params {
 	return Params{
 		Memory:      64 * 1024,
 		Iterations:  3,
-		Parallelism: 2,
+		Parallelism: 1,
 		SaltLength:  16,
 		KeyLength:   32,
 	}

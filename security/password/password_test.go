@@ -141,7 +141,7 @@ func TestHashRefusesParams(t *testing.T) {
 func TestDefaultParams(t *testing.T) {
 	t.Parallel()
 	p := DefaultParams()
-	want := Params{Memory: 65536, Iterations: 3, Parallelism: 2, SaltLength: 16, KeyLength: 32}
+	want := Params{Memory: 65536, Iterations: 3, Parallelism: 1, SaltLength: 16, KeyLength: 32}
 	if p != want {
 		t.Errorf("DefaultParams() = %+v, want %+v", p, want)
 	}
@@ -150,7 +150,7 @@ func TestDefaultParams(t *testing.T) {
 	}
 	// The encoding, without paying for a 64 MiB hash under -race.
 	encoded := encode(phc{params: p, salt: make([]byte, p.SaltLength), key: make([]byte, p.KeyLength)})
-	if want := "$argon2id$v=19$m=65536,t=3,p=2$"; !strings.HasPrefix(encoded, want) {
+	if want := "$argon2id$v=19$m=65536,t=3,p=1$"; !strings.HasPrefix(encoded, want) {
 		t.Errorf("encoding = %q, want prefix %q", encoded, want)
 	}
 }

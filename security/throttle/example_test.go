@@ -15,15 +15,13 @@ func Example() {
 
 	for i := range 4 {
 		now := start.Add(time.Duration(i) * time.Minute)
-		ok, retryAfter := l.Allow("alice", now)
-		fmt.Println(ok, retryAfter)
-		if ok {
-			l.Failure("alice", now) // wrong password
-		}
+		r, retryAfter := l.Reserve("alice", now) // before checking the password
+		fmt.Println(r != nil, retryAfter)
+		r.Fail(now) // wrong password (a refused attempt's nil r does nothing)
 	}
-	ok, _ := l.Allow("alice", start.Add(15*time.Minute))
-	fmt.Println(ok)
-	l.Reset("alice") // after a successful login
+	r, _ := l.Reserve("alice", start.Add(15*time.Minute))
+	fmt.Println(r != nil)
+	r.Release() // right password: frees its slot, keeps the failures
 	// Output:
 	// true 0s
 	// true 0s

@@ -4,8 +4,12 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -49,6 +53,23 @@ type authFixture struct {
 
 func newAuthFixture(t *testing.T, opts user.AuthOptions) *authFixture {
 	t.Helper()
+	return newAuthFixtureWith(t, fixtureOptions{auth: opts, params: testParams})
+}
+
+// fixtureOptions configure newAuthFixtureWith.
+type fixtureOptions struct {
+	auth user.AuthOptions
+	// params are those of the password checker and of alice's and bob's
+	// hashes.
+	params password.Params
+	// admitted, if set, is called for each login admitted to a password
+	// check (see AuthService.SetAdmitted).
+	admitted func(username string)
+}
+
+func newAuthFixtureWith(t *testing.T, fo fixtureOptions) *authFixture {
+	t.Helper()
+	opts := fo.auth
 	ca := certstest.NewCA(t)
 	f := &authFixture{ca: ca, cli: ca.Client("/client/cli"), other: ca.Client("/client/other"), order: ca.Server("/svc/order"), logs: logrecorder.New(slog.LevelDebug)}
 	logger := slog.New(f.logs)
@@ -58,7 +79,7 @@ func newAuthFixture(t *testing.T, opts user.AuthOptions) *authFixture {
 		t.Fatal(err)
 	}
 	for id, pw := range map[string]string{"alice": alicePassword, "bob": "bob's password"} {
-		hash, err := password.Hash(pw, testParams)
+		hash, err := password.Hash(pw, fo.params)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -80,7 +101,7 @@ func newAuthFixture(t *testing.T, opts user.AuthOptions) *authFixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	checker, err := password.NewChecker(testParams)
+	checker, err := password.NewChecker(fo.params)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,6 +110,9 @@ func newAuthFixture(t *testing.T, opts user.AuthOptions) *authFixture {
 	auth, err := user.NewAuthService(f.store, opts)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if fo.admitted != nil {
+		auth.SetAdmitted(fo.admitted)
 	}
 	authz, err := policy.NewAllowList(map[string]policy.Rule{
 		userv1connect.AuthServiceLoginProcedure:         {Workloads: []string{policy.AnyWorkload}},
@@ -279,3 +303,245 @@ func TestExchangeToken(t *testing.T) {
 }
 
 func asConnect(err error, target **connect.Error) bool { return errors.As(err, target) }
+
+// gate holds password checks in flight: the hook it returns (for
+// fixtureOptions.checking) counts each check and blocks it until
+// releaseRest — or, for the first check of a gate made with holdFirst, until
+// releaseFirst. Both are released when the test ends, so that a failed test
+// does not leave calls hanging.
+type gate struct {
+	checks                    atomic.Int64
+	holdFirst                 bool
+	first, rest               chan struct{}
+	releaseFirst, releaseRest func()
+}
+
+func newGate(t *testing.T, holdFirst bool) *gate {
+	g := &gate{holdFirst: holdFirst, first: make(chan struct{}), rest: make(chan struct{})}
+	g.releaseFirst = sync.OnceFunc(func() { close(g.first) })
+	g.releaseRest = sync.OnceFunc(func() { close(g.rest) })
+	t.Cleanup(g.releaseFirst)
+	t.Cleanup(g.releaseRest)
+	return g
+}
+
+func (g *gate) hook(string) {
+	if g.checks.Add(1) == 1 && g.holdFirst {
+		<-g.first
+	} else {
+		<-g.rest
+	}
+}
+
+// outcomes collects the answers of concurrent calls.
+type outcomes struct {
+	mu   sync.Mutex
+	errs []error
+}
+
+func (o *outcomes) add(err error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.errs = append(o.errs, err)
+}
+
+func (o *outcomes) len() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return len(o.errs)
+}
+
+// count returns how many answers had code (0 for success), and checks that
+// every resource_exhausted one carries a Retry-After of 1 to maxRetry
+// seconds.
+func (o *outcomes) count(t *testing.T, code connect.Code, maxRetry int) int {
+	t.Helper()
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	n := 0
+	for _, err := range o.errs {
+		if connect.CodeOf(err) != code && !(code == 0 && err == nil) {
+			continue
+		}
+		n++
+		if code == connect.CodeResourceExhausted {
+			checkRetryAfter(t, err, maxRetry)
+		}
+	}
+	return n
+}
+
+// checkRetryAfter checks that err carries a Retry-After header of 1 to
+// maxRetry seconds.
+func checkRetryAfter(t *testing.T, err error, maxRetry int) {
+	t.Helper()
+	var cerr *connect.Error
+	if !asConnect(err, &cerr) {
+		t.Fatalf("%v is not a connect error", err)
+	}
+	secs, perr := strconv.Atoi(cerr.Meta().Get("Retry-After"))
+	if perr != nil || secs < 1 || secs > maxRetry {
+		t.Errorf("%v: Retry-After %q, want 1 to %d seconds", err, cerr.Meta().Get("Retry-After"), maxRetry)
+	}
+}
+
+// guess sends n concurrent wrong-password logins as the workload of
+// issued, the i-th for username(i), and adds their answers to o as they
+// arrive.
+func (f *authFixture) guess(t *testing.T, o *outcomes, as *certs.Issued, n int, username func(i int) string) {
+	t.Helper()
+	client := f.auth(t, as)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			_, err := client.Login(context.Background(), &userv1.LoginRequest{Username: username(i), Password: "guess"})
+			o.add(err)
+		})
+	}
+	t.Cleanup(wg.Wait)
+}
+
+// TestLoginConcurrentGuessesForOneUser is issue 13's reproduction: 30
+// wrong guesses for bob at once from one workload, while bob logs in with
+// the right password from another. Attempts take their throttle slot
+// before the password is checked, so 5 are checked — bob's and 4 guesses —
+// and the other 26 are refused at once with Retry-After; and bob's success,
+// whether it settles before or after the guesses, erases none of their
+// failures.
+func TestLoginConcurrentGuessesForOneUser(t *testing.T) {
+	t.Parallel()
+	for name, bobFirst := range map[string]bool{"bob settles first": true, "guesses settle first": false} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			g := newGate(t, true)
+			f := newAuthFixtureWith(t, fixtureOptions{params: testParams, admitted: g.hook})
+			attacker := f.ca.Client("/client/attacker")
+
+			bob, bobClient := make(chan error, 1), f.auth(t, f.cli)
+			go func() {
+				_, err := bobClient.Login(context.Background(), &userv1.LoginRequest{Username: "bob", Password: "bob's password"})
+				bob <- err
+			}()
+			rpctest.WaitFor(t, "bob's check", func() bool { return g.checks.Load() == 1 })
+			guesses := &outcomes{}
+			f.guess(t, guesses, attacker, 30, func(int) string { return "bob" })
+			// Every guess is either answered or held in its check.
+			rpctest.WaitFor(t, "the guesses", func() bool { return guesses.len()+int(g.checks.Load())-1 == 30 })
+			if n := g.checks.Load(); n != user.DefaultFailuresPerUser {
+				t.Fatalf("%d attempts checked at once (bob's and %d guesses), want %d", n, n-1, user.DefaultFailuresPerUser)
+			}
+			if n := guesses.count(t, connect.CodeResourceExhausted, 60); n != 26 {
+				t.Fatalf("%d guesses refused, want 26; answers %v", n, guesses.errs)
+			}
+
+			settleBob := func() {
+				g.releaseFirst()
+				if err := <-bob; err != nil {
+					t.Fatalf("bob's login: %v", err)
+				}
+			}
+			settleGuesses := func() {
+				g.releaseRest()
+				rpctest.WaitFor(t, "the checked guesses", func() bool { return guesses.len() == 30 })
+				if n := guesses.count(t, connect.CodeUnauthenticated, 0); n != 4 {
+					t.Fatalf("%d guesses failed, want 4", n)
+				}
+			}
+			if bobFirst {
+				settleBob()
+				settleGuesses()
+			} else {
+				settleGuesses()
+				settleBob()
+			}
+
+			// Four failures stay recorded: one more guess is checked, and
+			// then bob is locked out, even with the right password.
+			if _, err := f.login(t, attacker, "bob", "guess"); connect.CodeOf(err) != connect.CodeUnauthenticated {
+				t.Fatalf("the fifth failure: %v, want unauthenticated", err)
+			}
+			_, err := f.login(t, f.cli, "bob", "bob's password")
+			if connect.CodeOf(err) != connect.CodeResourceExhausted {
+				t.Fatalf("bob after 5 failures: %v, want resource_exhausted", err)
+			}
+			checkRetryAfter(t, err, 60)
+			if failed := f.logs.Find("login failed", map[string]string{"username": "bob"}); len(failed) != 5 {
+				t.Errorf("%d 'login failed' lines for bob, want 5", len(failed))
+			}
+		})
+	}
+}
+
+// TestLoginConcurrentGuessesFromOneWorkload: 30 guesses at once for 30
+// usernames from one workload: 20 are checked, 10 refused at once; then
+// that workload is locked out and another is not.
+func TestLoginConcurrentGuessesFromOneWorkload(t *testing.T) {
+	t.Parallel()
+	g := newGate(t, false)
+	f := newAuthFixtureWith(t, fixtureOptions{params: testParams, admitted: g.hook})
+	attacker := f.ca.Client("/client/attacker")
+	guesses := &outcomes{}
+	f.guess(t, guesses, attacker, 30, func(i int) string { return fmt.Sprint("user-", i) })
+	rpctest.WaitFor(t, "the guesses", func() bool { return guesses.len()+int(g.checks.Load()) == 30 })
+	if n := g.checks.Load(); n != user.DefaultFailuresPerPeer {
+		t.Fatalf("%d guesses checked at once, want %d", n, user.DefaultFailuresPerPeer)
+	}
+	if n := guesses.count(t, connect.CodeResourceExhausted, 60); n != 10 {
+		t.Fatalf("%d guesses refused, want 10; answers %v", n, guesses.errs)
+	}
+	g.releaseRest()
+	rpctest.WaitFor(t, "the checked guesses", func() bool { return guesses.len() == 30 })
+	if n := guesses.count(t, connect.CodeUnauthenticated, 0); n != 20 {
+		t.Fatalf("%d guesses failed, want 20", n)
+	}
+	_, err := f.login(t, attacker, "alice", alicePassword)
+	if connect.CodeOf(err) != connect.CodeResourceExhausted {
+		t.Fatalf("the attacker after 20 failures: %v, want resource_exhausted", err)
+	}
+	checkRetryAfter(t, err, 60)
+	if _, err := f.login(t, f.cli, "alice", alicePassword); err != nil {
+		t.Fatalf("another workload: %v", err)
+	}
+}
+
+// TestLoginChecksBeyondTheLimitAreRefused: with MaxConcurrentChecks checks
+// running, another login is refused at once — resource_exhausted with
+// Retry-After: 1, not queued — without a check and without spending a
+// throttle slot.
+func TestLoginChecksBeyondTheLimitAreRefused(t *testing.T) {
+	t.Parallel()
+	g := newGate(t, false)
+	f := newAuthFixtureWith(t, fixtureOptions{
+		auth:     user.AuthOptions{MaxConcurrentChecks: 2, FailuresPerUser: 1, FailuresPerPeer: 1},
+		params:   testParams,
+		admitted: g.hook,
+	})
+	// Two workloads, one guess each, so that neither is throttled.
+	held := &outcomes{}
+	f.guess(t, held, f.ca.Client("/client/attacker-1"), 1, func(int) string { return "mallory-1" })
+	f.guess(t, held, f.ca.Client("/client/attacker-2"), 1, func(int) string { return "mallory-2" })
+	rpctest.WaitFor(t, "two checks", func() bool { return g.checks.Load() == 2 })
+
+	start := time.Now()
+	_, err := f.login(t, f.cli, "alice", alicePassword)
+	var cerr *connect.Error
+	if connect.CodeOf(err) != connect.CodeResourceExhausted || !asConnect(err, &cerr) ||
+		cerr.Meta().Get("Retry-After") != "1" || !strings.Contains(cerr.Message(), "too many logins in progress") {
+		t.Fatalf("a third login while two checks run: %v, want resource_exhausted with Retry-After: 1", err)
+	}
+	if n := g.checks.Load(); n != 2 {
+		t.Fatalf("%d checks, want 2: the refused login was checked", n)
+	}
+	t.Logf("refused in %v", time.Since(start))
+
+	g.releaseRest()
+	rpctest.WaitFor(t, "the held checks", func() bool { return held.len() == 2 })
+	// One failure each would lock alice and cli out: the refusal recorded
+	// none and released its slots.
+	if _, err := f.login(t, f.cli, "alice", alicePassword); err != nil {
+		t.Fatalf("alice once the checks ended: %v", err)
+	}
+	if n := held.count(t, connect.CodeUnauthenticated, 0); n != 2 {
+		t.Fatalf("%d held guesses failed, want 2", n)
+	}
+}

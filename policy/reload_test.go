@@ -638,3 +638,18 @@ test_dependency_up if http.send({"method": "GET", "url": "` + dep.URL + `"}).sta
 		t.Fatalf("a new version waited for the backoff of a refused one; log:\n%s", engineLog.String())
 	}
 }
+
+// TestWatchRefusesNonPositiveInterval: Watch fails at once rather than
+// never polling, or panicking in time.NewTicker.
+func TestWatchRefusesNonPositiveInterval(t *testing.T) {
+	t.Parallel()
+	e, err := policy.NewEngine(context.Background(), &policy.Bundle{Modules: alicePolicy}, policy.EngineOptions{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, interval := range []time.Duration{0, -time.Second} {
+		if err := e.Watch(context.Background(), policy.DirLoader(t.TempDir()), interval); err == nil {
+			t.Fatalf("Watch with interval %s returned nil", interval)
+		}
+	}
+}

@@ -203,6 +203,9 @@ func (f *Flags) Authorizer(ctx context.Context, logger *slog.Logger, src mtls.So
 		return nil, err
 	}
 	if f.PolicyDir != "" || f.PolicyBundle != "" {
+		if f.PolicyInterval <= 0 {
+			return nil, fmt.Errorf("--policy-reload-interval %s is not positive", f.PolicyInterval)
+		}
 		go func() { _ = engine.Watch(ctx, load, f.PolicyInterval) }()
 	}
 	return engine, nil

@@ -110,7 +110,8 @@ type Issued struct {
 	Key  *ecdsa.PrivateKey
 }
 
-// Issue signs a new leaf certificate with a fresh P-256 key.
+// Issue signs a new leaf certificate with a fresh P-256 key: an end entity
+// (basic constraints CA:FALSE) with the extended key usage of l.Usage.
 func (ca *CA) Issue(l Leaf) (*Issued, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -132,13 +133,18 @@ func (ca *CA) Issue(l Leaf) (*Issued, error) {
 		}
 		notAfter = notBefore.Add(validity)
 	}
+	// An end entity, and says so (basic constraints CA:FALSE, as SPIFFE's
+	// X509-SVID requires): Palisade refuses a workload certificate without
+	// it, and one without the extended key usage of its role.
 	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		NotBefore:    notBefore,
-		NotAfter:     notAfter,
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		DNSNames:     l.DNSNames,
-		IPAddresses:  l.IPAddresses,
+		SerialNumber:          serial,
+		NotBefore:             notBefore,
+		NotAfter:              notAfter,
+		KeyUsage:              x509.KeyUsageDigitalSignature,
+		BasicConstraintsValid: true,
+		IsCA:                  false,
+		DNSNames:              l.DNSNames,
+		IPAddresses:           l.IPAddresses,
 	}
 	switch l.Usage {
 	case UsageWorkload:

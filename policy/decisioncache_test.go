@@ -148,7 +148,10 @@ func TestCachedDecisionsFollowTheInput(t *testing.T) {
 			}
 		}
 	}
-	denyAll := &Bundle{Modules: map[string]string{"a.rego": "package palisade.authz\ndecision := {\"allow\": false, \"reasons\": [\"closed\"]}\n"}}
+	denyAll := &Bundle{Modules: map[string]string{
+		"a.rego":      "package palisade.authz\ndecision := {\"allow\": false, \"reasons\": [\"closed\"]}\n",
+		"a_test.rego": "package palisade.authz_test\ntest_closed if not data.palisade.authz.decision.allow\n",
+	}}
 	if err := e.Load(context.Background(), denyAll); err != nil {
 		t.Fatal(err)
 	}

@@ -18,13 +18,20 @@ import (
 // Engine is an Authorizer backed by Open Policy Agent, embedded: the
 // bundle's policies are compiled and the decision query prepared once per
 // policy version; a call only evaluates. Load swaps in a new version after
-// it compiles and its own rego tests pass; until then, and whenever a
-// version is refused, the last good one keeps deciding.
+// it compiles and its own rego tests pass — a version without tests is
+// refused too (ErrUntested), unless EngineOptions.AllowUntested; until
+// then, and whenever a version is refused, the last good one keeps deciding.
 type Engine struct {
-	cur    atomic.Pointer[version]
-	log    *slog.Logger
-	cancel topdown.Cancel
+	cur           atomic.Pointer[version]
+	log           *slog.Logger
+	cancel        topdown.Cancel
+	allowUntested bool
 }
+
+// ErrUntested is the error (wrapped) of loading a policy version that
+// carries no rego test: a directory whose *_test.rego files went missing
+// would otherwise turn the test gate off unnoticed.
+var ErrUntested = errors.New("policy: no rego tests; a policy is loaded only with tests that pass")
 
 type version struct {
 	query    rego.PreparedEvalQuery
@@ -39,10 +46,17 @@ type version struct {
 type EngineOptions struct {
 	// Logger receives reloads, refusals and evaluation errors.
 	Logger *slog.Logger
+	// AllowUntested loads policy versions that carry no rego test (none
+	// ran: there are none, or all are skipped). It is unsafe: nothing then
+	// checks a new version before it decides, and a policy directory that
+	// lost its tests is taken as it is. Each such version is logged as a
+	// warning when it is loaded. By default such a version is refused with
+	// ErrUntested.
+	AllowUntested bool
 }
 
 // NewEngine returns an Engine deciding with b, which must compile and pass
-// its tests.
+// its tests (and have some, unless opts.AllowUntested).
 func NewEngine(ctx context.Context, b *Bundle, opts EngineOptions) (*Engine, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
@@ -50,7 +64,7 @@ func NewEngine(ctx context.Context, b *Bundle, opts EngineOptions) (*Engine, err
 	// One cancel shared by every evaluation and never fired: without an
 	// external cancel, OPA starts a goroutine per evaluation to watch ctx.
 	// Evaluations of these policies take microseconds.
-	e := &Engine{log: opts.Logger, cancel: topdown.NewCancel()}
+	e := &Engine{log: opts.Logger, cancel: topdown.NewCancel(), allowUntested: opts.AllowUntested}
 	if err := e.Load(ctx, b); err != nil {
 		return nil, err
 	}
@@ -58,24 +72,40 @@ func NewEngine(ctx context.Context, b *Bundle, opts EngineOptions) (*Engine, err
 }
 
 // Load compiles b, runs its rego tests and, if both succeed, makes it the
-// policy in force. On error nothing changes.
+// policy in force. A version in which no test ran is refused with
+// ErrUntested, unless the engine was made with AllowUntested. On error
+// nothing changes, and the refusal is logged.
 func (e *Engine) Load(ctx context.Context, b *Bundle) error {
-	v, err := prepare(ctx, b)
-	if err != nil {
+	if err := e.swap(ctx, b); err != nil {
 		e.log.ErrorContext(ctx, "policy refused; the previous one stays in force",
 			"origin", b.Origin, "revision", b.Revision(), "error", err)
 		return err
 	}
+	return nil
+}
+
+// swap is Load without logging a refusal: Watch logs its own, with the
+// retry it schedules.
+func (e *Engine) swap(ctx context.Context, b *Bundle) error {
+	v, err := prepare(ctx, b, e.allowUntested)
+	if err != nil {
+		return err
+	}
 	old := e.cur.Swap(v)
 	if old == nil || old.revision != v.revision {
-		e.log.InfoContext(ctx, "policy loaded", "origin", v.origin, "revision", v.revision, "tests", v.tests,
-			"decision_cache", v.cache != nil)
+		attrs := []any{"origin", v.origin, "revision", v.revision, "tests", v.tests, "decision_cache", v.cache != nil}
+		if v.tests == 0 {
+			e.log.WarnContext(ctx, "policy loaded WITHOUT rego tests (allowed untested): nothing checked it before it decides", attrs...)
+		} else {
+			e.log.InfoContext(ctx, "policy loaded", attrs...)
+		}
 	}
 	return nil
 }
 
-// prepare compiles b, runs its tests, and prepares the decision query.
-func prepare(ctx context.Context, b *Bundle) (*version, error) {
+// prepare compiles b, runs its tests, and prepares the decision query. A
+// version in which no test ran is refused unless allowUntested.
+func prepare(ctx context.Context, b *Bundle, allowUntested bool) (*version, error) {
 	report, err := runTests(ctx, b, false)
 	if err != nil {
 		return nil, err
@@ -86,6 +116,13 @@ func prepare(ctx context.Context, b *Bundle) (*version, error) {
 			names = append(names, f.Name+" ("+f.Failure+")")
 		}
 		return nil, fmt.Errorf("policy: %d of %d rego tests failed: %s", len(failed), len(report.Results), strings.Join(names, "; "))
+	}
+	ran := report.ran()
+	if ran == 0 && !allowUntested {
+		if n := len(report.Results); n > 0 {
+			return nil, fmt.Errorf("%w (all %d skipped)", ErrUntested, n)
+		}
+		return nil, ErrUntested
 	}
 	mods, err := parseModules(b)
 	if err != nil {
@@ -113,7 +150,7 @@ func prepare(ctx context.Context, b *Bundle) (*version, error) {
 	if err != nil {
 		return nil, fmt.Errorf("policy: compile: %w", err)
 	}
-	v := &version{query: q, revision: b.Revision(), origin: b.Origin, tests: len(report.Results)}
+	v := &version{query: q, revision: b.Revision(), origin: b.Origin, tests: ran}
 	if ok, _ := cacheable(mods); ok {
 		v.cache = newDecisionCache(DefaultDecisionCacheSize)
 	}

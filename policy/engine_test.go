@@ -28,6 +28,13 @@ func quietEngine(t *testing.T, b *policy.Bundle) (*policy.Engine, error) {
 	return policy.NewEngine(context.Background(), b, policy.EngineOptions{Logger: slog.New(slog.DiscardHandler)})
 }
 
+// untestedEngine is quietEngine for a policy without rego tests, in tests
+// of evaluation rather than of loading.
+func untestedEngine(t *testing.T, b *policy.Bundle) (*policy.Engine, error) {
+	t.Helper()
+	return policy.NewEngine(context.Background(), b, policy.EngineOptions{Logger: slog.New(slog.DiscardHandler), AllowUntested: true})
+}
+
 // TestEngineFailsClosed: every way a policy can fail to give a well-formed
 // decision is an error, which the interceptor turns into a denial.
 func TestEngineFailsClosed(t *testing.T) {
@@ -62,7 +69,7 @@ decision := {"allow": false, "reasons": []} if input.procedure
 	for name, src := range cases {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			e, err := quietEngine(t, bundle("authz.rego", src))
+			e, err := untestedEngine(t, bundle("authz.rego", src))
 			if err != nil {
 				t.Fatalf("engine: %v", err)
 			}
@@ -92,6 +99,8 @@ test_allows if data.palisade.authz.decision.allow
 		"failing test":  bundle("authz.rego", allowAll, "authz_test.rego", "package palisade.authz_test\ntest_denies if not data.palisade.authz.decision.allow\n"),
 		"erroring test": bundle("authz.rego", allowAll, "authz_test.rego", "package palisade.authz_test\ntest_err if to_number(\"x\")\n"),
 		"unsafe var":    bundle("authz.rego", "package palisade.authz\ndecision := {\"allow\": x, \"reasons\": []}\n"),
+		"no tests":      bundle("authz.rego", allowAll),
+		"skipped tests": bundle("authz.rego", allowAll, "authz_test.rego", "package palisade.authz_test\ntodo_test_allows if data.palisade.authz.decision.allow\n"),
 	}
 	for name, b := range refused {
 		if err := e.Load(context.Background(), b); err == nil {
@@ -101,7 +110,7 @@ test_allows if data.palisade.authz.decision.allow
 			t.Fatalf("%s: revision changed to %s", name, e.Revision())
 		}
 	}
-	next := bundle("authz.rego", strings.Replace(allowAll, "true", "false", 1))
+	next := bundle("authz.rego", strings.Replace(allowAll, "true", "false", 1), "authz_test.rego", "package palisade.authz_test\ntest_denies if not data.palisade.authz.decision.allow\n")
 	if err := e.Load(context.Background(), next); err != nil || e.Revision() != next.Revision() {
 		t.Fatalf("good policy: %v, revision %s", err, e.Revision())
 	}

@@ -7,7 +7,11 @@
 // Engine is the Authorizer the services use: Open Policy Agent, embedded,
 // evaluating data.palisade.authz.decision against the rego in policy/rego
 // (or a directory or an OPA bundle), reloaded only after a new policy
-// compiles and passes its own tests.
+// compiles and passes its own tests. A policy version that carries no test
+// is refused too (ErrUntested), unless EngineOptions.AllowUntested says
+// otherwise. Engine.Watch polls the source; a source it cannot read, and a
+// version it refused, are tried again with backoff while the last good
+// policy keeps deciding.
 //
 // Decisions that need a stored resource: the call-level decision sees the
 // request, not the database. A handler that must know, say, an order's

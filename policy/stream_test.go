@@ -21,7 +21,7 @@ import (
 // opens, before the handler sends anything; the unary call it allows works.
 func TestStreamDeniedAtOpen(t *testing.T) {
 	t.Parallel()
-	e, err := quietEngine(t, bundle("authz.rego", `package palisade.authz
+	e, err := untestedEngine(t, bundle("authz.rego", `package palisade.authz
 default allow := false
 allow if input.procedure == "/grpc.health.v1.Health/Check"
 decision := {"allow": allow, "reasons": r}

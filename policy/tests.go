@@ -17,9 +17,13 @@ import (
 type TestResult struct {
 	Name string // package.test_name
 	Pass bool
-	// Failure says why a test did not pass: "fail" or the evaluation error.
+	// Failure says why a test did not pass: "fail" or the evaluation error;
+	// "skipped" for a test OPA skips (todo_test_*), which counts as passed.
 	Failure string
 }
+
+// skipped is the Failure of a skipped test.
+const skipped = "skipped"
 
 // TestReport is the outcome of a bundle's rego tests.
 type TestReport struct {
@@ -39,6 +43,17 @@ func (r *TestReport) Passed() bool {
 		}
 	}
 	return true
+}
+
+// ran counts the tests that ran: all but the skipped ones.
+func (r *TestReport) ran() int {
+	n := 0
+	for _, t := range r.Results {
+		if t.Failure != skipped {
+			n++
+		}
+	}
+	return n
 }
 
 // Failed returns the tests that did not pass.
@@ -109,7 +124,7 @@ func runTests(ctx context.Context, b *Bundle, coverage bool) (*TestReport, error
 		case res.Fail:
 			r.Failure = "fail"
 		case res.Skip:
-			r.Pass, r.Failure = true, "skipped"
+			r.Pass, r.Failure = true, skipped
 		}
 		report.Results = append(report.Results, r)
 	}

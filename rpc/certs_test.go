@@ -12,6 +12,7 @@ import (
 	"net/http/httptrace"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -244,6 +245,25 @@ func TestRotationUnderLoad(t *testing.T) {
 	}
 }
 
+// shortLifetime is the lifetime of the certificates that tests let expire
+// with a connection open. Their setup (a server start, a handshake, a call
+// put in flight) must end before the expiry, so the lifetime leaves that
+// setup a wide margin on a loaded machine (3 s did not always; a
+// certificate's NotAfter is also cut to the second), and heldBefore checks
+// that it did.
+const shortLifetime = 10 * time.Second
+
+// heldBefore waits until arrived says the held call reached its handler and
+// fails the test if that was not before notAfter: the test would then not
+// be cutting a connection at expiry.
+func heldBefore(t *testing.T, notAfter time.Time, arrived func() bool) {
+	t.Helper()
+	rpctest.WaitFor(t, "the held call", arrived)
+	if left := time.Until(notAfter); left <= 0 {
+		t.Fatalf("the setup overran the certificate's lifetime by %s", -left)
+	}
+}
+
 // TestExpiredPeerConnectionClosed: a client whose certificate expires while
 // its HTTP/2 connection is open loses the connection at expiry, with the
 // call it had in flight; another client's connection is untouched; the
@@ -254,12 +274,13 @@ func TestExpiredPeerConnectionClosed(t *testing.T) {
 	users := &rpctest.Users{Hold: make(chan struct{})}
 	srv := startWith(t, ca.Source(ca.Server("/svc/user")), users)
 	shortLived := ca.Issue(certs.Leaf{SPIFFEID: "spiffe://palisade.local/client/cli", Usage: certs.UsageClient,
-		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(3 * time.Second)})
+		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(shortLifetime)})
 	short, long := httpClient(t, ca.Source(shortLived)), httpClient(t, ca.Source(ca.Client("/client/other")))
 	peer(t, short, srv)
 	peer(t, long, srv)
 
 	shortCall, longCall := heldCall(short, srv), heldCall(long, srv)
+	heldBefore(t, shortLived.Cert.NotAfter, func() bool { return users.Calls() == 2 })
 	cutOnly(t, srv, users, "expired", short, shortCall, long, longCall,
 		"closing connection: the peer's certificate has expired", "not_after="+shortLived.Cert.NotAfter.UTC().Format(time.RFC3339))
 	srv.WaitForLog(t, "TLS handshake error", "is after "+shortLived.Cert.NotAfter.UTC().Format(time.RFC3339))
@@ -359,7 +380,7 @@ func TestExpiredServerConnectionClosed(t *testing.T) {
 
 	t.Run("server", func(t *testing.T) {
 		t.Parallel()
-		short := shortLivedServer(ca, 3*time.Second)
+		short := shortLivedServer(ca, shortLifetime)
 		users := &rpctest.Users{Hold: make(chan struct{})}
 		defer close(users.Hold)
 		srv := startWith(t, ca.Source(short), users)
@@ -368,6 +389,7 @@ func TestExpiredServerConnectionClosed(t *testing.T) {
 		}, ForceAttemptHTTP2: true}}
 		t.Cleanup(plain.CloseIdleConnections)
 		call := heldCall(plain, srv)
+		heldBefore(t, short.Cert.NotAfter, func() bool { return users.Calls() == 1 })
 		cutAtExpiry(t, call, short)
 		srv.WaitForLog(t, "closing connection: the server's own certificate has expired",
 			"not_after="+short.Cert.NotAfter.UTC().Format(time.RFC3339))
@@ -375,9 +397,11 @@ func TestExpiredServerConnectionClosed(t *testing.T) {
 
 	t.Run("client", func(t *testing.T) {
 		t.Parallel()
-		short := shortLivedServer(ca, 3*time.Second)
+		short := shortLivedServer(ca, shortLifetime)
 		hold := make(chan struct{})
+		var arrived atomic.Bool
 		plain := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			arrived.Store(true)
 			select {
 			case <-hold:
 			case <-r.Context().Done():
@@ -404,6 +428,7 @@ func TestExpiredServerConnectionClosed(t *testing.T) {
 			}
 			call <- err
 		}()
+		heldBefore(t, short.Cert.NotAfter, arrived.Load)
 		cutAtExpiry(t, call, short)
 		logs.WaitForLog(t, "closing connection: the server's certificate has expired",
 			"not_after="+short.Cert.NotAfter.UTC().Format(time.RFC3339))

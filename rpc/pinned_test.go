@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"net/http"
 	"net/url"
 	"strings"
@@ -142,6 +143,74 @@ func TestPinnedClientCertificateRefused(t *testing.T) {
 			srv, err := rpc.NewServer(src, allowAll(t), c.opts...)
 			if err == nil || !strings.Contains(err.Error(), c.want) {
 				t.Fatalf("NewServer = %v, %v; want error containing %q", srv, err, c.want)
+			}
+		})
+	}
+}
+
+// TestPinnedClientCertificateMustBeWorkload: pinning names a certificate,
+// it does not make it a client certificate. A pinned, trusted certificate
+// that is a CA (CA:TRUE) or has no extended key usage — which crypto/x509
+// accepts for any purpose — fails the handshake like any other client's;
+// the same certificate made properly (CA:FALSE, clientAuth) calls.
+func TestPinnedClientCertificateMustBeWorkload(t *testing.T) {
+	t.Parallel()
+	ca := certstest.NewCA(t)
+	forge := func(mutate func(*x509.Certificate)) tls.Certificate {
+		tmpl := &x509.Certificate{
+			Subject:               pkix.Name{CommonName: "tool"},
+			KeyUsage:              x509.KeyUsageDigitalSignature,
+			ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+			BasicConstraintsValid: true,
+		}
+		if mutate != nil {
+			mutate(tmpl)
+		}
+		return certstest.TLSCertificate(certstest.ForgeSelfSigned(t, tmpl))
+	}
+	cases := map[string]struct {
+		cert tls.Certificate
+		want string // "" means the call succeeds
+	}{
+		"client certificate":    {cert: forge(nil)},
+		"CA:TRUE":               {cert: forge(func(c *x509.Certificate) { c.IsCA = true }), want: "mtls: client certificate is a CA certificate (CA:TRUE)"},
+		"no extended key usage": {cert: forge(func(c *x509.Certificate) { c.ExtKeyUsage = nil }), want: "mtls: client certificate lacks the clientAuth extended key usage"},
+		"no basic constraints":  {cert: forge(func(c *x509.Certificate) { c.BasicConstraintsValid = false }), want: "mtls: client certificate has no basic constraints"},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			const id = "spiffe://palisade.local/client/tool"
+			bundle := ca.Pool()
+			bundle.AddCert(c.cert.Leaf)
+			authz, err := policy.NewAllowList(map[string]policy.Rule{userv1connect.UserServiceGetUserProcedure: {Workloads: []string{id}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			users := &rpctest.Users{}
+			srv := rpctest.Start(t, mtls.NewStaticSource(certstest.TLSCertificate(ca.Server("/svc/user")), bundle), authz, users.Mount,
+				rpc.WithPinnedClientCertificate(c.cert.Leaf, id))
+			cfg := &tls.Config{RootCAs: ca.Pool(), Certificates: []tls.Certificate{c.cert}, NextProtos: []string{"h2"}}
+			hc := &http.Client{Transport: &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: true}}
+			t.Cleanup(hc.CloseIdleConnections)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			_, err = userv1connect.NewUserServiceClient(hc, srv.URL).GetUser(ctx, &userv1.GetUserRequest{Id: "alice"})
+			if c.want == "" {
+				if err != nil || users.Calls() != 1 {
+					t.Fatalf("call: %v (%d reached the handler)", err, users.Calls())
+				}
+				return
+			}
+			if err == nil {
+				t.Fatal("call succeeded")
+			}
+			if code := connect.CodeOf(err); code == connect.CodeUnauthenticated || code == connect.CodePermissionDenied {
+				t.Fatalf("handshake should have failed, got RPC error %v", err)
+			}
+			srv.WaitForLog(t, "TLS handshake error", c.want)
+			if n := users.Calls(); n != 0 {
+				t.Fatalf("%d refused calls reached the handler", n)
 			}
 		})
 	}

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/palisade-rpc/palisade/security/spiffeid"
 )
@@ -63,18 +64,66 @@ func verifyNotRevoked(src Source) func(tls.ConnectionState) error {
 	return func(cs tls.ConnectionState) error { return rc.CheckRevocation(cs.VerifiedChains) }
 }
 
+// checkWorkload checks that cert is a workload certificate fit for usage
+// (x509.ExtKeyUsageClientAuth to call, ExtKeyUsageServerAuth to serve): an
+// end entity — the basic constraints extension present, with CA:FALSE; a
+// certificate without the extension is refused rather than guessed at, as
+// SPIFFE's X509-SVID says a leaf sets CA:FALSE — whose extended key usage
+// names usage. crypto/x509 accepts a certificate without extended key
+// usage, or with anyExtendedKeyUsage, for every purpose, and does not look
+// at a leaf's CA flag; a CA certificate accepted as a workload could sign
+// certificates for other identities that chain through it.
+func checkWorkload(cert *x509.Certificate, usage x509.ExtKeyUsage) error {
+	if !cert.BasicConstraintsValid {
+		return errors.New("certificate has no basic constraints extension (a workload certificate must say CA:FALSE)")
+	}
+	if cert.IsCA {
+		return errors.New("certificate is a CA certificate (CA:TRUE), not a workload's")
+	}
+	if !slices.Contains(cert.ExtKeyUsage, usage) {
+		return fmt.Errorf("certificate lacks the %s extended key usage", usageName(usage))
+	}
+	return nil
+}
+
+func usageName(u x509.ExtKeyUsage) string {
+	switch u {
+	case x509.ExtKeyUsageClientAuth:
+		return "clientAuth"
+	case x509.ExtKeyUsageServerAuth:
+		return "serverAuth"
+	}
+	return fmt.Sprintf("extended key usage %d", u)
+}
+
 // ServerConfig returns the TLS configuration of a Palisade server: TLS 1.3,
 // the server's certificate from src, and a client certificate required and
-// verified against src's trust bundle (for the clientAuth usage) and, when
-// src is a RevocationChecker, not revoked. Both are read from src on every
-// handshake. Checking the client's SPIFFE ID is left
-// to HTTP middleware, so that a refusal can be reported as an RPC error
-// (unauthenticated) rather than a bare handshake alert.
+// verified against src's trust bundle and, when src is a
+// RevocationChecker, not revoked. Both are read from src on every
+// handshake. The client's certificate must be a workload certificate: an
+// end entity (basic constraints present, CA:FALSE) whose extended key usage
+// names clientAuth; any other fails the handshake, a certificate without
+// extended key usage too (crypto/x509 alone would take it). Checking
+// the client's SPIFFE ID is left to HTTP middleware, so that a refusal can
+// be reported as an RPC error (unauthenticated) rather than a bare
+// handshake alert.
 //
 // nextProtos are the ALPN protocols to offer, for example "h2", "http/1.1".
 func ServerConfig(src Source, nextProtos ...string) *tls.Config {
 	protos := append([]string(nil), nextProtos...)
 	notRevoked := verifyNotRevoked(src)
+	verify := func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 {
+			return errors.New("mtls: client sent no certificate")
+		}
+		if err := checkWorkload(cs.PeerCertificates[0], x509.ExtKeyUsageClientAuth); err != nil {
+			return fmt.Errorf("mtls: client %w", err)
+		}
+		if notRevoked != nil {
+			return notRevoked(cs)
+		}
+		return nil
+	}
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		NextProtos: protos,
@@ -93,7 +142,7 @@ func ServerConfig(src Source, nextProtos ...string) *tls.Config {
 				Certificates:     []tls.Certificate{*cert},
 				ClientCAs:        bundle,
 				ClientAuth:       tls.RequireAndVerifyClientCert,
-				VerifyConnection: notRevoked,
+				VerifyConnection: verify,
 			}, nil
 		},
 	}
@@ -101,9 +150,11 @@ func ServerConfig(src Source, nextProtos ...string) *tls.Config {
 
 // ClientConfig returns a TLS configuration for one connection from a
 // Palisade client: TLS 1.3, the client certificate from src (read at the
-// handshake), the server's chain verified for serverName and the serverAuth
-// usage against the trust bundle src holds at that moment, not revoked when
-// src is a RevocationChecker, and then its SPIFFE ID checked by authorize.
+// handshake), the server's chain verified for serverName against the trust
+// bundle src holds at that moment, its leaf a workload certificate (an end
+// entity, basic constraints present with CA:FALSE, whose extended key usage
+// names serverAuth), not revoked when src is a RevocationChecker, and then
+// its SPIFFE ID checked by authorize.
 // A nil authorize or an empty serverName is refused: a client must say
 // which servers it expects.
 //
@@ -135,6 +186,9 @@ func ClientConfig(src Source, serverName string, authorize Authorizer, nextProto
 				return err
 			}
 			cs.VerifiedChains = chains
+			if err := checkWorkload(chains[0][0], x509.ExtKeyUsageServerAuth); err != nil {
+				return fmt.Errorf("mtls: server %w", err)
+			}
 			if notRevoked != nil {
 				if err := notRevoked(cs); err != nil {
 					return err

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"net"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -87,6 +88,16 @@ func TestClientVerifiesServer(t *testing.T) {
 		"another workload":     {server: leaf(certs.Leaf{SPIFFEID: "spiffe://palisade.local/svc/intruder"}), authorize: mtls.AuthorizeID(user), want: "peer is spiffe://palisade.local/svc/intruder"},
 		"another trust domain": {server: leaf(certs.Leaf{SPIFFEID: "spiffe://evil.example/svc/user"}), want: "not in trust domain palisade.local"},
 		"IPv6 SAN only":        {server: leaf(certs.Leaf{IPAddresses: []net.IP{net.IPv6loopback}}), want: "not 127.0.0.1"},
+		// What crypto/x509 accepts and a workload certificate is not.
+		"forged, but a proper workload certificate": {server: ca.Forge(workloadTemplate("/svc/user", nil))},
+		"CA:TRUE": {server: ca.Forge(workloadTemplate("/svc/user", func(c *x509.Certificate) { c.IsCA = true })),
+			want: "mtls: server certificate is a CA certificate (CA:TRUE)"},
+		"no basic constraints": {server: ca.Forge(workloadTemplate("/svc/user", func(c *x509.Certificate) { c.BasicConstraintsValid = false })),
+			want: "mtls: server certificate has no basic constraints"},
+		"no extended key usage": {server: ca.Forge(workloadTemplate("/svc/user", func(c *x509.Certificate) { c.ExtKeyUsage = nil })),
+			want: "mtls: server certificate lacks the serverAuth extended key usage"},
+		"anyExtendedKeyUsage only": {server: ca.Forge(workloadTemplate("/svc/user", func(c *x509.Certificate) { c.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageAny} })),
+			want: "mtls: server certificate lacks the serverAuth extended key usage"},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -147,5 +158,89 @@ func TestClientUsesBundleOfTheHandshake(t *testing.T) {
 	var unknown x509.UnknownAuthorityError
 	if !errors.As(err, &unknown) {
 		t.Fatalf("server of a CA no longer in the bundle: %v", err)
+	}
+}
+
+// workloadTemplate is the template of a proper workload certificate for
+// spiffe://palisade.local<path> — CA:FALSE, serverAuth and clientAuth,
+// valid for 127.0.0.1 — changed by mutate (if not nil) into one that
+// certstest.CA.Forge signs though the development CA would not issue it.
+func workloadTemplate(path string, mutate func(*x509.Certificate)) *x509.Certificate {
+	tmpl := &x509.Certificate{
+		URIs:                  []*url.URL{{Scheme: "spiffe", Host: certstest.TrustDomain, Path: path}},
+		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
+		KeyUsage:              x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		BasicConstraintsValid: true,
+	}
+	if mutate != nil {
+		mutate(tmpl)
+	}
+	return tmpl
+}
+
+// TestServerVerifiesClient presents a server made by ServerConfig with
+// client certificates it must refuse, over TLS on 127.0.0.1: those crypto/tls
+// refuses itself, and those it would accept — a CA certificate, one without
+// basic constraints, one without extended key usage or with only
+// anyExtendedKeyUsage — that ServerConfig must refuse at the handshake.
+func TestServerVerifiesClient(t *testing.T) {
+	t.Parallel()
+	ca, otherCA := certstest.NewCA(t), certstest.NewCA(t)
+	src := ca.Source(ca.Server("/svc/user"))
+	cases := map[string]struct {
+		client *certs.Issued
+		want   string // "" means the handshake succeeds
+	}{
+		"workload":        {client: ca.Server("/svc/order")},
+		"clientAuth only": {client: ca.Client("/client/cli")},
+		"forged, but a proper workload certificate": {client: ca.Forge(workloadTemplate("/client/cli", nil))},
+		"serverAuth only": {client: ca.Issue(certs.Leaf{SPIFFEID: "spiffe://palisade.local/client/cli", Usage: certs.UsageServer}),
+			want: "incompatible key usage"},
+		"another CA": {client: otherCA.Client("/client/cli"), want: "certificate signed by unknown authority"},
+		"CA:TRUE": {client: ca.Forge(workloadTemplate("/client/cli", func(c *x509.Certificate) { c.IsCA = true })),
+			want: "mtls: client certificate is a CA certificate (CA:TRUE)"},
+		"no basic constraints": {client: ca.Forge(workloadTemplate("/client/cli", func(c *x509.Certificate) { c.BasicConstraintsValid = false })),
+			want: "mtls: client certificate has no basic constraints"},
+		"no extended key usage": {client: ca.Forge(workloadTemplate("/client/cli", func(c *x509.Certificate) { c.ExtKeyUsage = nil })),
+			want: "mtls: client certificate lacks the clientAuth extended key usage"},
+		"anyExtendedKeyUsage only": {client: ca.Forge(workloadTemplate("/client/cli", func(c *x509.Certificate) { c.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageAny} })),
+			want: "mtls: client certificate lacks the clientAuth extended key usage"},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			ln, err := tls.Listen("tcp", "127.0.0.1:0", mtls.ServerConfig(src))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			handshake := make(chan error, 1)
+			go func() {
+				conn, err := ln.Accept()
+				if err != nil {
+					handshake <- err
+					return
+				}
+				defer conn.Close()
+				handshake <- conn.(*tls.Conn).Handshake()
+			}()
+			conn, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{
+				RootCAs: ca.Pool(), Certificates: []tls.Certificate{certstest.TLSCertificate(tc.client)},
+			})
+			if err == nil {
+				// TLS 1.3: the server judges the client's certificate after
+				// the client's side of the handshake is done.
+				_, _ = conn.Read(make([]byte, 1))
+				conn.Close()
+			}
+			err = <-handshake
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("server handshake: %v", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("server handshake: %v, want an error containing %q", err, tc.want)
+			}
+		})
 	}
 }

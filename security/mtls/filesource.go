@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,12 +30,17 @@ import (
 // serving.
 //
 // The identity is fixed: the SPIFFE ID of the certificate the source starts
-// with. A later certificate for another identity is refused.
+// with. A later certificate for another identity is refused. So are its
+// uses: every certificate must be a workload certificate (basic constraints
+// present with CA:FALSE) whose extended key usage names clientAuth or
+// serverAuth (a service, which serves and calls, has both); a later one
+// must name every one of those the first named.
 type FileSource struct {
 	certFile, keyFile, caFile, crlFile string
 	log                                *slog.Logger
 
 	id      spiffeid.ID
+	usages  []x509.ExtKeyUsage // clientAuth, serverAuth: those of the first certificate
 	current atomic.Pointer[material]
 	crl     atomic.Pointer[revocations]
 
@@ -163,8 +169,9 @@ func (s *FileSource) RevocationsChanged() <-chan struct{} {
 
 // Reload re-reads the files now and swaps in the new material if it is
 // valid: the certificate and key parse and match, the certificate is within
-// its validity period, carries the source's SPIFFE ID and chains to the new
-// CA bundle, which must hold only CA certificates; a CRL must be signed by a
+// its validity period, is a workload certificate for the same uses (see
+// FileSource), carries the source's SPIFFE ID and chains to the new CA
+// bundle, which must hold only CA certificates; a CRL must be signed by a
 // CA of the bundle. On error the previous material stays in force (and a
 // refused CRL does not hold back valid certificates).
 func (s *FileSource) Reload() error {
@@ -310,6 +317,22 @@ func (s *FileSource) loadMaterialIfChanged(unchanged [32]byte, force bool) (*mat
 	if !s.id.IsZero() && id != s.id {
 		return nil, fmt.Errorf("mtls: certificate %s is for %s, but this source serves %s", s.certFile, id, s.id)
 	}
+	usages := s.usages
+	if usages == nil {
+		for _, u := range []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth} {
+			if slices.Contains(leaf.ExtKeyUsage, u) {
+				usages = append(usages, u)
+			}
+		}
+		if len(usages) == 0 {
+			return nil, fmt.Errorf("mtls: certificate %s has neither the clientAuth nor the serverAuth extended key usage: peers would refuse it", s.certFile)
+		}
+	}
+	for _, u := range usages {
+		if err := checkWorkload(leaf, u); err != nil {
+			return nil, fmt.Errorf("mtls: %s: %w", s.certFile, err)
+		}
+	}
 	cas, err := certs.ParseCertificates(caPEM)
 	if err != nil {
 		return nil, fmt.Errorf("mtls: CA bundle %s: %w", s.caFile, err)
@@ -336,7 +359,7 @@ func (s *FileSource) loadMaterialIfChanged(unchanged [32]byte, force bool) (*mat
 		return nil, fmt.Errorf("mtls: certificate %s does not chain to the CA bundle %s: %w", s.certFile, s.caFile, err)
 	}
 	if s.id.IsZero() {
-		s.id = id
+		s.id, s.usages = id, usages
 	}
 	return &material{cert: &cert, cas: cas, bundle: bundle, digest: digest, bundleDigest: sha256.Sum256(caPEM)}, nil
 }

@@ -133,6 +133,30 @@ func TestFileSourceRefusesBadMaterial(t *testing.T) {
 			write:  func(t *testing.T, f *fileFixture) { write(t, f.files.CA, certstest.NewCA(t).CertPEM()) },
 			reason: "does not chain to the CA bundle",
 		},
+		"CA:TRUE certificate": {
+			write: func(t *testing.T, f *fileFixture) {
+				f.writePair(t, f.ca.Forge(workloadTemplate("/svc/user", func(c *x509.Certificate) { c.IsCA = true })))
+			},
+			reason: "is a CA certificate (CA:TRUE)",
+		},
+		"no basic constraints": {
+			write: func(t *testing.T, f *fileFixture) {
+				f.writePair(t, f.ca.Forge(workloadTemplate("/svc/user", func(c *x509.Certificate) { c.BasicConstraintsValid = false })))
+			},
+			reason: "has no basic constraints",
+		},
+		"no extended key usage": {
+			write: func(t *testing.T, f *fileFixture) {
+				f.writePair(t, f.ca.Forge(workloadTemplate("/svc/user", func(c *x509.Certificate) { c.ExtKeyUsage = nil })))
+			},
+			reason: "lacks the clientAuth extended key usage",
+		},
+		"clientAuth only, for a source that serves": {
+			write: func(t *testing.T, f *fileFixture) {
+				f.writePair(t, f.ca.Issue(certs.Leaf{SPIFFEID: "spiffe://palisade.local/svc/user", Usage: certs.UsageClient}))
+			},
+			reason: "lacks the serverAuth extended key usage",
+		},
 		"key file removed": {
 			write: func(t *testing.T, f *fileFixture) {
 				if err := os.Remove(f.files.Key); err != nil {
@@ -198,6 +222,27 @@ func TestNewFileSourceValidates(t *testing.T) {
 	files := ca.WriteFiles(dir, "expired", expired)
 	if _, err := mtls.NewFileSource(files.Cert, files.Key, files.CA); err == nil || !strings.Contains(err.Error(), "expired at") {
 		t.Fatalf("NewFileSource with an expired certificate: %v", err)
+	}
+	for name, tc := range map[string]struct {
+		cert   *certs.Issued
+		reason string
+	}{
+		"CA:TRUE":               {ca.Forge(workloadTemplate("/svc/user", func(c *x509.Certificate) { c.IsCA = true })), "is a CA certificate"},
+		"no basic constraints":  {ca.Forge(workloadTemplate("/svc/user", func(c *x509.Certificate) { c.BasicConstraintsValid = false })), "has no basic constraints"},
+		"no extended key usage": {ca.Forge(workloadTemplate("/svc/user", func(c *x509.Certificate) { c.ExtKeyUsage = nil })), "neither the clientAuth nor the serverAuth"},
+		"anyExtendedKeyUsage only": {ca.Forge(workloadTemplate("/svc/user", func(c *x509.Certificate) {
+			c.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageAny}
+		})), "neither the clientAuth nor the serverAuth"},
+	} {
+		files := ca.WriteFiles(dir, strings.ReplaceAll(name, " ", "-"), tc.cert)
+		if _, err := mtls.NewFileSource(files.Cert, files.Key, files.CA); err == nil || !strings.Contains(err.Error(), tc.reason) {
+			t.Errorf("NewFileSource with a certificate with %s: %v, want an error saying %q", name, err, tc.reason)
+		}
+	}
+	// A client's certificate (clientAuth only) is a workload certificate too.
+	client := ca.WriteFiles(dir, "cli", ca.Client("/client/cli"))
+	if _, err := mtls.NewFileSource(client.Cert, client.Key, client.CA); err != nil {
+		t.Fatalf("NewFileSource with a client certificate: %v", err)
 	}
 	good := ca.WriteFiles(dir, "good", ca.Server("/svc/user"))
 	if _, err := mtls.NewFileSource(good.Cert, good.Key, good.CA, mtls.WithCRL(filepath.Join(dir, "missing.pem"))); err == nil {

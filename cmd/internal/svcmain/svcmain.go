@@ -39,6 +39,9 @@ type Flags struct {
 	PolicyDir      string
 	PolicyBundle   string
 	PolicyInterval time.Duration
+	// PolicyAllowUntested loads policy versions without rego tests
+	// (policy.EngineOptions.AllowUntested), each logged as a warning.
+	PolicyAllowUntested bool
 	// CRL is an optional certificate revocation list; CertReloadInterval is
 	// how often the certificate, key, CA bundle and CRL files are checked.
 	CRL                string
@@ -66,7 +69,8 @@ func (f *Flags) Register(fs *flag.FlagSet, name, defaultAddr string) {
 	fs.DurationVar(&f.ShutdownGrace, "shutdown-grace", rpc.DefaultShutdownGrace, "on SIGINT/SIGTERM, the `duration` in-flight calls may still run before they are cut off")
 	fs.StringVar(&f.PolicyDir, "policy-dir", "", "`directory` of rego policies (and their *_test.rego tests) to use instead of the embedded ones; watched, and a changed policy is swapped in only if it compiles and its tests pass")
 	fs.StringVar(&f.PolicyBundle, "policy-bundle", "", "OPA bundle (tar.gz) `path or URL` to take policies from, polled with the same tests-before-swap rule; a URL is fetched over mTLS with this service's certificate")
-	fs.DurationVar(&f.PolicyInterval, "policy-reload-interval", 2*time.Second, "how often to check --policy-dir or --policy-bundle for changes (`duration`)")
+	fs.DurationVar(&f.PolicyInterval, "policy-reload-interval", 2*time.Second, "how often to check --policy-dir or --policy-bundle for changes (`duration`); a source that cannot be read, or a version refused, is tried again after a delay that doubles from it up to 2m")
+	fs.BoolVar(&f.PolicyAllowUntested, "policy-allow-untested", false, "UNSAFE: load a policy version from --policy-dir or --policy-bundle even if it carries no rego test (*_test.rego), logging a warning each time; by default such a version is refused (at start-up the service does not start)")
 	fs.StringVar(&f.CRL, "crl", "", "PEM or DER `file` of a certificate revocation list signed by a CA of --ca (e.g. .palisade/certs/crl.pem from 'palisade certs revoke'); peers with a revoked certificate fail the handshake")
 	fs.DurationVar(&f.CertReloadInterval, "cert-reload-interval", 2*time.Second, "how often to check --cert, --key, --ca and --crl for changes (`duration`; 0 never); changed files are validated in full before they are used, and refused (and logged) otherwise")
 	fs.StringVar(&f.AdminAddr, "admin-addr", "", "`host:port` of the admin listener: plain HTTP on a loopback address, serving Prometheus metrics at /metrics (off when empty)")
@@ -169,7 +173,8 @@ func (f *Flags) ServerOptions(logger *slog.Logger) []rpc.ServerOption {
 // Authorizer returns the OPA policy engine the flags ask for — the embedded
 // default policies, --policy-dir or --policy-bundle — and, for the latter
 // two, keeps reloading it until ctx is done. The initial policy must compile
-// and pass its tests, or the service does not start.
+// and pass its tests (and have some, unless --policy-allow-untested), or the
+// service does not start.
 func (f *Flags) Authorizer(ctx context.Context, logger *slog.Logger, src mtls.Source) (*policy.Engine, error) {
 	var load policy.Loader
 	switch {
@@ -190,11 +195,17 @@ func (f *Flags) Authorizer(ctx context.Context, logger *slog.Logger, src mtls.So
 	if err != nil {
 		return nil, err
 	}
-	engine, err := policy.NewEngine(ctx, b, policy.EngineOptions{Logger: logger})
+	engine, err := policy.NewEngine(ctx, b, policy.EngineOptions{Logger: logger, AllowUntested: f.PolicyAllowUntested})
+	if errors.Is(err, policy.ErrUntested) {
+		return nil, fmt.Errorf("%s: %w (add *_test.rego tests, or start with --policy-allow-untested)", b.Origin, err)
+	}
 	if err != nil {
 		return nil, err
 	}
 	if f.PolicyDir != "" || f.PolicyBundle != "" {
+		if f.PolicyInterval <= 0 {
+			return nil, fmt.Errorf("--policy-reload-interval %s is not positive", f.PolicyInterval)
+		}
 		go func() { _ = engine.Watch(ctx, load, f.PolicyInterval) }()
 	}
 	return engine, nil

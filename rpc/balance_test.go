@@ -320,8 +320,11 @@ func TestCallsRetriedOnlyWhenSafe(t *testing.T) {
 			}
 			err := <-done
 			t.Logf("the call: %v", err)
-			if got := connect.CodeOf(err); (tc.code == 0 && err != nil) || (tc.code != 0 && got != tc.code) {
-				t.Fatalf("the call ended with %v, want code %v", err, tc.code)
+			if tc.code == 0 && err != nil {
+				t.Fatalf("the call failed: %v", err)
+			}
+			if got := connect.CodeOf(err); tc.code != 0 && got != tc.code {
+				t.Fatalf("the call ended with %v, want %v", err, tc.code)
 			}
 			if n := tc.count(rs[0].users) + tc.count(rs[1].users); n != tc.executions {
 				t.Fatalf("executed %d times, want %d", n, tc.executions)
@@ -659,6 +662,27 @@ func TestDNSEndpoints(t *testing.T) {
 	if err := getUser(missing); connect.CodeOf(err) != connect.CodeUnavailable || !strings.Contains(err.Error(), "no such host") {
 		t.Fatalf("an unresolvable name: %v, want unavailable", err)
 	}
+}
+
+// TestDNSResolvedAgainWhenAllEjected: the one address a name had stops
+// answering and the name moves to another; the client does not wait for
+// its hourly refresh: with every address ejected it resolves the name
+// again (at most once a second), and its calls reach the new address.
+func TestDNSResolvedAgainWhenAllEjected(t *testing.T) {
+	t.Parallel()
+	ca := certstest.NewCA(t)
+	rs := startReplicas(t, ca, 2)
+	dns := &lookupTable{answers: map[string][]string{"localhost:443": {rs[0].Addr}}}
+	clk := newClock()
+	c, _ := balanced(t, ca.Source(ca.Client("/client/cli")), []string{"https://localhost"},
+		rpc.WithDNSEndpoints(time.Hour), rpc.WithLookup(dns.lookup), rpc.WithClock(clk.Now))
+	calls(t, c, 1)
+	if err := rs[0].Stop(); err != nil {
+		t.Fatal(err)
+	}
+	dns.set("localhost:443", rs[1].Addr)
+	clk.Advance(time.Second)
+	rpctest.WaitFor(t, "calls on the new address", func() bool { return getUser(c) == nil && rs[1].users.gets.Load() > 0 })
 }
 
 // TestEndpointOptionsRefused: endpoints that are not https URLs of one

@@ -75,7 +75,7 @@ type replica struct {
 
 // newReplicaServer builds a user service replica with certificate issued
 // (any SPIFFE ID: a test may start an impostor).
-func newReplicaServer(t *testing.T, ca *certstest.CA, issued *certs.Issued, users *countingUsers, opts ...rpc.ServerOption) (*rpc.Server, *rpctest.Logs) {
+func newReplicaServer(t testing.TB, ca *certstest.CA, issued *certs.Issued, users *countingUsers, opts ...rpc.ServerOption) (*rpc.Server, *rpctest.Logs) {
 	t.Helper()
 	logger, logs := rpctest.NewLogger(t)
 	srv, err := rpc.NewServer(ca.Source(issued),
@@ -97,7 +97,7 @@ func newReplicaServer(t *testing.T, ca *certstest.CA, issued *certs.Issued, user
 
 // startReplicas starts n replicas, each with its own certificate for
 // userServerID, named a, b, c…
-func startReplicas(t *testing.T, ca *certstest.CA, n int, opts ...rpc.ServerOption) []*replica {
+func startReplicas(t testing.TB, ca *certstest.CA, n int, opts ...rpc.ServerOption) []*replica {
 	t.Helper()
 	var rs []*replica
 	for i := range n {
@@ -720,5 +720,38 @@ func TestEndpointOptionsRefused(t *testing.T) {
 	if _, err := rpc.NewClient(userv1connect.NewUserServiceClient, "https://c:1", src, rpc.WithHTTPClient(hc)); err == nil ||
 		!strings.Contains(err.Error(), "not one of the HTTP client's endpoints") {
 		t.Errorf("a base URL outside the HTTP client's endpoints: %v", err)
+	}
+}
+
+// BenchmarkBalancedCall compares a GetUser call through a client of one
+// URL with one through a client of three endpoints (the balancer's pick,
+// its lease and the response body it wraps), over loopback through the
+// whole chain.
+func BenchmarkBalancedCall(b *testing.B) {
+	ca := certstest.NewCA(b)
+	rs := startReplicas(b, ca, 3)
+	src := ca.Source(ca.Client("/client/cli"))
+	for _, bc := range []struct {
+		name string
+		opts []rpc.ClientOption
+	}{
+		{"one URL", nil},
+		{"three endpoints", []rpc.ClientOption{rpc.WithEndpoints(rs[1].URL, rs[2].URL)}},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			c, err := rpc.NewClient(userv1connect.NewUserServiceClient, rs[0].URL, src, append(bc.opts, rpc.WithServerID(userServerID))...)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if err := getUser(c); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		})
 	}
 }

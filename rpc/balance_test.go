@@ -237,6 +237,33 @@ func TestBalancedCallsSpread(t *testing.T) {
 	}
 }
 
+// TestBalancedProtocols: a balanced client speaks each protocol, gRPC's
+// trailers included, to every endpoint.
+func TestBalancedProtocols(t *testing.T) {
+	t.Parallel()
+	ca := certstest.NewCA(t)
+	rs := startReplicas(t, ca, 2)
+	src := ca.Source(ca.Client("/client/cli"))
+	for name, proto := range map[string]rpc.Protocol{"connect": rpc.ProtocolConnect, "grpc": rpc.ProtocolGRPC, "grpcweb": rpc.ProtocolGRPCWeb} {
+		t.Run(name, func(t *testing.T) {
+			c, err := rpc.NewClient(userv1connect.NewUserServiceClient, rs[0].URL, src,
+				rpc.WithServerID(userServerID), rpc.WithEndpoints(rs[1].URL), rpc.WithProtocol(proto))
+			if err != nil {
+				t.Fatal(err)
+			}
+			seen := map[string]bool{}
+			rpctest.WaitFor(t, "answers from both replicas", func() bool {
+				res, err := c.GetUser(context.Background(), &userv1.GetUserRequest{Id: "alice"})
+				if err != nil {
+					t.Fatal(err)
+				}
+				seen[res.GetUser().GetDisplayName()] = true
+				return len(seen) == 2
+			})
+		})
+	}
+}
+
 // TestReplicaStoppedMidLoad: three replicas under load; one holds every
 // call it gets and is then stopped with a short grace, so that the calls
 // it holds are cut. GetUser has no side effects: every cut call is retried

@@ -118,9 +118,9 @@ func WithHTTPClient(c *http.Client) ClientOption {
 }
 
 // WithEndpoints makes the client spread its calls over several servers of
-// one service — replicas, which must all present the server ID
-// (WithServerID) — each given as a base URL like NewClient's, which is one
-// of them: NewClient(f, "https://a:8443", src, WithEndpoints("https://b:8443"))
+// one service — replicas, each presenting the SPIFFE ID that WithServerID
+// requires — each given as a base URL like NewClient's, which is one of
+// them: NewClient(f, "https://a:8443", src, WithEndpoints("https://b:8443"))
 // calls a and b. Each endpoint is dialed and verified as a client of that
 // one URL would be (mTLS, the SPIFFE ID, the host name of its URL), with
 // its own pool of HTTP/2 connections.

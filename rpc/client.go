@@ -2,6 +2,7 @@ package rpc
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -50,6 +51,12 @@ type clientConfig struct {
 	tracerProvider trace.TracerProvider
 	meterProvider  metric.MeterProvider
 	logger         *slog.Logger
+
+	endpoints  []string      // balance.go
+	dnsRefresh time.Duration // balance.go; 0: names are not resolved by the client
+	// Set by tests only (export_test.go).
+	now    func() time.Time
+	lookup func(ctx context.Context, hostport string) ([]string, error)
 }
 
 // TokenSource returns the bearer token to send with a call made in ctx, or
@@ -103,10 +110,62 @@ func WithProtocol(p Protocol) ClientOption {
 // service then share its connections, so calls made one after the other go
 // over the same connection while it lasts: a token exchanged over it is bound
 // to the certificate the next call presents. The connection settings
-// (WithServerID, WithClientTrustDomain, WithDialTimeout) are those c was
-// made with. NewHTTPClient refuses this option.
+// (WithServerID, WithClientTrustDomain, WithDialTimeout, WithEndpoints,
+// WithDNSEndpoints) are those c was made with; if c has endpoints, baseURL
+// must be one of them. NewHTTPClient refuses this option.
 func WithHTTPClient(c *http.Client) ClientOption {
 	return clientOptionFunc(func(cfg *clientConfig) { cfg.httpClient = c })
+}
+
+// WithEndpoints makes the client spread its calls over several servers of
+// one service — replicas, each presenting the SPIFFE ID that WithServerID
+// requires — each given as a base URL like NewClient's, which is one of
+// them: NewClient(f, "https://a:8443", src, WithEndpoints("https://b:8443"))
+// calls a and b. Each endpoint is dialed and verified as a client of that
+// one URL would be (mTLS, the SPIFFE ID, the host name of its URL), with
+// its own pool of HTTP/2 connections.
+//
+// A call goes to the less busy of two endpoints drawn at random (power of
+// two choices on the unary calls in flight). An endpoint whose dial or
+// handshake fails, or whose connection breaks, is ejected for 1s, doubling
+// on each failure in a row up to 30s, then probed in the background (a
+// dial and a handshake) and taken back when the probe succeeds; while every
+// endpoint is ejected, a call tries the one whose ejection ends first rather
+// than fail without trying. A call is tried again on another endpoint, at
+// most 3 times in all and within its deadline, when its request never left
+// (the dial or handshake failed), or when it got no response and its
+// procedure is idempotent (idempotency_level NO_SIDE_EFFECTS or IDEMPOTENT
+// in its .proto). Other calls — CreateOrder, ExchangeToken — are never
+// repeated once their request may have been sent, nor is a call whose
+// response had begun, a client or bidi stream, or one the server answered
+// with an error. A server stream that breaks is not resumed: its caller
+// opens it again, and the balancer sends it elsewhere.
+//
+// Given to NewHTTPClient, the URLs are the endpoints; requests for their
+// hosts are spread over all of them, requests for other hosts go to those
+// hosts. With WithHTTPClient, give the endpoints to NewHTTPClient instead.
+func WithEndpoints(urls ...string) ClientOption {
+	return clientOptionFunc(func(c *clientConfig) { c.endpoints = append(c.endpoints, urls...) })
+}
+
+// WithDNSEndpoints makes the client resolve the host name of each endpoint
+// (the base URL, and those of WithEndpoints) itself, to all its addresses
+// (A and AAAA records), and spread its calls over them as over endpoints
+// (see WithEndpoints), resolving the names again every refresh
+// (DefaultDNSRefresh if refresh is 0 or less), and at most once a second
+// while every address is ejected, in the background. Each address is
+// verified for the host name, as the URL alone would be: the certificate
+// must be valid for the name, not the address. A lookup that fails or
+// finds nothing keeps the addresses the name had; until the first one
+// succeeds, calls fail with unavailable. For a name with several
+// addresses, such as a Kubernetes headless service.
+func WithDNSEndpoints(refresh time.Duration) ClientOption {
+	return clientOptionFunc(func(c *clientConfig) {
+		if refresh <= 0 {
+			refresh = DefaultDNSRefresh
+		}
+		c.dnsRefresh = refresh
+	})
 }
 
 // WithConnectOptions passes options to the generated client's constructor.
@@ -128,7 +187,9 @@ func newClientConfig(opts []ClientOption) (clientConfig, error) {
 // NewClient returns a generated Connect client (newClient is the generated
 // constructor, for example userv1connect.NewUserServiceClient) that calls
 // baseURL ("https://host:port") over HTTP/2 with mTLS: the client
-// certificate and trust bundle come from src.
+// certificate and trust bundle come from src. With WithEndpoints or
+// WithDNSEndpoints it spreads its calls over several servers, baseURL's
+// among them.
 func NewClient[T any](newClient func(connect.HTTPClient, string, ...connect.ClientOption) T, baseURL string, src mtls.Source, opts ...ClientOption) (T, error) {
 	var zero T
 	u, err := url.Parse(baseURL)
@@ -139,11 +200,22 @@ func NewClient[T any](newClient func(connect.HTTPClient, string, ...connect.Clie
 	if err != nil {
 		return zero, err
 	}
+	balanced := len(cfg.endpoints) > 0 || cfg.dnsRefresh > 0
 	httpClient := cfg.httpClient
 	if httpClient == nil {
+		if balanced {
+			cfg.endpoints = append([]string{baseURL}, cfg.endpoints...)
+		}
 		if httpClient, err = newHTTPClient(src, cfg); err != nil {
 			return zero, err
 		}
+	} else if balanced {
+		return zero, errors.New("rpc: client: WithEndpoints and WithDNSEndpoints go to NewHTTPClient when the client is given WithHTTPClient")
+	} else if b, ok := httpClient.Transport.(*balancer); ok {
+		if !b.hosts[u.Host] {
+			return zero, fmt.Errorf("rpc: client: base URL %q is not one of the HTTP client's endpoints", baseURL)
+		}
+		balanced = true
 	}
 	var interceptors []connect.Interceptor
 	if _, _, otel, err := newOtelconnect(cfg.tracerProvider, cfg.meterProvider); err != nil {
@@ -156,6 +228,9 @@ func NewClient[T any](newClient func(connect.HTTPClient, string, ...connect.Clie
 		interceptors = append(interceptors, bearerInterceptor(cfg.tokenSource))
 	}
 	interceptors = append(interceptors, brokenConnUnavailable{})
+	if balanced {
+		interceptors = append(interceptors, markCalls{})
+	}
 	connectOpts := []connect.ClientOption{connect.WithInterceptors(interceptors...)}
 	switch cfg.protocol {
 	case ProtocolGRPC:
@@ -169,6 +244,10 @@ func NewClient[T any](newClient func(connect.HTTPClient, string, ...connect.Clie
 // NewHTTPClient returns the HTTP client NewClient uses: HTTP/2 only, over
 // TLS 1.3 with the client certificate from src, verifying servers against
 // src's trust bundle (read on every new connection, so rotation applies).
+// With WithEndpoints it spreads the requests for the endpoints' hosts over
+// them (see WithEndpoints); its CloseIdleConnections then also waits for
+// the probes and DNS lookups it runs in the background, which end within
+// the dial timeout.
 func NewHTTPClient(src mtls.Source, opts ...ClientOption) (*http.Client, error) {
 	cfg, err := newClientConfig(opts)
 	if err != nil {
@@ -192,22 +271,81 @@ func newHTTPClient(src mtls.Source, cfg clientConfig) (*http.Client, error) {
 		}
 		authorize = mtls.AuthorizeID(id)
 	}
-	protocols := new(http.Protocols)
-	protocols.SetHTTP2(true)
-	netDialer := &net.Dialer{Timeout: cfg.dialTimeout, KeepAlive: 30 * time.Second}
-	guard := newServerGuard(src, cfg.logger)
-	transport := &http.Transport{
-		DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+	d := &tlsDialer{
+		src:       src,
+		authorize: authorize,
+		net:       &net.Dialer{Timeout: cfg.dialTimeout, KeepAlive: 30 * time.Second},
+		guard:     newServerGuard(src, cfg.logger),
+	}
+	if len(cfg.endpoints) == 0 {
+		if cfg.dnsRefresh > 0 {
+			return nil, errors.New("rpc: NewHTTPClient: WithDNSEndpoints resolves the hosts of WithEndpoints, and there are none")
+		}
+		return &http.Client{Transport: d.transport(nil)}, nil
+	}
+	targets, err := parseTargets(cfg.endpoints)
+	if err != nil {
+		return nil, err
+	}
+	return &http.Client{Transport: newBalancer(d, targets, cfg)}, nil
+}
+
+// tlsDialer makes a client's connections: TCP, then the TLS handshake with
+// the client certificate of src, verifying the server's chain for its host
+// name and its SPIFFE ID with authorize; guard watches them until they
+// close.
+type tlsDialer struct {
+	src       mtls.Source
+	authorize mtls.Authorizer
+	net       *net.Dialer
+	guard     *serverGuard
+}
+
+// dial connects to addr and verifies the server for serverName. presented,
+// if not nil, is told the client certificate the handshake sent.
+func (d *tlsDialer) dial(ctx context.Context, network, addr, serverName string, presented func(*tls.Certificate)) (net.Conn, error) {
+	tlsConfig, err := mtls.ClientConfig(d.src, serverName, d.authorize, "h2")
+	if err != nil {
+		return nil, err
+	}
+	if presented != nil {
+		get := tlsConfig.GetClientCertificate
+		tlsConfig.GetClientCertificate = func(cri *tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			c, err := get(cri)
+			if err == nil {
+				presented(c)
+			}
+			return c, err
+		}
+	}
+	return d.guard.dial(ctx, d.net, network, addr, tlsConfig)
+}
+
+// backgroundTimeout bounds the work a balancer does in the background.
+func (d *tlsDialer) backgroundTimeout() time.Duration {
+	if d.net.Timeout > 0 {
+		return d.net.Timeout
+	}
+	return 5 * time.Second
+}
+
+// transport returns an HTTP/2-only transport whose connections dialTLS
+// makes, or, when it is nil, d to the request's host, verified for that
+// host's name.
+func (d *tlsDialer) transport(dialTLS func(ctx context.Context, network, addr string) (net.Conn, error)) *http.Transport {
+	if dialTLS == nil {
+		dialTLS = func(ctx context.Context, network, addr string) (net.Conn, error) {
 			host, _, err := net.SplitHostPort(addr)
 			if err != nil {
 				return nil, err
 			}
-			tlsConfig, err := mtls.ClientConfig(src, host, authorize, "h2")
-			if err != nil {
-				return nil, err
-			}
-			return guard.dial(ctx, netDialer, network, addr, tlsConfig)
-		},
+			return d.dial(ctx, network, addr, host, nil)
+		}
+	}
+	protocols := new(http.Protocols)
+	protocols.SetHTTP2(true)
+	return &http.Transport{
+		DialTLSContext:    dialTLS,
 		Protocols:         protocols,
 		ForceAttemptHTTP2: true,
 		IdleConnTimeout:   90 * time.Second,
@@ -218,7 +356,6 @@ func newHTTPClient(src mtls.Source, cfg clientConfig) (*http.Client, error) {
 			PingTimeout:     5 * time.Second,
 		},
 	}
-	return &http.Client{Transport: transport}, nil
 }
 
 // forwardRequestID sends the request id of the call being served (in ctx)

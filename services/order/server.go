@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
@@ -26,12 +27,19 @@ type Config struct {
 	Store *Store
 	// Authorizer decides every call. Required.
 	Authorizer policy.Authorizer
-	// UserURL is the user service's base URL. Required.
+	// UserURL is the user service's base URL, or the base URLs of its
+	// replicas separated by commas ("https://a:8443,https://b:8443"), over
+	// which the calls are then spread (see rpc.WithEndpoints). Required.
 	UserURL string
+	// UserDNSRefresh, when positive, makes the client of the user service
+	// resolve the host names of UserURL itself and spread its calls over all
+	// their addresses, resolved again this often (see rpc.WithDNSEndpoints).
+	UserDNSRefresh time.Duration
 	// UserID is the SPIFFE ID the user service must present (default
 	// spiffe://<trust domain>/svc/user); it is also the default TokenIssuer.
 	UserID string
-	// JWKSURL defaults to UserURL + token.JWKSPath.
+	// JWKSURL defaults to the first UserURL + token.JWKSPath (fetched, like
+	// every call to the user service, from any of its replicas).
 	JWKSURL     string
 	TokenIssuer string
 	// JWKSMinRefresh bounds refetches caused by unknown key ids (default 30s).
@@ -65,9 +73,11 @@ type Server struct {
 // NewServer builds the server. Background work (refreshing the JWKS, the
 // subscription to the user change feed) stops when ctx is done.
 func NewServer(ctx context.Context, cfg Config) (*Server, error) {
-	if cfg.Source == nil || cfg.Store == nil || cfg.Authorizer == nil || cfg.UserURL == "" {
+	userURLs := splitURLs(cfg.UserURL)
+	if cfg.Source == nil || cfg.Store == nil || cfg.Authorizer == nil || len(userURLs) == 0 {
 		return nil, errors.New("order: server needs a source, a store, an authorizer and the user service URL")
 	}
+	userURL := userURLs[0]
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -82,7 +92,7 @@ func NewServer(ctx context.Context, cfg Config) (*Server, error) {
 		cfg.UserID = "spiffe://" + td + "/svc/user"
 	}
 	if cfg.JWKSURL == "" {
-		cfg.JWKSURL = strings.TrimRight(cfg.UserURL, "/") + token.JWKSPath
+		cfg.JWKSURL = strings.TrimRight(userURL, "/") + token.JWKSPath
 	}
 	if cfg.TokenIssuer == "" {
 		cfg.TokenIssuer = cfg.UserID
@@ -100,9 +110,19 @@ func NewServer(ctx context.Context, cfg Config) (*Server, error) {
 
 	// Every call to the user service goes over one HTTP client, so its
 	// connections are shared: a delegated token is exchanged over the
-	// connection the call it is for will take, and is bound to the
-	// certificate that connection presents (see redelegating).
-	upstreamHTTP, err := rpc.NewHTTPClient(cfg.Source, upstream...)
+	// connections the call it is for will take, and is bound to the
+	// certificate they present (see redelegating). With several replicas,
+	// the client spreads the calls over them and fails over, and it moves
+	// to new connections when this service's certificate changes, so that
+	// every replica is reached with the certificate tokens are bound to.
+	httpOpts := slices.Clone(upstream)
+	if len(userURLs) > 1 || cfg.UserDNSRefresh > 0 {
+		httpOpts = append(httpOpts, rpc.WithEndpoints(userURLs...))
+	}
+	if cfg.UserDNSRefresh > 0 {
+		httpOpts = append(httpOpts, rpc.WithDNSEndpoints(cfg.UserDNSRefresh))
+	}
+	upstreamHTTP, err := rpc.NewHTTPClient(cfg.Source, httpOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -119,7 +139,7 @@ func NewServer(ctx context.Context, cfg Config) (*Server, error) {
 
 	// The user service is called for the user of the incoming call, with
 	// that user's token exchanged for a delegated one.
-	auth, err := rpc.NewClient(userv1connect.NewAuthServiceClient, cfg.UserURL, cfg.Source, upstream...)
+	auth, err := rpc.NewClient(userv1connect.NewAuthServiceClient, userURL, cfg.Source, upstream...)
 	if err != nil {
 		return nil, err
 	}
@@ -130,13 +150,15 @@ func NewServer(ctx context.Context, cfg Config) (*Server, error) {
 		}
 		return res.GetAccessToken(), time.Now().Add(time.Duration(res.GetExpiresIn()) * time.Second), nil
 	}, token.DelegatorOptions{})
-	users, err := rpc.NewClient(userv1connect.NewUserServiceClient, cfg.UserURL, cfg.Source, append(upstream, rpc.WithTokenSource(delegator.Token))...)
+	users, err := rpc.NewClient(userv1connect.NewUserServiceClient, userURL, cfg.Source, append(upstream, rpc.WithTokenSource(delegator.Token))...)
 	if err != nil {
 		return nil, err
 	}
 
 	// The cache of users follows the change feed, to which the order
-	// service subscribes as itself: its certificate, no token.
+	// service subscribes as itself: its certificate, no token. Any replica
+	// of the user service serves it; when one goes away, the subscriber
+	// resumes on another after the last change it applied.
 	if cfg.UserCache.Logger == nil {
 		cfg.UserCache.Logger = cfg.Logger
 	}
@@ -144,7 +166,7 @@ func NewServer(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	feed, err := rpc.NewClient(userv1connect.NewUserServiceClient, cfg.UserURL, cfg.Source, upstream...)
+	feed, err := rpc.NewClient(userv1connect.NewUserServiceClient, userURL, cfg.Source, upstream...)
 	if err != nil {
 		return nil, err
 	}
@@ -163,6 +185,21 @@ func NewServer(ctx context.Context, cfg Config) (*Server, error) {
 	if err := rpc.Mount(srv, orderv1connect.NewOrderServiceHandler, orderv1connect.OrderServiceHandler(NewService(cfg.Store, cache.Directory(redelegating{users, delegator}), cfg.Logger))); err != nil {
 		return nil, err
 	}
-	go func() { _ = cache.Run(ctx, feed) }()
+	go func() {
+		_ = cache.Run(ctx, feed)
+		// Waits for the balancer's probes of the user service's replicas.
+		upstreamHTTP.CloseIdleConnections()
+	}()
 	return &Server{Server: srv, Keys: keys, UserCache: cache}, nil
+}
+
+// splitURLs splits a comma-separated list of URLs, dropping blanks.
+func splitURLs(list string) []string {
+	var urls []string
+	for u := range strings.SplitSeq(list, ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			urls = append(urls, u)
+		}
+	}
+	return urls
 }

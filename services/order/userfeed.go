@@ -24,8 +24,10 @@ var errFeedSilent = errors.New("the user change feed was silent for too long")
 // Run subscribes to feed and applies its changes to the cache until ctx is
 // done, then closes Done. When the stream ends or stays silent for
 // Liveness, Run resubscribes after a jittered exponential backoff, resuming
-// after the last sequence applied. It returns ctx's error; a second call
-// returns an error at once.
+// after the last sequence applied — on another replica of the user service
+// when feed is a client of several (rpc.WithEndpoints) and the one it
+// followed has gone: any replica serves the same history. It returns ctx's
+// error; a second call returns an error at once.
 func (c *UserCache) Run(ctx context.Context, feed ChangeFeed) error {
 	if !c.running.CompareAndSwap(false, true) {
 		return errors.New("order: user cache: Run was already called")

@@ -1,0 +1,19 @@
+package rpc
+
+import (
+	"context"
+	"time"
+)
+
+// WithLookup makes a client with WithDNSEndpoints resolve host names with
+// lookup, which returns a "host:port" the addresses ("ip:port") it resolves
+// to: a DNS the test controls.
+func WithLookup(lookup func(ctx context.Context, hostport string) ([]string, error)) ClientOption {
+	return clientOptionFunc(func(c *clientConfig) { c.lookup = lookup })
+}
+
+// WithClock makes a client's balancer tell time with now: ejections and
+// DNS refreshes then end when the test says.
+func WithClock(now func() time.Time) ClientOption {
+	return clientOptionFunc(func(c *clientConfig) { c.now = now })
+}

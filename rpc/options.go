@@ -34,6 +34,7 @@ type serverConfig struct {
 	pinned               []pinnedClient
 	rateLimit            RateLimit
 	maxStreamMessages    int
+	bodyReadTimeout      time.Duration
 }
 
 func defaultServerConfig() serverConfig {
@@ -48,6 +49,7 @@ func defaultServerConfig() serverConfig {
 		maxConcurrentStreams: DefaultMaxConcurrentStreams,
 		compressMinBytes:     DefaultCompressMinBytes,
 		maxStreamMessages:    DefaultMaxStreamMessages,
+		bodyReadTimeout:      DefaultBodyReadTimeout,
 	}
 }
 

@@ -7,8 +7,12 @@
 //	TLS 1.3 handshake, client certificate verified against the trust bundle
 //	HTTP middleware: the request id (X-Request-Id) and the access log, one line per request
 //	HTTP middleware: the peer's SPIFFE ID, before any message is read   -> security.Principal
+//	HTTP middleware: the bound on the time the body may take (WithBodyReadTimeout)
+//	request gate, once the headers are in and before the body is read: for a
+//	  unary call, the rate limit (WithRateLimit) and the decision the policy can
+//	  take without the request (policy.Interceptor.DecideBeforeRequest)
 //	interceptor: tracing and RPC metrics (otelconnect), with WithTracerProvider / WithMeterProvider
-//	interceptor: rate limit per principal (WithRateLimit)
+//	interceptor: rate limit per principal, for streams (WithRateLimit)
 //	interceptor: message cap on client streams (WithMaxStreamMessages)
 //	interceptor: authorization (policy.Authorizer), failing closed
 //	interceptor: validation of request messages (protovalidate rules in the .proto)
@@ -56,6 +60,9 @@ const (
 	DefaultIdleTimeout          = 2 * time.Minute
 	DefaultShutdownGrace        = 10 * time.Second
 	DefaultMaxConcurrentStreams = 250
+	// DefaultBodyReadTimeout bounds the time from a call's headers to its
+	// whole body (unary) or first message (streams); see WithBodyReadTimeout.
+	DefaultBodyReadTimeout = 10 * time.Second
 	// DefaultCompressMinBytes: replies smaller than this are not compressed
 	// even when the client accepts gzip; compressing small messages costs more
 	// CPU than it saves bandwidth.
@@ -193,6 +200,7 @@ func (s *Server) handlerOptions() []connect.HandlerOption {
 	interceptors = append(interceptors, s.authz, s.validation, s.streams)
 	interceptors = append(interceptors, s.cfg.interceptors...)
 	return []connect.HandlerOption{
+		connect.WithRequestGate(s.gate),
 		connect.WithInterceptors(interceptors...),
 		connect.WithReadMaxBytes(s.cfg.readMaxBytes),
 		boundedGzip(s.cfg.readMaxBytes),

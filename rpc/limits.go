@@ -7,10 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -343,6 +345,29 @@ func truncatePath(path string) string {
 		return path[:maxLoggedPath] + "…"
 	}
 	return path
+}
+
+// http2ErrorLog is the http.Server's error log: net/http's lines, at warn
+// level, with one of them said plainly. An HTTP/2 client that stops in the
+// middle of a frame — most often a header block it trickles, HEADERS and
+// then CONTINUATION frames byte by byte — cannot answer the server's PING,
+// so net/http closes its connection once the PING goes unanswered
+// (http.HTTP2Config.SendPingTimeout + PingTimeout), logging only "timeout
+// waiting for PING response".
+func http2ErrorLog(l *slog.Logger) *log.Logger {
+	return log.New(errorLogWriter{l}, "", 0)
+}
+
+type errorLogWriter struct{ l *slog.Logger }
+
+func (w errorLogWriter) Write(p []byte) (int, error) {
+	msg := strings.TrimSuffix(string(p), "\n")
+	if strings.Contains(msg, "timeout waiting for PING response") {
+		w.l.Warn("closing a slow client's connection: it did not answer a PING (an HTTP/2 client stalled mid-frame, such as a trickled header block, or gone)")
+	} else {
+		w.l.Warn(msg)
+	}
+	return len(p), nil
 }
 
 // slowClientListener logs the connections closed because their read deadline

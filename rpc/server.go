@@ -69,6 +69,22 @@ const (
 	DefaultCompressMinBytes = 4 << 10
 )
 
+// HTTP/2 bounds on what a client can make the server hold for it. net/http
+// would read frames of up to 1 MiB, and keeps each connection's read buffer
+// at the size of the largest frame announced on it (allocated on the
+// frame's header, before its payload arrives): 16 KiB, the protocol's
+// default, caps that buffer; every HTTP/2 client writes frames of that size
+// anyway. Request bytes received but not yet read by a handler are bounded
+// by the flow-control windows: 1 MiB per connection (net/http's default,
+// made explicit), and a quarter of it per stream, so one stream whose
+// handler does not read (net/http's default is 1 MiB) cannot hold the
+// window the connection's other streams need.
+const (
+	h2MaxReadFrameSize          = 16 << 10
+	h2MaxReceiveBufferPerConn   = 1 << 20
+	h2MaxReceiveBufferPerStream = 256 << 10
+)
+
 // Server serves mounted Connect services over mTLS.
 type Server struct {
 	cfg       serverConfig
@@ -157,9 +173,20 @@ func NewServer(src mtls.Source, authz policy.Authorizer, opts ...ServerOption) (
 		IdleTimeout:       cfg.idleTimeout,
 		MaxHeaderBytes:    cfg.maxHeaderBytes,
 		HTTP2: &http.HTTP2Config{
-			MaxConcurrentStreams: cfg.maxConcurrentStreams,
+			MaxConcurrentStreams:          cfg.maxConcurrentStreams,
+			MaxReadFrameSize:              h2MaxReadFrameSize,
+			MaxReceiveBufferPerConnection: h2MaxReceiveBufferPerConn,
+			MaxReceiveBufferPerStream:     h2MaxReceiveBufferPerStream,
+			// net/http reads a header block whole before its serving loop
+			// sees it, so ReadHeaderTimeout does not apply over HTTP/2; but a
+			// client in the middle of a header block (or any frame) cannot
+			// answer a PING. One goes out after half the timeout without a
+			// complete frame, and the connection is closed when the other
+			// half passes unanswered (logged by http2ErrorLog).
+			SendPingTimeout: cfg.readHeaderTimeout / 2,
+			PingTimeout:     cfg.readHeaderTimeout - cfg.readHeaderTimeout/2,
 		},
-		ErrorLog:    slog.NewLogLogger(cfg.logger.Handler(), slog.LevelWarn),
+		ErrorLog:    http2ErrorLog(cfg.logger),
 		ConnState:   s.conns.connState,
 		ConnContext: s.conns.connContext,
 	}

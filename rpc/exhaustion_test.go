@@ -298,8 +298,9 @@ func TestRefusedBodiesAreNotRead(t *testing.T) {
 
 // TestRefusedSmallBodyKeepsTheConnection: over HTTP/1.1, a call refused
 // before its body is read — curl without a token — still gets its answer
-// and keeps its connection when its small body is in: the server discards
-// it rather than closing on it.
+// and keeps its connection when its body (64 KiB, more than the server
+// reads with the headers) is in: the server discards it rather than
+// closing on it.
 func TestRefusedSmallBodyKeepsTheConnection(t *testing.T) {
 	t.Parallel()
 	ca := certstest.NewCA(t)
@@ -314,7 +315,7 @@ func TestRefusedSmallBodyKeepsTheConnection(t *testing.T) {
 			}
 		}}
 		req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), http.MethodPost,
-			srv.URL+userv1connect.UserServiceGetUserProcedure, strings.NewReader(`{"id":"alice"}`))
+			srv.URL+userv1connect.UserServiceGetUserProcedure, strings.NewReader(`{"id":"alice","pad":"`+strings.Repeat("p", 64<<10)+`"}`))
 		req.Header.Set("Content-Type", "application/json")
 		res, err := client.Do(req)
 		if err != nil {

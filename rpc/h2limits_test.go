@@ -352,3 +352,49 @@ func TestBigFramesAreRefused(t *testing.T) {
 		t.Errorf("heap grew by %.1f MiB", float64(growth)/mib)
 	}
 }
+
+// TestHTTP2AdvertisedBounds: what the server tells an HTTP/2 client it may
+// send — frames of at most 16 KiB, 256 KiB per stream and 1 MiB per
+// connection before a handler reads (net/http refuses more: a flow-control
+// error) — and the header list size.
+func TestHTTP2AdvertisedBounds(t *testing.T) {
+	t.Parallel()
+	l := startLimited(t, nil)
+	h := dialH2(t, l)
+	settings := map[http2.SettingID]uint32{}
+	var connWindow uint32 = 65535 // the initial window of every connection
+	deadline := time.Now().Add(10 * time.Second)
+	for len(settings) == 0 || connWindow == 65535 {
+		if time.Now().After(deadline) {
+			t.Fatalf("settings %v, connection window %d", settings, connWindow)
+		}
+		f, err := h.fr.ReadFrame()
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch f := f.(type) {
+		case *http2.SettingsFrame:
+			if !f.IsAck() {
+				_ = f.ForeachSetting(func(s http2.Setting) error { settings[s.ID] = s.Val; return nil })
+			}
+		case *http2.WindowUpdateFrame:
+			if f.StreamID == 0 {
+				connWindow += f.Increment
+			}
+		}
+	}
+	want := map[http2.SettingID]uint32{
+		http2.SettingMaxFrameSize:         16 << 10,
+		http2.SettingInitialWindowSize:    256 << 10,
+		http2.SettingMaxHeaderListSize:    64<<10 + 10*32,
+		http2.SettingMaxConcurrentStreams: 250,
+	}
+	for id, v := range want {
+		if settings[id] != v {
+			t.Errorf("%v = %d, want %d", id, settings[id], v)
+		}
+	}
+	if connWindow != 1<<20 {
+		t.Errorf("connection window %d, want 1 MiB", connWindow)
+	}
+}

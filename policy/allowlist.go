@@ -53,9 +53,10 @@ func NewAllowList(rules map[string]Rule) (*AllowList, error) {
 	return a, nil
 }
 
-// Decide implements Authorizer.
+// Decide implements Authorizer. An AllowList never reads the request, so
+// every decision it takes ignores it.
 func (a *AllowList) Decide(_ context.Context, in *Input) (Decision, error) {
-	d := Decision{ID: in.DecisionID}
+	d := Decision{ID: in.DecisionID, IgnoresRequest: true}
 	r, ok := a.rules[in.Procedure]
 	switch {
 	case !ok:
@@ -70,6 +71,10 @@ func (a *AllowList) Decide(_ context.Context, in *Input) (Decision, error) {
 	}
 	return d, nil
 }
+
+// DecidesBeforeRequest implements PreRequestAuthorizer: an AllowList
+// decides every unary call before its request is read.
+func (a *AllowList) DecidesBeforeRequest() bool { return true }
 
 // Procedures returns the procedures the list names, sorted.
 func (a *AllowList) Procedures() []string {

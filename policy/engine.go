@@ -40,6 +40,9 @@ type version struct {
 	tests    int
 	// cache is nil when the policy is not a pure function of its input.
 	cache *decisionCache
+	// early: the policy mentions request_needed, so asking it before a
+	// request is read may settle the call (see DecidesBeforeRequest).
+	early bool
 }
 
 // EngineOptions configures NewEngine.
@@ -150,7 +153,7 @@ func prepare(ctx context.Context, b *Bundle, allowUntested bool) (*version, erro
 	if err != nil {
 		return nil, fmt.Errorf("policy: compile: %w", err)
 	}
-	v := &version{query: q, revision: b.Revision(), origin: b.Origin, tests: ran}
+	v := &version{query: q, revision: b.Revision(), origin: b.Origin, tests: ran, early: mentionsRequestNeeded(mods)}
 	if ok, _ := cacheable(mods); ok {
 		v.cache = newDecisionCache(DefaultDecisionCacheSize)
 	}
@@ -184,7 +187,8 @@ func (e *Engine) Decide(ctx context.Context, in *Input) (Decision, error) {
 
 // Eval evaluates the decision for an input document. Anything but one
 // decision document with a boolean allow, an array of string reasons and
-// optionally a boolean need_user is an error, and the caller denies.
+// optionally a boolean need_user and a boolean request_needed is an error,
+// and the caller denies.
 func (e *Engine) Eval(ctx context.Context, input ast.Value, extra ...rego.EvalOption) (Decision, error) {
 	return e.eval(ctx, e.cur.Load(), input, extra...)
 }
@@ -229,6 +233,15 @@ func (e *Engine) eval(ctx context.Context, v *version, input ast.Value, extra ..
 			return d, fmt.Errorf("policy: decision.need_user is a %T, not a boolean", raw)
 		}
 		d.NeedsUser = need
+	}
+	if raw, present := doc["request_needed"]; present {
+		need, ok := raw.(bool)
+		if !ok {
+			return d, fmt.Errorf("policy: decision.request_needed is a %T, not a boolean", raw)
+		}
+		// Absent, the request is needed: only an explicit false settles a
+		// call before its request is read.
+		d.IgnoresRequest = !need
 	}
 	d.Allow = allow
 	return d, nil

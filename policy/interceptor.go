@@ -20,8 +20,9 @@ import (
 
 // Interceptor authorizes calls with an Authorizer. It implements all three
 // methods of connect.Interceptor: unary calls are decided with their request
-// message, streams when they open, and, for procedures named with
-// WithPerMessage, every message a client sends on a stream.
+// message (or, with a PreRequestAuthorizer, before it is read: see
+// DecideBeforeRequest), streams when they open, and, for procedures named
+// with WithPerMessage, every message a client sends on a stream.
 //
 // Anything but a decision with Allow set denies the call (fail closed).
 type Interceptor struct {
@@ -96,19 +97,93 @@ func NewInterceptor(authz Authorizer, opts ...InterceptorOption) *Interceptor {
 	return i
 }
 
-// WrapUnary implements connect.Interceptor.
+// WrapUnary implements connect.Interceptor. A call that DecideBeforeRequest
+// already allowed is not decided again: its decision is logged now, under
+// the call's span, and the call goes on.
 func (i *Interceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
 		if req.Spec().IsClient {
 			return next(ctx, req)
 		}
 		msg, _ := req.Any().(proto.Message)
+		if c, ok := ctx.Value(callKey{}).(*call); ok && c.early != decided && c.i == i && c.sameCall(ctx, req) {
+			if err := i.finishEarly(ctx, c, msg); err != nil {
+				return nil, err
+			}
+			return next(ctx, req)
+		}
 		c, err := i.open(ctx, req.Spec(), req.Peer(), req.HTTPMethod(), msg)
 		if err != nil {
 			return nil, err
 		}
 		return next(context.WithValue(ctx, callKey{}, c), req)
 	}
+}
+
+// DecideBeforeRequest takes the call-level decision of a unary call once
+// its headers are in, before its request message is read, for an
+// Authorizer that implements PreRequestAuthorizer and says it is worth it.
+// The input is the one WrapUnary would build, without Request.
+//
+// When the Authorizer answers that the request does not matter
+// (Decision.IgnoresRequest), the answer is final. A denial is returned as
+// the error for the caller — the same 401 or 403, message, decision id and
+// decision log line as a denial by WrapUnary — and the server sends it
+// without reading the body. An allow is kept in the returned context, where
+// WrapUnary finds it: the call is decided once, and its decision logged
+// when WrapUnary sees the call. Otherwise (the request may matter, the
+// Authorizer failed, or it was not asked) nothing is logged and WrapUnary
+// decides with the request, under the same decision id.
+//
+// Streams are not decided here (ctx is returned as is): WrapStreamingHandler
+// decides them when they open, before any message is read. The server
+// calls this from its request gate (connect.WithRequestGate), with the
+// Principal in ctx; without one it leaves the call to WrapUnary, which
+// denies it.
+func (i *Interceptor) DecideBeforeRequest(ctx context.Context, spec connect.Spec, peer connect.Peer, httpMethod string) (context.Context, error) {
+	if spec.IsClient || spec.StreamType != connect.StreamTypeUnary {
+		return ctx, nil
+	}
+	early, ok := i.authz.(PreRequestAuthorizer)
+	if !ok || !early.DecidesBeforeRequest() {
+		return ctx, nil
+	}
+	principal, ok := security.FromContext(ctx)
+	if !ok {
+		return ctx, nil
+	}
+	service, m := SplitProcedure(spec.Procedure)
+	c := &call{i: i, early: earlyNeedsRequest, input: Input{
+		DecisionID: i.ids.next(),
+		Procedure:  spec.Procedure, Service: service, Method: m, StreamType: StreamTypeName(spec.StreamType),
+		Principal: principal, HTTPMethod: httpMethod, Protocol: peer.Protocol,
+	}}
+	d, elapsed, err := i.evaluate(ctx, &c.input)
+	switch {
+	case err != nil || !d.IgnoresRequest:
+		// Decided with the request; the call record waits in ctx for it.
+	case d.Allow:
+		c.early, c.decision, c.elapsed = earlyAllowed, d, elapsed
+	default:
+		return ctx, i.conclude(ctx, &c.input, d, elapsed, nil)
+	}
+	return context.WithValue(ctx, callKey{}, c), nil
+}
+
+// finishEarly completes the decision of a call DecideBeforeRequest began:
+// it logs the early allow, or decides with the request msg.
+func (i *Interceptor) finishEarly(ctx context.Context, c *call, msg proto.Message) error {
+	var err error
+	if c.early == earlyAllowed {
+		err = i.conclude(ctx, &c.input, c.decision, c.elapsed, nil)
+	} else {
+		c.input.Request = msg
+		d, elapsed, evalErr := i.evaluate(ctx, &c.input)
+		err = i.conclude(ctx, &c.input, d, elapsed, evalErr)
+	}
+	c.early, c.decision = decided, Decision{}
+	c.input.Request, c.input.DecisionID = nil, ""
+	return err
 }
 
 // WrapStreamingClient implements connect.Interceptor; clients are not authorized here.
@@ -223,9 +298,20 @@ func (i *Interceptor) authorize(ctx context.Context, spec connect.Spec, peer con
 // error the caller sees.
 func (i *Interceptor) decide(ctx context.Context, in *Input) error {
 	in.DecisionID = i.ids.next()
+	d, elapsed, err := i.evaluate(ctx, in)
+	return i.conclude(ctx, in, d, elapsed, err)
+}
+
+// evaluate asks the authorizer about in, and times it.
+func (i *Interceptor) evaluate(ctx context.Context, in *Input) (Decision, time.Duration, error) {
 	start := time.Now()
 	d, err := i.authz.Decide(ctx, in)
-	elapsed := time.Since(start)
+	return d, time.Since(start), err
+}
+
+// conclude logs the decision d the authorizer took on in (or its failure,
+// err), tells the hooks, and turns a denial into the error the caller sees.
+func (i *Interceptor) conclude(ctx context.Context, in *Input, d Decision, elapsed time.Duration, err error) error {
 	if err != nil {
 		i.log.ErrorContext(ctx, "authorization failed; denying",
 			"decision_id", in.DecisionID, "procedure", in.Procedure, "peer", in.Principal.Workload.ID.String(), "error", err)
@@ -294,10 +380,34 @@ func (i *Interceptor) logDecision(ctx context.Context, in *Input, d Decision, el
 
 type callKey struct{}
 
-// call is what a resource-level decision needs of the call in progress.
+// call is what a resource-level decision needs of the call in progress,
+// and, between DecideBeforeRequest and WrapUnary, the decision begun before
+// the request was read.
 type call struct {
 	i     *Interceptor
 	input Input // the call-level input, without the request message
+	early earlyState
+	// decision and elapsed are the early allow, while early is earlyAllowed.
+	decision Decision
+	elapsed  time.Duration
+}
+
+// earlyState is where the call-level decision of a call stands.
+type earlyState uint8
+
+const (
+	decided           earlyState = iota // taken (and logged) by the interceptor
+	earlyAllowed                        // allowed before the request was read; logged by WrapUnary
+	earlyNeedsRequest                   // to be decided by WrapUnary, with the request
+)
+
+// sameCall reports whether req is the call DecideBeforeRequest began c
+// for: same procedure, protocol and HTTP method, and same caller. Anything
+// else is decided afresh.
+func (c *call) sameCall(ctx context.Context, req connect.AnyRequest) bool {
+	p, _ := security.FromContext(ctx)
+	return p != nil && p == c.input.Principal && c.input.Procedure == req.Spec().Procedure &&
+		c.input.Protocol == req.Peer().Protocol && c.input.HTTPMethod == req.HTTPMethod()
 }
 
 // AuthorizeResource asks the authorizer of the call in ctx whether its
@@ -308,7 +418,8 @@ type call struct {
 // Interceptor it denies.
 func AuthorizeResource(ctx context.Context, r Resource) error {
 	c, ok := ctx.Value(callKey{}).(*call)
-	if !ok || c.input.Principal == nil {
+	if !ok || c.input.Principal == nil || c.early != decided {
+		// No call, or one whose call-level decision was never completed.
 		return connect.NewError(connect.CodePermissionDenied, errors.New("permission denied: no authorizer for this call"))
 	}
 	in := c.input

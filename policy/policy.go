@@ -18,6 +18,22 @@
 // owner loads the resource and calls AuthorizeResource, which asks the same
 // authorizer again with input.resource = {kind, id, owner}; the default
 // policy's GetOrder rules use it.
+//
+// Decisions before the request is read: a server should not read a
+// request body (up to the message limit) only to refuse a caller it could
+// have refused from its headers. For a unary call, Palisade's server asks
+// the decision once the headers are in (Interceptor.DecideBeforeRequest),
+// with an input that has no request, and the policy says whether the
+// request could change the answer (Decision.IgnoresRequest; a rego policy
+// adds "request_needed": false to its decision document). If it could not,
+// that answer is final: a denial is sent before a byte of the body is read,
+// and an allow is the call's decision, taken once. If it could, or the
+// policy does not say, the call is decided as before, with its request,
+// and the early answer is dropped unseen: an early allow can only become
+// final where the policy vouches that the request does not matter. Streams
+// are decided when they open, before any message is read, as always.
+// Authorizers take part only if they implement PreRequestAuthorizer (Engine
+// does when its policy mentions request_needed; AllowList always does).
 package policy
 
 import (
@@ -44,7 +60,9 @@ type Input struct {
 	// Principal is the caller.
 	Principal *security.Principal
 	// Request is the request message of a unary call, or the received message
-	// when a stream is authorized message by message; nil when a stream opens.
+	// when a stream is authorized message by message; nil when a stream
+	// opens, and when a unary call is decided before its request is read
+	// (see PreRequestAuthorizer).
 	Request proto.Message
 	// Resource is set in a resource-level decision (AuthorizeResource).
 	Resource *Resource
@@ -66,6 +84,13 @@ type Decision struct {
 	// told to authenticate (unauthenticated, 401) rather than that it may not
 	// (permission_denied, 403). Policies set it with "need_user": true.
 	NeedsUser bool
+	// IgnoresRequest, in a decision asked for before the request was read
+	// (Input.Request nil, see PreRequestAuthorizer), says that no request
+	// message could change this decision — not its Allow, Reasons or
+	// NeedsUser — so it is final. False, the zero value, means the request
+	// may matter: the call is decided again with it. Policies set it with
+	// "request_needed": false. Ignored in any other decision.
+	IgnoresRequest bool
 	// Revision identifies the policy that decided, for the decision log.
 	Revision string
 }
@@ -75,6 +100,19 @@ type Decision struct {
 // points to) after it returns: the interceptor reuses it.
 type Authorizer interface {
 	Decide(ctx context.Context, in *Input) (Decision, error)
+}
+
+// PreRequestAuthorizer is an Authorizer that can decide unary calls before
+// their request message is read. When DecidesBeforeRequest reports true,
+// the server asks Decide once a unary call's headers are in, with no
+// Request, and takes the answer as final if it sets IgnoresRequest;
+// otherwise it asks again once the request is read. An Authorizer that
+// does not implement this interface is only asked with the request.
+type PreRequestAuthorizer interface {
+	Authorizer
+	// DecidesBeforeRequest reports whether asking before the request is
+	// worth an evaluation: whether Decide may answer with IgnoresRequest.
+	DecidesBeforeRequest() bool
 }
 
 // AuthorizerFunc adapts a function to the Authorizer interface.

@@ -30,6 +30,9 @@ type callRecord struct {
 	user     *security.User
 	code     connect.Code
 	coded    bool
+	get      bool          // an HTTP GET (a Connect GET call), for the request gate
+	body     bodyWatch     // the request body, under WithBodyReadTimeout
+	decision *decisionNote // a decision taken before the call's span, when tracing
 }
 
 type callRecordKey struct{}
@@ -65,7 +68,7 @@ func (rec *callRecord) set(code connect.Code) {
 func (s *Server) front(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		rec := &callRecord{w: statusWriter{ResponseWriter: w}}
+		rec := &callRecord{w: statusWriter{ResponseWriter: w}, get: r.Method == http.MethodGet}
 		if ids := r.Header[RequestIDHeader]; len(ids) == 1 && ValidRequestID(ids[0]) {
 			rec.id = ids[0]
 			w.Header()[RequestIDHeader] = ids // the request's own slice: no copy
@@ -75,7 +78,10 @@ func (s *Server) front(next http.Handler) http.Handler {
 		}
 		ctx := context.WithValue(r.Context(), callRecordKey{}, rec)
 		if p, ok := s.authenticate(ctx, &rec.w, r, rec); ok {
-			next.ServeHTTP(&rec.w, r.WithContext(security.NewContext(ctx, p)))
+			r := r.WithContext(security.NewContext(ctx, p))
+			s.watchBody(r, rec)
+			next.ServeHTTP(&rec.w, r)
+			rec.body.abandon()
 		}
 		s.logAccess(ctx, r, rec, time.Since(start))
 	})
@@ -152,6 +158,8 @@ func resultCode(rec *callRecord) string {
 		return connect.CodeUnimplemented.String()
 	case st == http.StatusServiceUnavailable:
 		return connect.CodeUnavailable.String()
+	case st == http.StatusGatewayTimeout:
+		return connect.CodeDeadlineExceeded.String()
 	}
 	return connect.CodeUnknown.String()
 }

@@ -117,6 +117,58 @@ const (
 	FailureInvalidToken        = "invalid_token"        // the verifier refused the token without a reason
 )
 
+// gate is the server's connect.RequestGateFunc (every mounted handler has
+// it): it runs once a call's headers are in and the protocol is known,
+// before any message is read or decoded.
+//
+// For a unary call it takes, in this order, what needs no request: the
+// rate limit (WithRateLimit; a caller over its limit costs no policy
+// evaluation, and no body read), and the decision the policy can take
+// without the request (policy.Interceptor.DecideBeforeRequest). A refusal
+// is sent in the client's protocol before a byte of the body is read, with
+// the code, message and decision id the interceptors would have given, and
+// the decision logged as they would have. An allow the policy took here is
+// the call's decision: the authorization interceptor does not evaluate it
+// again.
+//
+// Streams are rate limited and decided by the interceptors when they open,
+// which is before any message is read too; here they only have their body
+// watch told to stop at the first message.
+func (s *Server) gate(ctx context.Context, spec connect.Spec, peer connect.Peer, header http.Header) (context.Context, error) {
+	rec := recordOf(ctx)
+	if spec.StreamType != connect.StreamTypeUnary {
+		if rec != nil {
+			rec.body.firstMessage()
+		}
+		return nil, nil
+	}
+	if s.rateLimit != nil {
+		if err := s.rateLimit.take(ctx); err != nil {
+			return nil, s.refuseEarly(ctx, spec, header, err)
+		}
+	}
+	method := http.MethodPost
+	if rec != nil && rec.get {
+		method = http.MethodGet
+	}
+	next, err := s.authz.DecideBeforeRequest(ctx, spec, peer, method)
+	if err != nil {
+		return nil, s.refuseEarly(ctx, spec, header, err)
+	}
+	return next, nil
+}
+
+// refuseEarly records a call the gate refuses for the access log and the
+// trace, and lets go of its unread body.
+func (s *Server) refuseEarly(ctx context.Context, spec connect.Spec, header http.Header, err error) error {
+	if rec := recordOf(ctx); rec != nil {
+		rec.set(connect.CodeOf(err))
+		rec.body.abandon()
+	}
+	s.tel.gated(ctx, spec, header, err)
+	return err
+}
+
 // reject answers unauthenticated. The client sees a fixed message; the
 // reason goes to the log, the metrics and the trace. challenge, when set,
 // is the WWW-Authenticate value.

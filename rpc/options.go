@@ -35,8 +35,9 @@ type serverConfig struct {
 	rateLimit            RateLimit
 	maxStreamMessages    int
 
-	maxStreamBytes         int // limits.go
-	maxStreamsPerPrincipal int // principalstreams.go
+	maxStreamBytes         int           // limits.go
+	maxStreamsPerPrincipal int           // principalstreams.go
+	bodyReadTimeout        time.Duration // limits.go
 }
 
 func defaultServerConfig() serverConfig {
@@ -54,6 +55,7 @@ func defaultServerConfig() serverConfig {
 
 		maxStreamBytes:         DefaultMaxStreamBytes,
 		maxStreamsPerPrincipal: DefaultMaxStreamsPerPrincipal,
+		bodyReadTimeout:        DefaultBodyReadTimeout,
 	}
 }
 
@@ -99,7 +101,11 @@ func WithMaxHeaderBytes(n int) ServerOption {
 }
 
 // WithReadHeaderTimeout bounds how long a client may take to send request
-// headers (default 5s), the defence against slow-loris clients.
+// headers (default 5s), the defence against slow-loris clients. Over
+// HTTP/2, where net/http has no such deadline, a client that stops in the
+// middle of a header block (or of any frame) is cut off by PINGs instead:
+// after half the timeout without a complete frame the server sends one,
+// and closes the connection when the other half passes without an answer.
 func WithReadHeaderTimeout(d time.Duration) ServerOption {
 	return serverOptionFunc(func(c *serverConfig) { c.readHeaderTimeout = d })
 }

@@ -45,8 +45,8 @@ type RateLimit struct {
 //
 // The limiter runs after authentication (it needs the principal) and
 // before authorization, so a caller over its limit costs no policy
-// evaluation. It keeps no goroutine and bounded memory (see
-// RateLimit.MaxPrincipals).
+// evaluation; a unary call is limited before its body is read. It keeps no
+// goroutine and bounded memory (see RateLimit.MaxPrincipals).
 func WithRateLimit(l RateLimit) ServerOption {
 	return serverOptionFunc(func(c *serverConfig) { c.rateLimit = l })
 }
@@ -104,17 +104,9 @@ func (r *rateLimiter) take(ctx context.Context) error {
 	return err
 }
 
-func (r *rateLimiter) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
-	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
-		if req.Spec().IsClient {
-			return next(ctx, req)
-		}
-		if err := r.take(ctx); err != nil {
-			return nil, err
-		}
-		return next(ctx, req)
-	}
-}
+// WrapUnary implements connect.Interceptor: unary calls are limited by the
+// server's request gate (Server.gate), before their body is read.
+func (r *rateLimiter) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc { return next }
 
 func (r *rateLimiter) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
 	return next

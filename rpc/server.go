@@ -7,8 +7,12 @@
 //	TLS 1.3 handshake, client certificate verified against the trust bundle
 //	HTTP middleware: the request id (X-Request-Id) and the access log, one line per request
 //	HTTP middleware: the peer's SPIFFE ID, before any message is read   -> security.Principal
+//	HTTP middleware: the bound on the time the body may take (WithBodyReadTimeout)
+//	request gate, once the headers are in and before the body is read: for a
+//	  unary call, the rate limit (WithRateLimit) and the decision the policy can
+//	  take without the request (policy.Interceptor.DecideBeforeRequest)
 //	interceptor: tracing and RPC metrics (otelconnect), with WithTracerProvider / WithMeterProvider
-//	interceptor: rate limit per principal (WithRateLimit)
+//	interceptor: rate limit per principal, for streams (WithRateLimit)
 //	interceptor: open streams per principal (WithMaxStreamsPerPrincipal)
 //	interceptor: message and byte caps on client streams (WithMaxStreamMessages, WithMaxStreamBytes)
 //	interceptor: authorization (policy.Authorizer), failing closed
@@ -57,10 +61,29 @@ const (
 	DefaultIdleTimeout          = 2 * time.Minute
 	DefaultShutdownGrace        = 10 * time.Second
 	DefaultMaxConcurrentStreams = 250
+	// DefaultBodyReadTimeout bounds the time from a call's headers to its
+	// whole body (unary) or first message (streams); see WithBodyReadTimeout.
+	DefaultBodyReadTimeout = 10 * time.Second
 	// DefaultCompressMinBytes: replies smaller than this are not compressed
 	// even when the client accepts gzip; compressing small messages costs more
 	// CPU than it saves bandwidth.
 	DefaultCompressMinBytes = 4 << 10
+)
+
+// HTTP/2 bounds on what a client can make the server hold for it. net/http
+// would read frames of up to 1 MiB, and keeps each connection's read buffer
+// at the size of the largest frame announced on it (allocated on the
+// frame's header, before its payload arrives): 16 KiB, the protocol's
+// default, caps that buffer; every HTTP/2 client writes frames of that size
+// anyway. Request bytes received but not yet read by a handler are bounded
+// by the flow-control windows: 1 MiB per connection (net/http's default,
+// made explicit), and a quarter of it per stream, so one stream whose
+// handler does not read (net/http's default is 1 MiB) cannot hold the
+// window the connection's other streams need.
+const (
+	h2MaxReadFrameSize          = 16 << 10
+	h2MaxReceiveBufferPerConn   = 1 << 20
+	h2MaxReceiveBufferPerStream = 256 << 10
 )
 
 // Server serves mounted Connect services over mTLS.
@@ -155,9 +178,20 @@ func NewServer(src mtls.Source, authz policy.Authorizer, opts ...ServerOption) (
 		IdleTimeout:       cfg.idleTimeout,
 		MaxHeaderBytes:    cfg.maxHeaderBytes,
 		HTTP2: &http.HTTP2Config{
-			MaxConcurrentStreams: cfg.maxConcurrentStreams,
+			MaxConcurrentStreams:          cfg.maxConcurrentStreams,
+			MaxReadFrameSize:              h2MaxReadFrameSize,
+			MaxReceiveBufferPerConnection: h2MaxReceiveBufferPerConn,
+			MaxReceiveBufferPerStream:     h2MaxReceiveBufferPerStream,
+			// net/http reads a header block whole before its serving loop
+			// sees it, so ReadHeaderTimeout does not apply over HTTP/2; but a
+			// client in the middle of a header block (or any frame) cannot
+			// answer a PING. One goes out after half the timeout without a
+			// complete frame, and the connection is closed when the other
+			// half passes unanswered (logged by http2ErrorLog).
+			SendPingTimeout: cfg.readHeaderTimeout / 2,
+			PingTimeout:     cfg.readHeaderTimeout - cfg.readHeaderTimeout/2,
 		},
-		ErrorLog:    slog.NewLogLogger(cfg.logger.Handler(), slog.LevelWarn),
+		ErrorLog:    http2ErrorLog(cfg.logger),
 		ConnState:   s.conns.connState,
 		ConnContext: s.conns.connContext,
 	}
@@ -203,6 +237,7 @@ func (s *Server) handlerOptions() []connect.HandlerOption {
 	interceptors = append(interceptors, s.authz, s.validation, s.streams)
 	interceptors = append(interceptors, s.cfg.interceptors...)
 	return append(codecs(sizes),
+		connect.WithRequestGate(s.gate),
 		connect.WithInterceptors(interceptors...),
 		connect.WithReadMaxBytes(s.cfg.readMaxBytes),
 		boundedGzip(s.cfg.readMaxBytes),

@@ -252,18 +252,59 @@ func (t *serverTelemetry) decided(ctx context.Context, in *policy.Input, d polic
 	t.decisions.Add(ctx, 1, t.byResult[result]...)
 	span := trace.SpanFromContext(ctx)
 	if !span.IsRecording() {
+		// A decision the request gate took, before the call's span exists
+		// (a denial: an allow is logged and told again under the span): kept
+		// for the span gated makes.
+		if rec := recordOf(ctx); t.otel != nil && rec != nil && in.Resource == nil {
+			rec.decision = &decisionNote{id: in.DecisionID, result: result, reasons: d.Reasons, revision: d.Revision}
+		}
 		return
 	}
+	decisionNote{id: in.DecisionID, result: result, reasons: d.Reasons, revision: d.Revision}.record(span, in.Resource != nil)
+}
+
+// decisionNote is a decision as a span records it.
+type decisionNote struct {
+	id, result, revision string
+	reasons              []string
+}
+
+// record puts the decision on span, under the resource-level attribute
+// names when resource is set.
+func (n decisionNote) record(span trace.Span, resource bool) {
 	key := func(k string) string { return k }
-	if in.Resource != nil {
+	if resource {
 		key = func(k string) string { return AttrResourcePrefix + strings.TrimPrefix(k, "palisade.authz.") }
 	}
 	span.SetAttributes(
-		attribute.String(key(AttrDecisionID), in.DecisionID),
-		attribute.String(key(AttrDecisionResult), result),
-		attribute.StringSlice(key(AttrDecisionReason), d.Reasons),
-		attribute.String(key(AttrPolicyRevision), d.Revision),
+		attribute.String(key(AttrDecisionID), n.id),
+		attribute.String(key(AttrDecisionResult), n.result),
+		attribute.StringSlice(key(AttrDecisionReason), n.reasons),
+		attribute.String(key(AttrPolicyRevision), n.revision),
 	)
+}
+
+// gated gives a call the request gate refused (over its rate limit, or
+// denied before its body was read) the server span otelconnect, which never
+// sees it, would have made: the caller, the request id, the decision, the
+// code.
+func (t *serverTelemetry) gated(ctx context.Context, spec connect.Spec, header http.Header, err error) {
+	if t.otel == nil {
+		return
+	}
+	ctx = traceContext.Extract(ctx, propagation.HeaderCarrier(header))
+	name := strings.TrimPrefix(spec.Procedure, "/")
+	code := strings.ToUpper(connect.CodeOf(err).String())
+	ctx, span := t.tracer.Start(ctx, name, trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(
+		semconv.RPCMethodKey.String(name),
+		semconv.RPCResponseStatusCodeKey.String(code),
+		semconv.ErrorTypeKey.String(code),
+	))
+	defer span.End()
+	t.annotateCaller(ctx)
+	if rec := recordOf(ctx); rec != nil && rec.decision != nil {
+		rec.decision.record(span, false)
+	}
 }
 
 // refused counts a request authenticate refused and, when tracing, gives it

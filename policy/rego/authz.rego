@@ -12,10 +12,14 @@ package palisade.authz
 import data.palisade.config
 
 # decision is the document Palisade asks for. It is always an object
-# {"allow": <bool>, "reasons": [<string>, ...]}, whatever the input: allow is
-# a boolean rule with a default, and reasons is a chain of else branches
-# ending in a constant, so neither can be undefined or have two values.
-decision := object.union({"allow": allow, "reasons": reasons}, need_user_field)
+# {"allow": <bool>, "reasons": [<string>, ...], "request_needed": <bool>},
+# whatever the input: allow and request_needed are boolean rules with a
+# default, and reasons is a chain of else branches ending in a constant, so
+# none can be undefined or have two values.
+decision := object.union(
+	{"allow": allow, "reasons": reasons, "request_needed": request_needed},
+	need_user_field,
+)
 
 # need_user_field marks a denial that a user token would have changed: the
 # procedure acts for a user and the caller presented none. Palisade then
@@ -41,6 +45,110 @@ reasons := [] if {
 } else := [sprintf("no rule allows %s", [input.procedure])] if {
 	is_string(input.procedure)
 } else := ["no rule allows this request"]
+
+# request_needed says whether input.request could change this decision.
+# Palisade asks for the decision of a unary call twice at most: first as
+# soon as the call's headers are in, without input.request; where that
+# answer says request_needed: false it is final — a denial is sent before a
+# byte of the request body is read, an allow is the call's decision — and
+# otherwise the call is decided again once its request is read. (Streams
+# are decided when they open, without a request, and per message with it;
+# for them the field changes nothing.)
+#
+# So it may be false only when no request could change allow, reasons or
+# need_user. It is true unless a request_free rule below holds, and those
+# name the procedures they cover: a rule added that reads input.request
+# must not fall under one of them (the tests in authz_test.rego try every
+# procedure, principal and a range of requests).
+default request_needed := true
+
+request_needed := false if request_free
+
+# The procedures none of whose rules read input.request. (ExchangeToken
+# deliberately reads nothing of its request.)
+request_free if input.procedure in {
+	"/grpc.health.v1.Health/Check",
+	"/grpc.health.v1.Health/Watch",
+	"/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+	"/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+	"/user.v1.AuthService/Login",
+	"/user.v1.AuthService/ExchangeToken",
+	"/user.v1.UserService/ListUsers",
+	"/user.v1.UserService/CreateUser",
+	"/user.v1.UserService/UpdateUser",
+	"/user.v1.UserService/WatchUserChanges",
+	"/order.v1.OrderService/GetOrder",
+	"/order.v1.OrderService/TrackOrders",
+}
+
+# A call no rule allows or refuses with a reason of its own (an unknown
+# procedure) is refused whatever its request says. This only ever settles
+# a denial: a rule that needs the request to allow a call must come with a
+# reason for refusing it without.
+request_free if {
+	not allow
+	count(deny_reasons) == 0
+}
+
+# The others (GetUser, CreateOrder, ListOrders, ImportOrders) read the
+# request through for_self and message_level, but not for every caller.
+# They act for a user: without a token they are refused (401), and a token
+# whose sub or act claim is malformed is refused, whatever the request ...
+request_free if {
+	input.procedure in user_procedures
+	not token
+}
+
+request_free if {
+	input.procedure in user_procedures
+	token
+	not direct
+	not delegated
+}
+
+# ... as is a delegated token where only direct ones are accepted ...
+request_free if {
+	input.procedure in direct_only
+	delegated
+}
+
+# ... and their admin rules read no request.
+request_free if {
+	input.procedure in user_procedures
+	direct
+	admin
+}
+
+# CreateOrder and ImportOrders refuse a user who is neither customer nor
+# admin, whatever the order.
+request_free if {
+	input.procedure in {"/order.v1.OrderService/CreateOrder", "/order.v1.OrderService/ImportOrders"}
+	direct
+	not customer
+	not admin
+}
+
+# GetUser through a delegate reads the request only when the order service
+# reads, for a user who is not an admin, the user it acts for: a delegation
+# that is not valid is refused, an admin's allowed, and another delegate's
+# for a non-admin refused, whatever the id.
+request_free if {
+	input.procedure == "/user.v1.UserService/GetUser"
+	delegated
+	not valid_delegation
+}
+
+request_free if {
+	input.procedure == "/user.v1.UserService/GetUser"
+	valid_delegation
+	admin
+}
+
+request_free if {
+	input.procedure == "/user.v1.UserService/GetUser"
+	valid_delegation
+	actor != config.order_service
+}
 
 # ---------------------------------------------------------------------------
 # The caller

@@ -89,20 +89,20 @@ matrix(procedure, extra, wants) := {who: {"input": call(procedure, who, extra), 
 }
 
 # check holds when m names every principal and every decision is the one
-# wanted.
+# wanted (request_needed aside: the request_needed tests below check it).
 check(m) if {
 	count(m) == count(principals)
 	bad := {who: {"want": c.want, "got": got} |
 		some who, c in m
-		got := authz.decision with input as c.input
+		got := decide(c.input)
 		got != c.want
 	}
 	print("unexpected decisions:", bad)
 	count(bad) == 0
 }
 
-# decide evaluates the decision for an input.
-decide(doc) := d if d := authz.decision with input as doc
+# decide evaluates the decision for an input, without its request_needed.
+decide(doc) := object.remove(d, {"request_needed"}) if d := authz.decision with input as doc
 
 token_required := {"allow": false, "reasons": ["a user token is required"], "need_user": true}
 
@@ -695,10 +695,11 @@ test_decision_is_always_a_document if {
 	inputs := array.concat([c.input | some c in all_cases], odd_inputs)
 	count(inputs) > 300
 	every doc in inputs {
-		d := decide(doc)
+		d := authz.decision with input as doc
 		is_object(d)
-		object.keys(d) - {"need_user"} == {"allow", "reasons"}
+		object.keys(d) - {"need_user"} == {"allow", "reasons", "request_needed"}
 		object.get(d, "need_user", true) == true
+		is_boolean(d.request_needed)
 		is_boolean(d.allow)
 		is_array(d.reasons)
 		every r in d.reasons {
@@ -903,9 +904,10 @@ streaming_cases := [c |
 test_streaming_decisions_are_documents if {
 	count(streaming_cases) == 10 * count(principals)
 	every c in streaming_cases {
-		d := decide(c.input)
-		object.keys(d) - {"need_user"} == {"allow", "reasons"}
+		d := authz.decision with input as c.input
+		object.keys(d) - {"need_user"} == {"allow", "reasons", "request_needed"}
 		object.get(d, "need_user", true) == true
+		is_boolean(d.request_needed)
 		is_boolean(d.allow)
 		reasons_iff_denied(d)
 		every r in d.reasons {
@@ -914,5 +916,125 @@ test_streaming_decisions_are_documents if {
 				not contains(r, name)
 			}
 		}
+	}
+}
+
+# ---------------------------------------------------------------------------
+# request_needed: which unary calls are settled before their request is read
+# ---------------------------------------------------------------------------
+
+# Every procedure the policy knows, and one it does not.
+procedures := {
+	"/grpc.health.v1.Health/Check",
+	"/grpc.health.v1.Health/Watch",
+	"/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+	"/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+	"/user.v1.AuthService/Login",
+	"/user.v1.AuthService/ExchangeToken",
+	"/user.v1.UserService/GetUser",
+	"/user.v1.UserService/ListUsers",
+	"/user.v1.UserService/CreateUser",
+	"/user.v1.UserService/UpdateUser",
+	"/user.v1.UserService/WatchUserChanges",
+	"/order.v1.OrderService/CreateOrder",
+	"/order.v1.OrderService/ListOrders",
+	"/order.v1.OrderService/GetOrder",
+	"/order.v1.OrderService/ImportOrders",
+	"/order.v1.OrderService/TrackOrders",
+	"/x.v1.Y/Z",
+}
+
+# Requests an attacker might send: each user of the principals named in
+# every field a rule reads, none, and a request that is not an object.
+requests := [
+	{},
+	{"id": "alice", "user_id": "alice", "items": items},
+	{"id": "bob", "user_id": "bob", "user": {"id": "bob"}},
+	{"id": "admin", "user_id": "admin"},
+	{"id": "carol", "user_id": "carol"},
+	{"id": ["alice"], "user_id": ""},
+	null,
+]
+
+# The first decision of a unary call: its headers are in, its request is not.
+before_request(procedure, who) := call(procedure, who, {})
+
+# A decision the policy calls final before the request is read must be
+# the one every request gets: allow, reasons and need_user alike. That is
+# what lets the server answer without reading the body; a request_free rule
+# that claimed too much shows up here. Too many evaluations to run each
+# time a policy is loaded, these two are rules, not tests: `go test
+# ./policy -run TestDefaultPolicyRequestNeeded` requires both to be empty.
+settled_but_changed_by_a_request contains {"procedure": procedure, "who": who, "request": r, "early": before, "got": got} if {
+	some procedure in procedures
+	some who, _ in principals
+	d := authz.decision with input as before_request(procedure, who)
+	d.request_needed == false
+	before := object.remove(d, {"request_needed"})
+	some r in requests
+	got := decide(call(procedure, who, {"request": r}))
+	got != before
+}
+
+# And the calls that wait for their request are those a request changes:
+# none waits for a request it cannot use.
+waiting_for_a_request_that_changes_nothing contains {"procedure": procedure, "who": who} if {
+	some procedure in procedures
+	some who, _ in principals
+	d := authz.decision with input as before_request(procedure, who)
+	d.request_needed == true
+	count({decide(call(procedure, who, {"request": r})) | some r in requests}) == 1
+}
+
+# How many of the calls above are settled before their request, and how
+# many wait for it.
+request_needed_counts[needed] := count([1 |
+	some procedure in procedures
+	some who, _ in principals
+	d := authz.decision with input as before_request(procedure, who)
+	d.request_needed == needed
+]) if some needed in {true, false}
+
+early(procedure, who) := d if d := authz.decision with input as before_request(procedure, who)
+
+# The calls the server answers before reading a body: a caller without a
+# token on a procedure that acts for a user (401), an unknown procedure, a
+# workload the policy does not admit (403), and the allowed calls that
+# depend on the caller alone.
+test_what_is_settled_before_the_request if {
+	early("/user.v1.UserService/GetUser", "no token") == {
+		"allow": false, "reasons": ["a user token is required"], "need_user": true,
+		"request_needed": false,
+	}
+	early("/order.v1.OrderService/CreateOrder", "order without token").request_needed == false
+	early("/x.v1.Y/Z", "alice") == {"allow": false, "reasons": ["no rule allows /x.v1.Y/Z"], "request_needed": false}
+	early("/grpc.health.v1.Health/Check", "foreign workload") == {
+		"allow": false,
+		"reasons": ["workload spiffe://elsewhere.example/svc/order is not in trust domain palisade.local"],
+		"request_needed": false,
+	}
+	early("/user.v1.AuthService/ExchangeToken", "alice").request_needed == false
+	early("/user.v1.AuthService/Login", "no token") == {"allow": true, "reasons": [], "request_needed": false}
+	early("/user.v1.UserService/GetUser", "admin") == {"allow": true, "reasons": [], "request_needed": false}
+	early("/order.v1.OrderService/ListOrders", "order for alice").request_needed == false
+	early("/order.v1.OrderService/CreateOrder", "carol (no roles)") == {"allow": false, "reasons": ["customer or admin role required"], "request_needed": false}
+	early("/user.v1.UserService/GetUser", "order for admin") == {"allow": true, "reasons": [], "request_needed": false}
+}
+
+# A customer's own record, order or list depends on the id the request
+# names: those calls wait for their request.
+test_what_waits_for_the_request if {
+	every procedure in ["/user.v1.UserService/GetUser", "/order.v1.OrderService/CreateOrder", "/order.v1.OrderService/ListOrders"] {
+		early(procedure, "alice").request_needed == true
+		early(procedure, "alice").allow == false
+		decide(call(procedure, "alice", {"request": {"id": "alice", "user_id": "alice", "items": items}})) == allowed
+	}
+	early("/user.v1.UserService/GetUser", "order for alice").request_needed == true
+}
+
+test_malformed_tokens_are_settled_before_the_request if {
+	every procedure in authz.user_procedures {
+		d := authz.decision with input as {"procedure": procedure, "peer": peer(cli), "token": {"sub": "admin", "roles": ["admin"], "act": {"sub": 7}}}
+		d == {"allow": false, "reasons": ["the token's sub or act claim is malformed"], "request_needed": false}
 	}
 }

@@ -16,39 +16,154 @@ const (
 	// ConfigTLS is bare Connect over TLS 1.3, the server authenticated only.
 	ConfigTLS = "tls"
 	// ConfigMTLS is bare Connect over TLS 1.3 with client certificates
-	// required and verified: the baseline of the ratio columns.
+	// required and verified: the baseline of the Connect configurations'
+	// ratio columns.
 	ConfigMTLS = "mtls"
 	// ConfigMTLSBearer is ConfigMTLS with every call carrying its user's
 	// bearer token, which the server ignores: what the token costs on the
 	// wire alone (HPACK, header checks, bytes), for reading the gap
 	// between mtls and the Palisade configurations.
 	ConfigMTLSBearer = "mtls+bearer"
+	// ConfigConnectDefault is ConfigMTLS with connect-go's handler built
+	// with the library's defaults instead of a Palisade server's options:
+	// among them, every reply the client accepts gzip for is gzipped,
+	// however small.
+	ConfigConnectDefault = "connect-default-mtls"
 	// ConfigMTLSJWT is Palisade's server (rpc.NewServer) with a token
 	// verifier and an authorizer that allows everything.
 	ConfigMTLSJWT = "mtls+jwt"
 	// ConfigFull is Palisade's whole chain: the token verifier and the OPA
 	// engine on the default policy.
 	ConfigFull = "mtls+jwt+opa"
+	// ConfigGRPCGoMTLS is bare grpc-go with mTLS: the baseline of the
+	// grpc-go configurations' ratio columns.
+	ConfigGRPCGoMTLS = "grpcgo-mtls"
 	// ConfigGRPCGo is grpc-go with mTLS and the chain a user would write
 	// without Palisade: golang-jwt verification and an OPA prepared query
 	// evaluated per call, no caches.
 	ConfigGRPCGo = "grpcgo-mtls+jwt+opa"
+	// ConfigGRPCGoCache is ConfigGRPCGo with the caches a competent team
+	// would add: verified tokens by a hash of the token and decisions by a
+	// hash of their input, each bounded and expiring with the token. The
+	// reference of the report's second ratio columns.
+	ConfigGRPCGoCache = "grpcgo-mtls+jwt+opa+cache"
 )
 
-// Protocols the Connect configurations are measured with (ConfigGRPCGo
-// speaks gRPC only).
+// Protocols the configurations are measured with (the grpc-go
+// configurations speak gRPC only).
 const (
 	ProtocolConnect = "connect"
 	ProtocolGRPC    = "grpc"
 )
 
+// Clients the calls are made with. Each configuration is driven by the
+// client of its own stack; the cross configurations (mtls, mtls+jwt+opa,
+// grpcgo-mtls, grpcgo-mtls+jwt+opa+cache) also by the other stack's
+// client over gRPC, which separates a stack's client cost from its
+// server's.
+const (
+	// ClientConnect is connect-go's generated-style client on Palisade's
+	// HTTP/2 client (rpc.NewHTTPClient).
+	ClientConnect = "connect-go"
+	// ClientGRPCGo is a grpc-go ClientConn with mTLS transport credentials.
+	ClientGRPCGo = "grpc-go"
+)
+
 // Configs returns every configuration name, in report order.
 func Configs() []string {
-	return []string{ConfigH2C, ConfigTLS, ConfigMTLS, ConfigMTLSBearer, ConfigMTLSJWT, ConfigFull, ConfigGRPCGo}
+	out := make([]string, len(configSpecs))
+	for i, c := range configSpecs {
+		out[i] = c.name
+	}
+	return out
 }
 
 // Protocols returns every protocol name.
 func Protocols() []string { return []string{ProtocolConnect, ProtocolGRPC} }
+
+// Clients returns every client name.
+func Clients() []string { return []string{ClientConnect, ClientGRPCGo} }
+
+// Server stacks.
+const (
+	stackConnect = "connect" // net/http and connect-go (Palisade's stack)
+	stackGRPCGo  = "grpcgo"  // grpc-go
+)
+
+// Authorization a configuration claims.
+const (
+	authzNone     = ""
+	authzAllowAll = "allow-all"
+	authzOPA      = "opa"
+)
+
+// configSpec is what a configuration claims to do. The preflight checks
+// each claim against the running server, whatever started it.
+type configSpec struct {
+	name  string
+	stack string
+	// tls is false for h2c; clientCert says a client certificate is
+	// required and verified.
+	tls, clientCert bool
+	// tokens says callers send their user's token; verifies that the
+	// server checks it (signature, claims, certificate binding).
+	tokens, verifies bool
+	authz            string
+	// cross says the configuration is also driven by the other stack's
+	// client, over gRPC.
+	cross bool
+}
+
+var configSpecs = []configSpec{
+	{name: ConfigH2C, stack: stackConnect},
+	{name: ConfigTLS, stack: stackConnect, tls: true},
+	{name: ConfigMTLS, stack: stackConnect, tls: true, clientCert: true, cross: true},
+	{name: ConfigMTLSBearer, stack: stackConnect, tls: true, clientCert: true, tokens: true},
+	{name: ConfigConnectDefault, stack: stackConnect, tls: true, clientCert: true},
+	{name: ConfigMTLSJWT, stack: stackConnect, tls: true, clientCert: true, tokens: true, verifies: true, authz: authzAllowAll},
+	{name: ConfigFull, stack: stackConnect, tls: true, clientCert: true, tokens: true, verifies: true, authz: authzOPA, cross: true},
+	{name: ConfigGRPCGoMTLS, stack: stackGRPCGo, tls: true, clientCert: true, cross: true},
+	{name: ConfigGRPCGo, stack: stackGRPCGo, tls: true, clientCert: true, tokens: true, verifies: true, authz: authzOPA},
+	{name: ConfigGRPCGoCache, stack: stackGRPCGo, tls: true, clientCert: true, tokens: true, verifies: true, authz: authzOPA, cross: true},
+}
+
+// specOf returns the claims of a configuration (the zero spec for an
+// unknown name, which validate refuses earlier).
+func specOf(config string) configSpec {
+	for _, c := range configSpecs {
+		if c.name == config {
+			return c
+		}
+	}
+	return configSpec{name: config}
+}
+
+// nativeClient is the client of the configuration's own stack.
+func (c configSpec) nativeClient() string {
+	if c.stack == stackGRPCGo {
+		return ClientGRPCGo
+	}
+	return ClientConnect
+}
+
+// drives says whether client speaks protocol to c: c's own client over
+// every protocol its server speaks, the other stack's over gRPC when c is
+// a cross configuration.
+func (c configSpec) drives(client, protocol string) bool {
+	if client == c.nativeClient() {
+		return c.stack == stackConnect || protocol == ProtocolGRPC
+	}
+	return c.cross && protocol == ProtocolGRPC
+}
+
+// bare is the bare mTLS configuration of c's stack: the baseline of its
+// ratio columns.
+func (c configSpec) bare() string {
+	if c.stack == stackGRPCGo {
+		return ConfigGRPCGoMTLS
+	}
+	return ConfigMTLS
+}
 
 // Server log modes of the Palisade configurations.
 const (
@@ -91,15 +206,31 @@ type Options struct {
 	Connections int
 	// Users is the number of distinct users (and tokens, and request bodies).
 	Users int
-	// Configs and Protocols select what to measure.
+	// Configs, Protocols and Clients select what to measure: every
+	// selected configuration over every selected protocol it speaks, with
+	// every selected client that drives it (see the Client constants).
 	Configs   []string
 	Protocols []string
+	Clients   []string
 	// Seed seeds the callers' choice of users.
 	Seed uint64
 	// ServerLog is ServerLogDiscard (default) or ServerLogJSON.
 	ServerLog string
-	// Progress, when set, receives a line per measured window.
+	// Progress, when set, receives a line per measured window, and the
+	// server process's standard error, each line prefixed.
 	Progress io.Writer
+	// ServerCommand is the command line of the server process: a program
+	// that calls Serve on its standard input and output (`palisade bench
+	// server-process`). The servers run there and the clients here, so
+	// that CPU time and allocations are measured for each side apart.
+	// Required unless InProcess.
+	ServerCommand []string
+	// InProcess runs the servers in this process instead: CPU time and
+	// allocations are then those of both sides together.
+	InProcess bool
+	// ServerCPUProfile, when set, is the file the server process writes
+	// a CPU profile of the whole run to (not with InProcess).
+	ServerCPUProfile string
 }
 
 // withDefaults returns o with zero fields set to their defaults.
@@ -124,6 +255,9 @@ func (o Options) withDefaults() Options {
 	}
 	if len(o.Protocols) == 0 {
 		o.Protocols = Protocols()
+	}
+	if len(o.Clients) == 0 {
+		o.Clients = Clients()
 	}
 	if o.Seed == 0 {
 		o.Seed = DefaultSeed
@@ -165,11 +299,23 @@ func (o Options) validate() error {
 			errs = append(errs, fmt.Errorf("unknown protocol %q (known: %v)", p, Protocols()))
 		}
 	}
+	for _, c := range o.Clients {
+		if !slices.Contains(Clients(), c) {
+			errs = append(errs, fmt.Errorf("unknown client %q (known: %v)", c, Clients()))
+		}
+	}
 	if o.ServerLog != ServerLogDiscard && o.ServerLog != ServerLogJSON {
 		errs = append(errs, fmt.Errorf("server log %q is neither %q nor %q", o.ServerLog, ServerLogDiscard, ServerLogJSON))
 	}
+	if o.InProcess && o.ServerCPUProfile != "" {
+		errs = append(errs, errors.New("a server CPU profile needs a server process: the in-process servers are in this process's profile"))
+	}
+	if !o.InProcess && len(o.ServerCommand) == 0 {
+		errs = append(errs, errors.New("no server command to start the server process with (or run the servers in this process)"))
+	}
 	if len(errs) == 0 && len(o.pairs()) == 0 {
-		errs = append(errs, errors.New("nothing to measure: grpcgo-mtls+jwt+opa speaks only the grpc protocol"))
+		errs = append(errs, errors.New("nothing to measure: no selected configuration speaks a selected protocol with a selected client "+
+			"(the grpc-go configurations speak only grpc; only mtls, mtls+jwt+opa, grpcgo-mtls and grpcgo-mtls+jwt+opa+cache are driven by the other stack's client)"))
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("bench: %w", errors.Join(errs...))
@@ -177,26 +323,37 @@ func (o Options) validate() error {
 	return nil
 }
 
-// pair is one measured series: a configuration spoken to in a protocol.
+// pair is one measured series: a configuration spoken to in a protocol by
+// a client.
 type pair struct {
-	config, protocol string
+	config, protocol, client string
 }
 
-func (p pair) String() string { return p.config + "/" + p.protocol }
+// String names the pair: config/protocol, with the client in brackets
+// when it is not the configuration's own stack's.
+func (p pair) String() string {
+	s := p.config + "/" + p.protocol
+	if p.client != specOf(p.config).nativeClient() {
+		s += "[" + p.client + "]"
+	}
+	return s
+}
 
 // pairs returns the selected pairs in report order (configurations in the
-// order of Configs, protocols in the order of Protocols), without duplicates.
+// order of Configs, then protocols, then clients, in the order of theirs),
+// without duplicates.
 func (o Options) pairs() []pair {
 	var out []pair
-	for _, c := range Configs() {
-		if !slices.Contains(o.Configs, c) {
+	for _, spec := range configSpecs {
+		if !slices.Contains(o.Configs, spec.name) {
 			continue
 		}
 		for _, p := range Protocols() {
-			if !slices.Contains(o.Protocols, p) || (c == ConfigGRPCGo && p != ProtocolGRPC) {
-				continue
+			for _, c := range Clients() {
+				if slices.Contains(o.Protocols, p) && slices.Contains(o.Clients, c) && spec.drives(c, p) {
+					out = append(out, pair{spec.name, p, c})
+				}
 			}
-			out = append(out, pair{c, p})
 		}
 	}
 	return out

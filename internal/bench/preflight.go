@@ -14,6 +14,9 @@ import (
 // errWrongAnswer is a call that succeeded with an answer for another user.
 var errWrongAnswer = errors.New("the answer is for another user")
 
+// errNoStranger is a probe that has no client to call from.
+var errNoStranger = errors.New("no client to probe with")
+
 // codeOf names the outcome of a call: "ok", the Connect name of the error's
 // code (gRPC status codes share the numbering), or "wrong_answer".
 func codeOf(err error) string {
@@ -43,16 +46,20 @@ type probe struct {
 
 const refused = "refused"
 
-// preflight proves that t's security is what its name says before it is
-// measured: a valid call succeeds, and depending on the configuration a
-// forged token is unauthenticated, a request for another user is denied by
-// the policy, and a client without a certificate is refused. It returns one
-// line describing what it saw, or an error naming the first probe that did
-// not get its outcome.
+// preflight proves that t's security is what its configuration claims
+// (configSpec) before it is measured, whatever server t really talks to: a
+// valid call succeeds; where the server verifies tokens, a forged token and
+// a token presented with another certificate than the one it is bound to
+// are unauthenticated; where it runs the policy, a request for another
+// user is denied (allowed by an allow-all authorizer); where it requires a
+// client certificate, a client without one is refused. It returns one line
+// describing what it saw, or an error naming the first probe that did not
+// get its outcome.
 func preflight(ctx context.Context, fx *fixture, t *target, protocol string) (string, error) {
+	spec := t.spec()
 	call := t.calls[protocol][0]
 	auth := func(u int) string {
-		if t.tokens {
+		if spec.tokens {
 			return fx.auth[u]
 		}
 		return ""
@@ -61,6 +68,16 @@ func preflight(ctx context.Context, fx *fixture, t *target, protocol string) (st
 	if len(fx.ids) > 1 {
 		other = fx.ids[1]
 	}
+	stranger := func(kind string) getUserFunc {
+		if call := t.strangers[kind][protocol]; call != nil {
+			return call
+		}
+		// A missing stranger fails the preflight rather than passing a
+		// probe that wants a failure.
+		return func(context.Context, string, string) (string, error) {
+			return "", fmt.Errorf("%w: %s", errNoStranger, kind)
+		}
+	}
 	probes := []probe{{name: "own id", want: "ok", call: func(ctx context.Context) error {
 		got, err := call(ctx, fx.ids[0], auth(0))
 		if err == nil && got != fx.ids[0] {
@@ -68,31 +85,36 @@ func preflight(ctx context.Context, fx *fixture, t *target, protocol string) (st
 		}
 		return err
 	}}}
-	if t.verifies {
-		probes = append(probes, probe{name: "forged token", want: connect.CodeUnauthenticated.String(), call: func(ctx context.Context) error {
-			_, err := call(ctx, fx.ids[0], forge(fx.auth[0]))
-			return err
-		}})
+	if spec.verifies {
+		probes = append(probes,
+			probe{name: "forged token", want: connect.CodeUnauthenticated.String(), call: func(ctx context.Context) error {
+				_, err := call(ctx, fx.ids[0], forge(fx.auth[0]))
+				return err
+			}},
+			probe{name: "token from another certificate", want: connect.CodeUnauthenticated.String(), call: func(ctx context.Context) error {
+				_, err := stranger(strangerOtherCert)(ctx, fx.ids[0], fx.auth[0])
+				return err
+			}})
 	}
-	switch t.config {
-	case ConfigFull, ConfigGRPCGo:
+	switch spec.authz {
+	case authzOPA:
 		probes = append(probes, probe{name: "another user's id", want: connect.CodePermissionDenied.String(), call: func(ctx context.Context) error {
 			_, err := call(ctx, other, fx.auth[0])
 			return err
 		}})
-	case ConfigMTLSJWT:
+	case authzAllowAll:
 		probes = append(probes, probe{name: "another user's id (allow-all)", want: "ok", call: func(ctx context.Context) error {
 			_, err := call(ctx, other, fx.auth[0])
 			return err
 		}})
 	}
-	if noCert := t.noCert[protocol]; noCert != nil {
+	if spec.tls {
 		want := refused
-		if t.config == ConfigTLS {
+		if !spec.clientCert {
 			want = "ok"
 		}
 		probes = append(probes, probe{name: "no client certificate", want: want, call: func(ctx context.Context) error {
-			_, err := noCert(ctx, fx.ids[0], auth(0))
+			_, err := stranger(strangerNoCert)(ctx, fx.ids[0], auth(0))
 			return err
 		}})
 	}
@@ -102,16 +124,19 @@ func preflight(ctx context.Context, fx *fixture, t *target, protocol string) (st
 		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		err := p.call(pctx)
 		cancel()
+		if errors.Is(err, errNoStranger) {
+			return "", fmt.Errorf("bench: preflight %s: %s: %w", pair{t.config, protocol, t.client}, p.name, err)
+		}
 		got := codeOf(err)
 		if (p.want == refused && err == nil) || (p.want != refused && got != p.want) {
-			return "", fmt.Errorf("bench: preflight %s/%s: %s: got %s, want %s (%v)", t.config, protocol, p.name, got, p.want, err)
+			return "", fmt.Errorf("bench: preflight %s: %s: got %s, want %s (%v)", pair{t.config, protocol, t.client}, p.name, got, p.want, err)
 		}
 		if p.want == refused {
 			got = refused + " (" + got + ")"
 		}
 		seen = append(seen, p.name+" → "+got)
 	}
-	return t.config + "/" + protocol + ": " + strings.Join(seen, "; "), nil
+	return pair{t.config, protocol, t.client}.String() + ": " + strings.Join(seen, "; "), nil
 }
 
 // forge returns the Authorization value auth with its token's signature

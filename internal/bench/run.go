@@ -1,15 +1,18 @@
 // Package bench measures what Palisade's security costs: it serves the same
 // unary call (user.v1.UserService/GetUser, a small request and response)
 // through bare Connect without security, with TLS, with mTLS, through
-// Palisade's chain with and without OPA, and through grpc-go with the chain
-// a user would build without Palisade, all in one process on 127.0.0.1, and
-// drives each with the same concurrent callers for the same time, in
-// alternating rounds. `palisade bench` is its command line.
+// Palisade's chain with and without OPA, and through grpc-go bare and with
+// the chain a user would build without Palisade (with and without caches),
+// on 127.0.0.1, and drives each with the same concurrent callers for the
+// same time, in alternating rounds. The servers run in a child process, the
+// clients in this one, so that each side's CPU time and allocations are
+// measured apart. `palisade bench` is its command line.
 //
 // Every call must succeed and answer for the user asked; before anything is
 // measured a preflight proves each configuration's security is in place
-// (forged tokens refused, other users' records denied, clients without a
-// certificate refused), so a misconfigured chain cannot make a good figure.
+// (forged tokens and tokens presented with another certificate refused,
+// other users' records denied, clients without a certificate refused), so a
+// misconfigured chain cannot make a good figure.
 package bench
 
 import (
@@ -19,6 +22,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -36,7 +40,7 @@ const callGrace = 30 * time.Second
 // returns the report. It fails when a configuration cannot be started or
 // does not pass its preflight; calls that fail while measuring do not make
 // it fail but are counted in the report (Report.FailedCalls).
-func Run(ctx context.Context, o Options) (*Report, error) {
+func Run(ctx context.Context, o Options) (rep *Report, err error) {
 	o = o.withDefaults()
 	if err := o.validate(); err != nil {
 		return nil, err
@@ -47,54 +51,85 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		return nil, err
 	}
 	pairs := o.pairs()
-	targets := map[string]*target{}
+	var configs []string
+	for _, p := range pairs {
+		if !slices.Contains(configs, p.config) {
+			configs = append(configs, p.config)
+		}
+	}
+	var side serverSide
+	if o.InProcess {
+		set, err := startServers(ctx, fx.server, configs, o.ServerLog)
+		if err != nil {
+			return nil, err
+		}
+		side = localServers{set}
+	} else {
+		if side, err = startServerProcess(ctx, o, fx.server, configs); err != nil {
+			return nil, err
+		}
+	}
+	// Clients close before the servers.
+	targets := map[pair]*target{} // by config and client; protocol unset
 	defer func() {
 		for _, t := range targets {
 			t.close()
 		}
+		if cerr := side.close(); cerr != nil && err == nil {
+			rep, err = nil, cerr
+		}
 	}()
-	rep := &Report{Options: o, Connections: map[string]int64{}, LoadBefore: loadAverage()}
+
+	rep = &Report{Options: o, Connections: map[string]int64{}, LoadBefore: loadAverage(), SeparateProcesses: !o.InProcess}
 	for _, p := range pairs {
-		if targets[p.config] != nil {
+		k := pair{config: p.config, client: p.client}
+		if targets[k] != nil {
 			continue
 		}
-		var t *target
-		if p.config == ConfigGRPCGo {
-			t, err = startGRPCGo(ctx, fx, o)
-		} else {
-			t, err = startConnect(fx, p.config, o)
+		var protocols []string
+		for _, q := range pairs {
+			if q.config == p.config && q.client == p.client {
+				protocols = append(protocols, q.protocol)
+			}
 		}
+		t, err := startTarget(fx, p.config, p.client, side.addr(p.config), protocols, o)
 		if err != nil {
 			return nil, err
 		}
-		targets[p.config] = t
+		targets[k] = t
 		if err := prime(ctx, fx, t, o.Concurrency); err != nil {
 			return nil, err
 		}
-		rep.Connections[p.config] = t.accepted.Load()
+	}
+	s, err := side.sample(false)
+	if err != nil {
+		return nil, err
+	}
+	for _, c := range configs {
+		rep.Connections[c] = s.Accepted[c]
 	}
 	for _, p := range pairs {
-		line, err := preflight(ctx, fx, targets[p.config], p.protocol)
+		line, err := preflight(ctx, fx, targets[pair{config: p.config, client: p.client}], p.protocol)
 		if err != nil {
 			return nil, err
 		}
 		rep.Preflight = append(rep.Preflight, line)
 	}
 	for _, t := range targets {
-		t.dropNoCert()
+		t.dropStrangers()
 	}
 
-	r := &runner{o: o, fx: fx, hists: make([]*histogram.Histogram, o.Concurrency)}
+	r := &runner{o: o, fx: fx, side: side, hists: make([]*histogram.Histogram, o.Concurrency), win: new(histogram.Histogram)}
 	for i := range r.hists {
 		r.hists[i] = new(histogram.Histogram)
 	}
 	acc := map[pair]*series{}
 	for _, p := range pairs {
-		acc[p] = &series{cpuKnown: true}
+		acc[p] = &series{cpuKnown: true, separate: !o.InProcess}
 	}
 	for round := range o.Rounds {
 		for _, p := range roundOrder(pairs, round) {
-			t, s := targets[p.config], acc[p]
+			t, s := targets[pair{config: p.config, client: p.client}], acc[p]
 			if o.Warmup > 0 {
 				if err := r.window(ctx, t, p.protocol, o.Warmup, s, false); err != nil {
 					return nil, err
@@ -104,7 +139,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 				return nil, err
 			}
 			if o.Progress != nil {
-				fmt.Fprintf(o.Progress, "round %d/%d  %-28s %9.0f rps  %d calls failed\n",
+				fmt.Fprintf(o.Progress, "round %d/%d  %-40s %9.0f rps  %d calls failed\n",
 					round+1, o.Rounds, p.String(), s.roundsRPS[len(s.roundsRPS)-1], s.failed())
 			}
 		}
@@ -126,7 +161,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 func prime(ctx context.Context, fx *fixture, t *target, workers int) error {
 	one := func(call getUserFunc, u int) error {
 		auth := ""
-		if t.tokens {
+		if t.spec().tokens {
 			auth = fx.auth[u]
 		}
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -167,20 +202,30 @@ func prime(ctx context.Context, fx *fixture, t *target, workers int) error {
 
 // series accumulates the measured windows of one pair.
 type series struct {
-	calls    uint64
-	elapsed  time.Duration
-	mallocs  uint64
-	bytes    uint64
-	cpu      time.Duration
-	cpuKnown bool
-	newConns int64
-	hist     histogram.Histogram
-	// roundsRPS is the throughput of each measured window.
+	calls   uint64
+	elapsed time.Duration
+	// client and server are the deltas of each side's counters; with the
+	// servers in this process, client holds both sides' and separate is
+	// false.
+	client, server counters
+	separate       bool
+	cpuKnown       bool
+	newConns       int64
+	hist           histogram.Histogram
+	// roundsRPS and roundsP99 are the throughput and p99 latency of each
+	// measured window.
 	roundsRPS []float64
+	roundsP99 []time.Duration
 	// errors and warmupErrors count failed calls by code; samples keeps the
 	// first error message of each code.
 	errors, warmupErrors map[string]uint64
 	samples              map[string]string
+}
+
+// counters are a process's allocation and CPU counters, or their deltas.
+type counters struct {
+	mallocs, bytes uint64
+	cpu            time.Duration
 }
 
 func (s *series) failed() uint64 { return sumCounts(s.errors, s.warmupErrors) }
@@ -189,7 +234,9 @@ func (s *series) failed() uint64 { return sumCounts(s.errors, s.warmupErrors) }
 type runner struct {
 	o       Options
 	fx      *fixture
+	side    serverSide
 	hists   []*histogram.Histogram
+	win     *histogram.Histogram
 	windows uint64
 }
 
@@ -211,28 +258,26 @@ func (c *caller) fail(err error) {
 	c.errors[code]++
 }
 
-// sample is the process's counters at one instant.
+// sample is this process's counters at one instant.
 type sample struct {
 	at       time.Time
-	mallocs  uint64
-	bytes    uint64
-	cpu      time.Duration
+	c        counters
 	cpuKnown bool
-	accepted int64
 }
 
-func takeSample(t *target) sample {
+func takeSample() sample {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	cpu, ok := processCPU()
-	return sample{at: time.Now(), mallocs: ms.Mallocs, bytes: ms.TotalAlloc, cpu: cpu, cpuKnown: ok, accepted: t.accepted.Load()}
+	return sample{at: time.Now(), c: counters{mallocs: ms.Mallocs, bytes: ms.TotalAlloc, cpu: cpu}, cpuKnown: ok}
 }
 
 // window drives t over protocol with the configured callers for d. A
-// measured window adds its calls, latencies, allocations, CPU time and
-// errors to s; a warm-up window only its errors.
+// measured window adds its calls, latencies, both sides' allocations and
+// CPU time and its errors to s; a warm-up window only its errors.
 func (r *runner) window(ctx context.Context, t *target, protocol string, d time.Duration, s *series, measured bool) error {
 	calls := t.calls[protocol]
+	tokens := t.spec().tokens
 	callers := make([]caller, r.o.Concurrency)
 	r.windows++
 	callCtx, cancel := context.WithTimeout(ctx, d+callGrace)
@@ -249,7 +294,7 @@ func (r *runner) window(ctx context.Context, t *target, protocol string, d time.
 			for !stop.Load() {
 				u := rng.IntN(len(r.fx.ids))
 				auth := ""
-				if t.tokens {
+				if tokens {
 					auth = r.fx.auth[u]
 				}
 				begin := time.Now()
@@ -270,13 +315,25 @@ func (r *runner) window(ctx context.Context, t *target, protocol string, d time.
 			}
 		})
 	}
-	runtime.GC() // every window starts from a collected heap
-	before := takeSample(t)
+	// Every window starts from collected heaps, the server's first.
+	runtime.GC()
+	srvBefore, err := r.side.sample(true)
+	if err != nil {
+		stop.Store(true)
+		close(start)
+		wg.Wait()
+		return err
+	}
+	before := takeSample()
 	close(start)
 	timer := time.AfterFunc(d, func() { stop.Store(true) })
 	wg.Wait()
-	after := takeSample(t)
+	after := takeSample()
 	timer.Stop()
+	srvAfter, err := r.side.sample(false)
+	if err != nil {
+		return err
+	}
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("bench: interrupted: %w", err)
 	}
@@ -286,6 +343,7 @@ func (r *runner) window(ctx context.Context, t *target, protocol string, d time.
 		errs = &s.errors
 	}
 	var n uint64
+	r.win.Reset()
 	for i := range callers {
 		c := &callers[i]
 		n += c.calls
@@ -301,22 +359,28 @@ func (r *runner) window(ctx context.Context, t *target, protocol string, d time.
 			}
 			(*errs)[code] += k
 		}
-		if measured {
-			s.hist.Merge(r.hists[i])
-		}
+		r.win.Merge(r.hists[i])
 	}
 	if !measured {
 		return nil
 	}
+	s.hist.Merge(r.win)
 	elapsed := after.at.Sub(before.at)
 	s.calls += n
 	s.elapsed += elapsed
-	s.mallocs += after.mallocs - before.mallocs
-	s.bytes += after.bytes - before.bytes
-	s.cpu += after.cpu - before.cpu
+	s.client.mallocs += after.c.mallocs - before.c.mallocs
+	s.client.bytes += after.c.bytes - before.c.bytes
+	s.client.cpu += after.c.cpu - before.c.cpu
 	s.cpuKnown = s.cpuKnown && before.cpuKnown && after.cpuKnown
-	s.newConns += after.accepted - before.accepted
+	if s.separate {
+		s.server.mallocs += srvAfter.Mallocs - srvBefore.Mallocs
+		s.server.bytes += srvAfter.Bytes - srvBefore.Bytes
+		s.server.cpu += srvAfter.CPU - srvBefore.CPU
+		s.cpuKnown = s.cpuKnown && srvBefore.CPUKnown && srvAfter.CPUKnown
+	}
+	s.newConns += srvAfter.Accepted[t.config] - srvBefore.Accepted[t.config]
 	s.roundsRPS = append(s.roundsRPS, float64(n)/elapsed.Seconds())
+	s.roundsP99 = append(s.roundsP99, r.win.Quantile(0.99))
 	return nil
 }
 

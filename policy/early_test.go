@@ -42,7 +42,7 @@ test_request_needed_unset if object.get(data.palisade.authz.decision, "request_n
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
-			e, err := quietEngine(t, bundle(c.modules...))
+			e, err := untestedEngine(t, bundle(c.modules...))
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -13,9 +13,11 @@ import (
 	"github.com/open-policy-agent/opa/v1/rego"
 	"github.com/open-policy-agent/opa/v1/storage/inmem"
 	"github.com/open-policy-agent/opa/v1/topdown"
+
+	"github.com/palisade-rpc/palisade/authz"
 )
 
-// Engine is an Authorizer backed by Open Policy Agent, embedded: the
+// Engine is an authz.Authorizer backed by Open Policy Agent, embedded: the
 // bundle's policies are compiled and the decision query prepared once per
 // policy version; a call only evaluates. Load swaps in a new version after
 // it compiles and its own rego tests pass — a version without tests is
@@ -163,22 +165,22 @@ func prepare(ctx context.Context, b *Bundle, allowUntested bool) (*version, erro
 // Revision returns the revision of the policy in force.
 func (e *Engine) Revision() string { return e.cur.Load().revision }
 
-// Decide implements Authorizer. A policy that is a pure function of its
+// Decide implements authz.Authorizer. A policy that is a pure function of its
 // input (it calls no nondeterministic builtin) has its decisions remembered
 // by a hash of the whole input, per policy version; any other is evaluated
 // on every call.
-func (e *Engine) Decide(ctx context.Context, in *Input) (Decision, error) {
+func (e *Engine) Decide(ctx context.Context, in *authz.Input) (authz.Decision, error) {
 	v := e.cur.Load()
 	if v.cache == nil {
-		return e.eval(ctx, v, in.Value())
+		return e.eval(ctx, v, InputValue(in))
 	}
-	key, ok := in.cacheKey()
+	key, ok := cacheKey(in)
 	if ok {
 		if d, hit := v.cache.get(key); hit {
 			return d, nil
 		}
 	}
-	d, err := e.eval(ctx, v, in.Value())
+	d, err := e.eval(ctx, v, InputValue(in))
 	if err == nil && ok {
 		v.cache.put(key, d)
 	}
@@ -189,12 +191,12 @@ func (e *Engine) Decide(ctx context.Context, in *Input) (Decision, error) {
 // decision document with a boolean allow, an array of string reasons and
 // optionally a boolean need_user and a boolean request_needed is an error,
 // and the caller denies.
-func (e *Engine) Eval(ctx context.Context, input ast.Value, extra ...rego.EvalOption) (Decision, error) {
+func (e *Engine) Eval(ctx context.Context, input ast.Value, extra ...rego.EvalOption) (authz.Decision, error) {
 	return e.eval(ctx, e.cur.Load(), input, extra...)
 }
 
-func (e *Engine) eval(ctx context.Context, v *version, input ast.Value, extra ...rego.EvalOption) (Decision, error) {
-	d := Decision{Revision: v.revision}
+func (e *Engine) eval(ctx context.Context, v *version, input ast.Value, extra ...rego.EvalOption) (authz.Decision, error) {
+	d := authz.Decision{Revision: v.revision}
 	opts := append([]rego.EvalOption{rego.EvalParsedInput(input), rego.EvalExternalCancel(e.cancel)}, extra...)
 	rs, err := v.query.Eval(ctx, opts...)
 	if err != nil {
@@ -250,7 +252,7 @@ func (e *Engine) eval(ctx context.Context, v *version, input ast.Value, extra ..
 // Explain evaluates input like Eval and also returns the rules that fired
 // (evaluated to a value), as "file:line: head", in file and line order, for a
 // person debugging a decision.
-func (e *Engine) Explain(ctx context.Context, input ast.Value) (Decision, []string, error) {
+func (e *Engine) Explain(ctx context.Context, input ast.Value) (authz.Decision, []string, error) {
 	tracer := topdown.NewBufferTracer()
 	d, err := e.Eval(ctx, input, rego.EvalQueryTracer(tracer))
 	seen := map[*ast.Rule]bool{}

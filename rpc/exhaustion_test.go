@@ -21,6 +21,7 @@ import (
 	"golang.org/x/net/http2/hpack"
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 
+	"github.com/palisade-rpc/palisade/authz"
 	"github.com/palisade-rpc/palisade/certs/certstest"
 	"github.com/palisade-rpc/palisade/policy"
 	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
@@ -191,15 +192,15 @@ func defaultEngine(t testing.TB) *policy.Engine {
 func TestRefusedBodiesAreNotRead(t *testing.T) {
 	clock := &fakeClock{now: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
 	cases := []struct {
-		name      string
-		authz     func(t testing.TB) policy.Authorizer
-		opts      []rpc.ServerOption
-		procedure string
-		status    int
-		code      connect.Code
-		message   string
+		name       string
+		authorizer func(t testing.TB) authz.Authorizer
+		opts       []rpc.ServerOption
+		procedure  string
+		status     int
+		code       connect.Code
+		message    string
 	}{
-		{"no token", func(t testing.TB) policy.Authorizer { return defaultEngine(t) }, nil,
+		{"no token", func(t testing.TB) authz.Authorizer { return defaultEngine(t) }, nil,
 			userv1connect.UserServiceGetUserProcedure, http.StatusUnauthorized, connect.CodeUnauthenticated, "authentication required: call with a user token (decision "},
 		{"refused procedure", allowAll, nil,
 			userv1connect.UserServiceListUsersProcedure, http.StatusForbidden, connect.CodePermissionDenied, "permission denied (decision "},
@@ -212,7 +213,7 @@ func TestRefusedBodiesAreNotRead(t *testing.T) {
 			t.Run(name, func(t *testing.T) {
 				ca := certstest.NewCA(t)
 				users := &rpctest.Users{}
-				srv := rpctest.Start(t, ca.Source(ca.Server("/svc/user")), c.authz(t), users.Mount, c.opts...)
+				srv := rpctest.Start(t, ca.Source(ca.Server("/svc/user")), c.authorizer(t), users.Mount, c.opts...)
 				l := &limited{ca: ca, srv: srv, users: users, cli: ca.Client("/client/cli")}
 				if c.status == http.StatusTooManyRequests {
 					// The principal's one call: the burst is spent, and the

@@ -8,7 +8,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/palisade-rpc/palisade/policy"
+	"github.com/palisade-rpc/palisade/authz"
 )
 
 // ServerOption configures a Server.
@@ -28,7 +28,7 @@ type serverConfig struct {
 	compressMinBytes     int
 	interceptors         []connect.Interceptor
 	tokens               TokenVerifier
-	authzOptions         []policy.InterceptorOption
+	authzOptions         []authz.InterceptorOption
 	tracerProvider       trace.TracerProvider
 	meterProvider        metric.MeterProvider
 	pinned               []pinnedClient
@@ -138,8 +138,8 @@ func WithInterceptors(interceptors ...connect.Interceptor) ServerOption {
 }
 
 // WithAuthorizationOptions configures the authorization interceptor, for
-// example with policy.WithPerMessage.
-func WithAuthorizationOptions(opts ...policy.InterceptorOption) ServerOption {
+// example with authz.WithPerMessage.
+func WithAuthorizationOptions(opts ...authz.InterceptorOption) ServerOption {
 	return serverOptionFunc(func(c *serverConfig) { c.authzOptions = append(c.authzOptions, opts...) })
 }
 

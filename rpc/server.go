@@ -10,12 +10,12 @@
 //	HTTP middleware: the bound on the time the body may take (WithBodyReadTimeout)
 //	request gate, once the headers are in and before the body is read: for a
 //	  unary call, the rate limit (WithRateLimit) and the decision the policy can
-//	  take without the request (policy.Interceptor.DecideBeforeRequest)
+//	  take without the request (authz.Interceptor.DecideBeforeRequest)
 //	interceptor: tracing and RPC metrics (otelconnect), with WithTracerProvider / WithMeterProvider
 //	interceptor: rate limit per principal, for streams (WithRateLimit)
 //	interceptor: open streams per principal (WithMaxStreamsPerPrincipal)
 //	interceptor: message and byte caps on client streams (WithMaxStreamMessages, WithMaxStreamBytes)
-//	interceptor: authorization (policy.Authorizer), failing closed
+//	interceptor: authorization (authz.Authorizer), failing closed
 //	interceptor: validation of request messages (protovalidate rules in the .proto)
 //	interceptor: streams end when their token expires or the server drains (streams.go)
 //	interceptors added with WithInterceptors
@@ -47,7 +47,7 @@ import (
 	"connectrpc.com/grpchealth"
 	"connectrpc.com/grpcreflect"
 
-	"github.com/palisade-rpc/palisade/policy"
+	"github.com/palisade-rpc/palisade/authz"
 	"github.com/palisade-rpc/palisade/security/mtls"
 	"github.com/palisade-rpc/palisade/security/spiffeid"
 )
@@ -88,19 +88,19 @@ const (
 
 // Server serves mounted Connect services over mTLS.
 type Server struct {
-	cfg       serverConfig
-	src       mtls.Source
-	authz     *policy.Interceptor
-	rateLimit *rateLimiter      // nil when off
-	perCaller *principalStreams // nil when off
-	streams   *streamGuard
-	mux       *http.ServeMux
-	health    *grpchealth.StaticChecker
-	http      *http.Server
-	errWriter *connect.ErrorWriter
-	conns     *connGuard               // closes connections whose peer certificate expired or was revoked
-	pinned    map[[32]byte]spiffeid.ID // WithPinnedClientCertificate
-	workloads workloadCache            // identities of the verified client certificates
+	cfg        serverConfig
+	src        mtls.Source
+	authorizer *authz.Interceptor
+	rateLimit  *rateLimiter      // nil when off
+	perCaller  *principalStreams // nil when off
+	streams    *streamGuard
+	mux        *http.ServeMux
+	health     *grpchealth.StaticChecker
+	http       *http.Server
+	errWriter  *connect.ErrorWriter
+	conns      *connGuard               // closes connections whose peer certificate expired or was revoked
+	pinned     map[[32]byte]spiffeid.ID // WithPinnedClientCertificate
+	workloads  workloadCache            // identities of the verified client certificates
 
 	requestIDs *requestIDs
 	accessLog  *slog.Logger // the logger without LogHandler: its lines add the request id themselves
@@ -114,15 +114,15 @@ type Server struct {
 }
 
 // NewServer returns a server whose workload certificate and trust bundle come
-// from src and whose every call is decided by authz. Health
+// from src and whose every call is decided by authorizer. Health
 // (grpc.health.v1) and reflection (grpc.reflection.v1 and v1alpha) are
 // mounted through the same chain.
-func NewServer(src mtls.Source, authz policy.Authorizer, opts ...ServerOption) (*Server, error) {
+func NewServer(src mtls.Source, authorizer authz.Authorizer, opts ...ServerOption) (*Server, error) {
 	if src == nil {
 		return nil, errors.New("rpc: NewServer needs an mtls.Source")
 	}
-	if authz == nil {
-		return nil, errors.New("rpc: NewServer needs a policy.Authorizer: every call is authorized")
+	if authorizer == nil {
+		return nil, errors.New("rpc: NewServer needs a authz.Authorizer: every call is authorized")
 	}
 	cfg := defaultServerConfig()
 	for _, o := range opts {
@@ -138,7 +138,7 @@ func NewServer(src mtls.Source, authz policy.Authorizer, opts ...ServerOption) (
 	// Every line the server logs for a call carries its request id.
 	accessLog := slog.New(withoutLogHandler(cfg.logger.Handler()))
 	cfg.logger = slog.New(LogHandler(cfg.logger.Handler()))
-	tel, err := newServerTelemetry(&cfg, src, authz)
+	tel, err := newServerTelemetry(&cfg, src, authorizer)
 	if err != nil {
 		return nil, err
 	}
@@ -146,11 +146,11 @@ func NewServer(src mtls.Source, authz policy.Authorizer, opts ...ServerOption) (
 	if err != nil {
 		return nil, err
 	}
-	authzOptions := append([]policy.InterceptorOption{policy.WithLogger(cfg.logger), policy.WithDecisionHook(tel.decided)}, cfg.authzOptions...)
+	authzOptions := append([]authz.InterceptorOption{authz.WithLogger(cfg.logger), authz.WithDecisionHook(tel.decided)}, cfg.authzOptions...)
 	s := &Server{
 		cfg:        cfg,
 		src:        src,
-		authz:      policy.NewInterceptor(authz, authzOptions...),
+		authorizer: authz.NewInterceptor(authorizer, authzOptions...),
 		streams:    newStreamGuard(),
 		mux:        http.NewServeMux(),
 		health:     grpchealth.NewStaticChecker(),
@@ -234,7 +234,7 @@ func (s *Server) handlerOptions() []connect.HandlerOption {
 	if s.cfg.maxStreamMessages > 0 || s.cfg.maxStreamBytes > 0 {
 		interceptors = append(interceptors, &streamLimit{maxMessages: s.cfg.maxStreamMessages, maxBytes: s.cfg.maxStreamBytes, sizes: sizes})
 	}
-	interceptors = append(interceptors, s.authz, s.validation, s.streams)
+	interceptors = append(interceptors, s.authorizer, s.validation, s.streams)
 	interceptors = append(interceptors, s.cfg.interceptors...)
 	return append(codecs(sizes),
 		connect.WithRequestGate(s.gate),

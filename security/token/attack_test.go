@@ -19,9 +19,9 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/palisade-rpc/palisade/authz"
 	"github.com/palisade-rpc/palisade/certs"
 	"github.com/palisade-rpc/palisade/certs/certstest"
-	"github.com/palisade-rpc/palisade/policy"
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
 	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
 	"github.com/palisade-rpc/palisade/rpc"
@@ -97,14 +97,14 @@ func newAttackFixture(t *testing.T) *attackFixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	authz, err := policy.NewAllowList(map[string]policy.Rule{
-		userv1connect.UserServiceGetUserProcedure: {Workloads: []string{policy.AnyWorkload}, NeedsUser: true},
+	authorizer, err := authz.NewAllowList(map[string]authz.Rule{
+		userv1connect.UserServiceGetUserProcedure: {Workloads: []string{authz.AnyWorkload}, NeedsUser: true},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	f.users = &rpctest.Users{}
-	f.srv = rpctest.Start(t, ca.Source(ca.Server("/svc/user")), authz, f.users.Mount, rpc.WithTokenVerifier(f.verifier))
+	f.srv = rpctest.Start(t, ca.Source(ca.Server("/svc/user")), authorizer, f.users.Mount, rpc.WithTokenVerifier(f.verifier))
 	return f
 }
 

@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/palisade-rpc/palisade/authz"
 	"github.com/palisade-rpc/palisade/certs/certstest"
-	"github.com/palisade-rpc/palisade/policy"
 	"github.com/palisade-rpc/palisade/rpc"
 	"github.com/palisade-rpc/palisade/rpc/rpctest"
 	"github.com/palisade-rpc/palisade/security/token"
@@ -30,7 +30,7 @@ type jwksServer struct {
 func newJWKSServer(t *testing.T, ca *certstest.CA) *jwksServer {
 	t.Helper()
 	j := &jwksServer{}
-	none, err := policy.NewAllowList(nil)
+	none, err := authz.NewAllowList(nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/palisade-rpc/palisade/policy"
+	"github.com/palisade-rpc/palisade/authz"
 	"github.com/palisade-rpc/palisade/proto/order/v1/orderv1connect"
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
 	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
@@ -26,7 +26,7 @@ type Config struct {
 	// Store holds the orders. Required.
 	Store *Store
 	// Authorizer decides every call. Required.
-	Authorizer policy.Authorizer
+	Authorizer authz.Authorizer
 	// UserURL is the user service's base URL, or the base URLs of its
 	// replicas separated by commas ("https://a:8443,https://b:8443"), over
 	// which the calls are then spread (see rpc.WithEndpoints). Required.
@@ -176,7 +176,7 @@ func NewServer(ctx context.Context, cfg Config) (*Server, error) {
 		rpc.WithTrustDomain(td),
 		rpc.WithTokenVerifier(verifier),
 		// Every order of an import is authorized, not just the stream.
-		rpc.WithAuthorizationOptions(policy.WithPerMessage(orderv1connect.OrderServiceImportOrdersProcedure)),
+		rpc.WithAuthorizationOptions(authz.WithPerMessage(orderv1connect.OrderServiceImportOrdersProcedure)),
 	}, cfg.ServerOptions...)
 	srv, err := rpc.NewServer(cfg.Source, cfg.Authorizer, opts...)
 	if err != nil {

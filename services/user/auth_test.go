@@ -15,9 +15,9 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/palisade-rpc/palisade/authz"
 	"github.com/palisade-rpc/palisade/certs"
 	"github.com/palisade-rpc/palisade/certs/certstest"
-	"github.com/palisade-rpc/palisade/policy"
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
 	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
 	"github.com/palisade-rpc/palisade/rpc"
@@ -114,15 +114,15 @@ func newAuthFixtureWith(t *testing.T, fo fixtureOptions) *authFixture {
 	if fo.admitted != nil {
 		auth.SetAdmitted(fo.admitted)
 	}
-	authz, err := policy.NewAllowList(map[string]policy.Rule{
-		userv1connect.AuthServiceLoginProcedure:         {Workloads: []string{policy.AnyWorkload}},
+	authorizer, err := authz.NewAllowList(map[string]authz.Rule{
+		userv1connect.AuthServiceLoginProcedure:         {Workloads: []string{authz.AnyWorkload}},
 		userv1connect.AuthServiceExchangeTokenProcedure: {Workloads: []string{orderID}},
-		userv1connect.UserServiceGetUserProcedure:       {Workloads: []string{policy.AnyWorkload}, NeedsUser: true},
+		userv1connect.UserServiceGetUserProcedure:       {Workloads: []string{authz.AnyWorkload}, NeedsUser: true},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.srv = rpctest.Start(t, ca.Source(ca.Server("/svc/user")), authz, func(s *rpc.Server) error {
+	f.srv = rpctest.Start(t, ca.Source(ca.Server("/svc/user")), authorizer, func(s *rpc.Server) error {
 		if err := rpc.Mount(s, userv1connect.NewAuthServiceHandler, userv1connect.AuthServiceHandler(auth)); err != nil {
 			return err
 		}

@@ -6,7 +6,7 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/palisade-rpc/palisade/policy"
+	"github.com/palisade-rpc/palisade/authz"
 	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
 	"github.com/palisade-rpc/palisade/rpc"
 	"github.com/palisade-rpc/palisade/security/mtls"
@@ -23,7 +23,7 @@ type Config struct {
 	// Store holds the users. Required.
 	Store *Store
 	// Authorizer decides every call. Required.
-	Authorizer policy.Authorizer
+	Authorizer authz.Authorizer
 	// KeysFile is the signing key set file, created (with a SigningAlg key)
 	// when missing and watched for rotations every KeyReloadInterval (default
 	// 2s). Without it, Keys is used as given.

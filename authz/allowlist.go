@@ -1,4 +1,4 @@
-package policy
+package authz
 
 import (
 	"context"
@@ -43,7 +43,7 @@ func NewAllowList(rules map[string]Rule) (*AllowList, error) {
 		for _, id := range r.Workloads {
 			if id != AnyWorkload {
 				if _, err := spiffeid.Parse(id); err != nil {
-					return nil, fmt.Errorf("policy: allow-list entry for %s: %w", proc, err)
+					return nil, fmt.Errorf("authz: allow-list entry for %s: %w", proc, err)
 				}
 			}
 			set[id] = true

@@ -10,6 +10,7 @@ import (
 
 	"github.com/palisade-rpc/palisade/certs"
 	"github.com/palisade-rpc/palisade/certs/certstest"
+	"github.com/palisade-rpc/palisade/internal/pemfile"
 )
 
 // TestLeavesAreWorkloadCertificates: every leaf the development CA issues —
@@ -74,7 +75,7 @@ func TestLeavesAreWorkloadCertificates(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			leaf, err := certs.ParseCertificates(data)
+			leaf, err := pemfile.ParseCertificates(data)
 			if err != nil {
 				t.Fatal(err)
 			}

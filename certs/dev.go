@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/palisade-rpc/palisade/internal/pemfile"
 )
 
 // DefaultTrustDomain is the trust domain of the development PKI.
@@ -115,36 +117,10 @@ func InitDev(dir string, opts DevOptions) ([]string, error) {
 			mode = 0o600
 		}
 		path := filepath.Join(dir, n)
-		if err := WriteFileAtomic(path, files[n], mode); err != nil {
+		if err := pemfile.WriteFileAtomic(path, files[n], mode); err != nil {
 			return written, err
 		}
 		written = append(written, path)
 	}
 	return written, nil
-}
-
-// WriteFileAtomic writes data to path through a temporary file in the same
-// directory and a rename, so a reader (a certificate watcher, say) never sees
-// a half-written file. The file gets mode perm.
-func WriteFileAtomic(path string, data []byte, perm fs.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	defer os.Remove(tmp.Name()) // no-op after a successful rename
-	if err := tmp.Chmod(perm); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
 }

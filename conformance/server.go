@@ -26,9 +26,9 @@ import (
 	"net"
 	"time"
 
-	"github.com/palisade-rpc/palisade/certs"
 	conformancev1 "github.com/palisade-rpc/palisade/conformance/gen/connectrpc/conformance/v1"
 	"github.com/palisade-rpc/palisade/conformance/gen/connectrpc/conformance/v1/conformancev1connect"
+	"github.com/palisade-rpc/palisade/internal/pemfile"
 	"github.com/palisade-rpc/palisade/policy"
 	"github.com/palisade-rpc/palisade/rpc"
 	"github.com/palisade-rpc/palisade/security/mtls"
@@ -108,7 +108,7 @@ func Start(ctx context.Context, req *conformancev1.ServerCompatRequest, opts Opt
 	if err != nil {
 		return nil, fmt.Errorf("conformance: server certificate: %w", err)
 	}
-	clientCerts, err := certs.ParseCertificates(req.GetClientTlsCert())
+	clientCerts, err := pemfile.ParseCertificates(req.GetClientTlsCert())
 	if err != nil {
 		return nil, fmt.Errorf("conformance: client certificate: %w", err)
 	}

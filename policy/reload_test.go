@@ -20,8 +20,8 @@ import (
 	"connectrpc.com/connect"
 	"github.com/open-policy-agent/opa/v1/ast"
 
-	"github.com/palisade-rpc/palisade/certs"
 	"github.com/palisade-rpc/palisade/certs/certstest"
+	"github.com/palisade-rpc/palisade/internal/pemfile"
 	"github.com/palisade-rpc/palisade/policy"
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
 	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
@@ -332,7 +332,7 @@ func policySources(t *testing.T) map[string]policySource {
 	bundle := func(t *testing.T) policySource {
 		file := filepath.Join(t.TempDir(), "bundle.tar.gz")
 		return policySource{load: policy.BundleLoader(file, nil), publish: func(t *testing.T, files map[string]string) {
-			if err := certs.WriteFileAtomic(file, tarGz(t, files), 0o600); err != nil {
+			if err := pemfile.WriteFileAtomic(file, tarGz(t, files), 0o600); err != nil {
 				t.Fatal(err)
 			}
 		}}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/palisade-rpc/palisade/certs"
+	"github.com/palisade-rpc/palisade/internal/pemfile"
 	"github.com/palisade-rpc/palisade/security/spiffeid"
 )
 
@@ -115,7 +116,7 @@ func serialToRevoke(dir, certFile, serialHex string) (*big.Int, error) {
 	if err != nil {
 		return nil, err
 	}
-	parsed, err := certs.ParseCertificates(data)
+	parsed, err := pemfile.ParseCertificates(data)
 	if err != nil {
 		return nil, fmt.Errorf("--cert %s: %w", certFile, err)
 	}

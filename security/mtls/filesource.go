@@ -16,7 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/palisade-rpc/palisade/certs"
+	"github.com/palisade-rpc/palisade/internal/pemfile"
 	"github.com/palisade-rpc/palisade/security/spiffeid"
 
 	"github.com/palisade-rpc/palisade/internal/poll"
@@ -333,7 +333,7 @@ func (s *FileSource) loadMaterialIfChanged(unchanged [32]byte, force bool) (*mat
 			return nil, fmt.Errorf("mtls: %s: %w", s.certFile, err)
 		}
 	}
-	cas, err := certs.ParseCertificates(caPEM)
+	cas, err := pemfile.ParseCertificates(caPEM)
 	if err != nil {
 		return nil, fmt.Errorf("mtls: CA bundle %s: %w", s.caFile, err)
 	}
@@ -379,7 +379,7 @@ func (s *FileSource) loadCRL(m *material) (*revocations, error) {
 // parseRevocations parses the CRLs in data and checks that each is signed
 // by a CA of m's bundle.
 func parseRevocations(data []byte, m *material) (*revocations, error) {
-	crls, err := certs.ParseCRLs(data)
+	crls, err := pemfile.ParseCRLs(data)
 	if err != nil {
 		return nil, err
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/palisade-rpc/palisade/certs"
 	"github.com/palisade-rpc/palisade/certs/certstest"
+	"github.com/palisade-rpc/palisade/internal/pemfile"
 	"github.com/palisade-rpc/palisade/rpc/rpctest"
 	"github.com/palisade-rpc/palisade/security/mtls"
 )
@@ -50,7 +51,7 @@ func serial(t *testing.T, src mtls.Source) string {
 
 func write(t *testing.T, path string, data []byte) {
 	t.Helper()
-	if err := certs.WriteFileAtomic(path, data, 0o600); err != nil {
+	if err := pemfile.WriteFileAtomic(path, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -30,7 +30,7 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/palisade-rpc/palisade/certs"
+	"github.com/palisade-rpc/palisade/internal/pemfile"
 	"github.com/palisade-rpc/palisade/security/spiffeid"
 )
 
@@ -64,7 +64,7 @@ func (s *StaticSource) TrustBundle() (*x509.CertPool, error) { return s.bundle, 
 // PoolFromPEM parses every certificate in pemData into a pool. Each must be a
 // CA certificate.
 func PoolFromPEM(pemData []byte) (*x509.CertPool, error) {
-	cas, err := certs.ParseCertificates(pemData)
+	cas, err := pemfile.ParseCertificates(pemData)
 	if err != nil {
 		return nil, err
 	}

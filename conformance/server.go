@@ -125,7 +125,7 @@ func Start(ctx context.Context, req *conformancev1.ServerCompatRequest, opts Opt
 	if grace <= 0 {
 		grace = 2 * time.Second
 	}
-	engine, err := policy.NewEngine(ctx, PolicyBundle(), policy.EngineOptions{Logger: opts.Logger})
+	engine, err := policy.NewEngine(ctx, PolicyBundle(), policy.WithLogger(opts.Logger))
 	if err != nil {
 		return nil, fmt.Errorf("conformance: policy: %w", err)
 	}

@@ -123,7 +123,7 @@ func TestCacheKeyCoversTheInput(t *testing.T) {
 func TestCachedDecisionsFollowTheInput(t *testing.T) {
 	t.Parallel()
 	b, _ := DefaultBundle()
-	e, err := NewEngine(context.Background(), b, EngineOptions{Logger: slog.New(slog.DiscardHandler)})
+	e, err := NewEngine(context.Background(), b, WithLogger(slog.New(slog.DiscardHandler)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,7 +21,7 @@ import (
 // bundle's policies are compiled and the decision query prepared once per
 // policy version; a call only evaluates. Load swaps in a new version after
 // it compiles and its own rego tests pass — a version without tests is
-// refused too (ErrUntested), unless EngineOptions.AllowUntested; until
+// refused too (ErrUntested), unless WithUntestedPolicies; until
 // then, and whenever a version is refused, the last good one keeps deciding.
 type Engine struct {
 	cur           atomic.Pointer[version]
@@ -47,29 +47,51 @@ type version struct {
 	early bool
 }
 
-// EngineOptions configures NewEngine.
-type EngineOptions struct {
-	// Logger receives reloads, refusals and evaluation errors.
-	Logger *slog.Logger
-	// AllowUntested loads policy versions that carry no rego test (none
-	// ran: there are none, or all are skipped). It is unsafe: nothing then
-	// checks a new version before it decides, and a policy directory that
-	// lost its tests is taken as it is. Each such version is logged as a
-	// warning when it is loaded. By default such a version is refused with
-	// ErrUntested.
-	AllowUntested bool
+// EngineOption configures NewEngine.
+type EngineOption interface {
+	applyEngine(*engineConfig)
+}
+
+type engineConfig struct {
+	logger        *slog.Logger
+	allowUntested bool
+}
+
+type engineOptionFunc func(*engineConfig)
+
+func (f engineOptionFunc) applyEngine(c *engineConfig) { f(c) }
+
+// WithLogger sets the logger (default slog.Default()) that receives the
+// engine's reloads, refusals and evaluation errors.
+func WithLogger(l *slog.Logger) EngineOption {
+	return engineOptionFunc(func(c *engineConfig) {
+		if l != nil {
+			c.logger = l
+		}
+	})
+}
+
+// WithUntestedPolicies makes the engine load policy versions that carry no
+// rego test (none ran: there are none, or all are skipped). It is unsafe:
+// nothing then checks a new version before it decides, and a policy
+// directory that lost its tests is taken as it is. Each such version is
+// logged as a warning when it is loaded. Without it such a version is
+// refused with ErrUntested.
+func WithUntestedPolicies() EngineOption {
+	return engineOptionFunc(func(c *engineConfig) { c.allowUntested = true })
 }
 
 // NewEngine returns an Engine deciding with b, which must compile and pass
-// its tests (and have some, unless opts.AllowUntested).
-func NewEngine(ctx context.Context, b *Bundle, opts EngineOptions) (*Engine, error) {
-	if opts.Logger == nil {
-		opts.Logger = slog.Default()
+// its tests (and have some, unless WithUntestedPolicies).
+func NewEngine(ctx context.Context, b *Bundle, opts ...EngineOption) (*Engine, error) {
+	cfg := engineConfig{logger: slog.Default()}
+	for _, o := range opts {
+		o.applyEngine(&cfg)
 	}
 	// One cancel shared by every evaluation and never fired: without an
 	// external cancel, OPA starts a goroutine per evaluation to watch ctx.
 	// Evaluations of these policies take microseconds.
-	e := &Engine{log: opts.Logger, cancel: topdown.NewCancel(), allowUntested: opts.AllowUntested}
+	e := &Engine{log: cfg.logger, cancel: topdown.NewCancel(), allowUntested: cfg.allowUntested}
 	if err := e.Load(ctx, b); err != nil {
 		return nil, err
 	}
@@ -78,7 +100,7 @@ func NewEngine(ctx context.Context, b *Bundle, opts EngineOptions) (*Engine, err
 
 // Load compiles b, runs its rego tests and, if both succeed, makes it the
 // policy in force. A version in which no test ran is refused with
-// ErrUntested, unless the engine was made with AllowUntested. On error
+// ErrUntested, unless the engine was made WithUntestedPolicies. On error
 // nothing changes, and the refusal is logged.
 func (e *Engine) Load(ctx context.Context, b *Bundle) error {
 	if err := e.swap(ctx, b); err != nil {

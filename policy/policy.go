@@ -7,7 +7,7 @@
 //
 // A policy version is loaded only after it compiles and passes its own
 // rego tests. A version that carries no test is refused too (ErrUntested),
-// unless EngineOptions.AllowUntested says otherwise. Engine.Watch polls the
+// unless the engine was made WithUntestedPolicies. Engine.Watch polls the
 // source; a source it cannot read, and a version it refused, are tried
 // again with backoff while the last good policy keeps deciding.
 //

@@ -106,7 +106,7 @@ func TestReloadUnderTraffic(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	engine, err := policy.NewEngine(ctx, b, policy.EngineOptions{Logger: slog.New(slog.NewTextHandler(engineLog, nil))})
+	engine, err := policy.NewEngine(ctx, b, policy.WithLogger(slog.New(slog.NewTextHandler(engineLog, nil))))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -256,7 +256,7 @@ func TestWatchTriesOnlySettledChanges(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	engineLog := &lineLog{}
-	engine, err := policy.NewEngine(ctx, initial, policy.EngineOptions{Logger: slog.New(slog.NewTextHandler(engineLog, nil))})
+	engine, err := policy.NewEngine(ctx, initial, policy.WithLogger(slog.New(slog.NewTextHandler(engineLog, nil))))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -380,7 +380,7 @@ lines:
 // when it reloads — the tests deleted and a rule opening bob's record to
 // every caller added, the version the watcher finds is refused and the
 // last good one keeps denying bob over real TLS. Only an engine made with
-// AllowUntested loads it, with a warning on every load.
+// WithUntestedPolicies loads it, with a warning on every load.
 func TestUntestedPolicyRefused(t *testing.T) {
 	t.Parallel()
 	for name, src := range policySources(t) {
@@ -392,7 +392,7 @@ func TestUntestedPolicyRefused(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := policy.NewEngine(ctx, b, policy.EngineOptions{Logger: slog.New(slog.DiscardHandler)}); !errors.Is(err, policy.ErrUntested) {
+			if _, err := policy.NewEngine(ctx, b, policy.WithLogger(slog.New(slog.DiscardHandler))); !errors.Is(err, policy.ErrUntested) {
 				t.Fatalf("an untested policy at start: %v, want ErrUntested", err)
 			}
 
@@ -401,11 +401,11 @@ func TestUntestedPolicyRefused(t *testing.T) {
 				t.Fatal(err)
 			}
 			strictLog, allowLog := &lineLog{}, &lineLog{}
-			strict, err := policy.NewEngine(ctx, b, policy.EngineOptions{Logger: slog.New(slog.NewTextHandler(strictLog, nil))})
+			strict, err := policy.NewEngine(ctx, b, policy.WithLogger(slog.New(slog.NewTextHandler(strictLog, nil))))
 			if err != nil {
 				t.Fatal(err)
 			}
-			permissive, err := policy.NewEngine(ctx, b, policy.EngineOptions{Logger: slog.New(slog.NewTextHandler(allowLog, nil)), AllowUntested: true})
+			permissive, err := policy.NewEngine(ctx, b, policy.WithLogger(slog.New(slog.NewTextHandler(allowLog, nil))), policy.WithUntestedPolicies())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -444,7 +444,7 @@ func TestUntestedPolicyRefused(t *testing.T) {
 				// The unsafe option takes it, and warns on every load.
 				d, err := permissive.Eval(ctx, ast.MustParseTerm(`{"request": {"id": "bob"}}`).Value)
 				if err != nil || !d.Allow {
-					t.Fatalf("%s: with AllowUntested, bob: %+v %v; the untested version should decide", mark, d, err)
+					t.Fatalf("%s: with WithUntestedPolicies, bob: %+v %v; the untested version should decide", mark, d, err)
 				}
 				if n := countLines(allowLog.String(), "level=WARN", "WITHOUT rego tests", "tests=0"); n != i+1 {
 					t.Fatalf("%s: %d warnings, want one per load:\n%s", mark, n, allowLog.String())
@@ -509,7 +509,7 @@ func TestWatchRetriesUnreadableSource(t *testing.T) {
 		t.Fatal(err)
 	}
 	engineLog := &lineLog{}
-	e, err := policy.NewEngine(context.Background(), b, policy.EngineOptions{Logger: slog.New(slog.NewTextHandler(engineLog, nil))})
+	e, err := policy.NewEngine(context.Background(), b, policy.WithLogger(slog.New(slog.NewTextHandler(engineLog, nil))))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -581,7 +581,7 @@ test_dependency_up if http.send({"method": "GET", "url": "` + dep.URL + `"}).sta
 		t.Fatal(err)
 	}
 	engineLog := &lineLog{}
-	e, err := policy.NewEngine(context.Background(), b, policy.EngineOptions{Logger: slog.New(slog.NewTextHandler(engineLog, nil))})
+	e, err := policy.NewEngine(context.Background(), b, policy.WithLogger(slog.New(slog.NewTextHandler(engineLog, nil))))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -643,7 +643,7 @@ test_dependency_up if http.send({"method": "GET", "url": "` + dep.URL + `"}).sta
 // never polling, or panicking in time.NewTicker.
 func TestWatchRefusesNonPositiveInterval(t *testing.T) {
 	t.Parallel()
-	e, err := policy.NewEngine(context.Background(), &policy.Bundle{Modules: alicePolicy}, policy.EngineOptions{Logger: slog.New(slog.DiscardHandler)})
+	e, err := policy.NewEngine(context.Background(), &policy.Bundle{Modules: alicePolicy}, policy.WithLogger(slog.New(slog.DiscardHandler)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -173,7 +173,7 @@ func defaultEngine(t testing.TB) *policy.Engine {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := policy.NewEngine(context.Background(), b, policy.EngineOptions{Logger: slog.New(slog.DiscardHandler)})
+	e, err := policy.NewEngine(context.Background(), b, policy.WithLogger(slog.New(slog.DiscardHandler)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -124,7 +124,7 @@ func engine(t *testing.T, logger *slog.Logger) *policy.Engine {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := policy.NewEngine(context.Background(), b, policy.EngineOptions{Logger: logger})
+	e, err := policy.NewEngine(context.Background(), b, policy.WithLogger(logger))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -40,7 +40,7 @@ type Flags struct {
 	PolicyBundle   string
 	PolicyInterval time.Duration
 	// PolicyAllowUntested loads policy versions without rego tests
-	// (policy.EngineOptions.AllowUntested), each logged as a warning.
+	// (policy.WithUntestedPolicies), each logged as a warning.
 	PolicyAllowUntested bool
 	// CRL is an optional certificate revocation list; CertReloadInterval is
 	// how often the certificate, key, CA bundle and CRL files are checked.
@@ -195,7 +195,11 @@ func (f *Flags) Authorizer(ctx context.Context, logger *slog.Logger, src mtls.So
 	if err != nil {
 		return nil, err
 	}
-	engine, err := policy.NewEngine(ctx, b, policy.EngineOptions{Logger: logger, AllowUntested: f.PolicyAllowUntested})
+	opts := []policy.EngineOption{policy.WithLogger(logger)}
+	if f.PolicyAllowUntested {
+		opts = append(opts, policy.WithUntestedPolicies())
+	}
+	engine, err := policy.NewEngine(ctx, b, opts...)
 	if errors.Is(err, policy.ErrUntested) {
 		return nil, fmt.Errorf("%s: %w (add *_test.rego tests, or start with --policy-allow-untested)", b.Origin, err)
 	}

@@ -146,7 +146,7 @@ func startPalisade(s *server, sf *serverFixture, ln net.Listener, serverLog stri
 		if err != nil {
 			return fmt.Errorf("bench: %w", err)
 		}
-		engine, err := policy.NewEngine(context.Background(), bundle, policy.EngineOptions{Logger: slog.New(slog.DiscardHandler)})
+		engine, err := policy.NewEngine(context.Background(), bundle, policy.WithLogger(slog.New(slog.DiscardHandler)))
 		if err != nil {
 			return fmt.Errorf("bench: %w", err)
 		}

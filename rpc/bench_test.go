@@ -52,7 +52,7 @@ func newChainFixture(b *testing.B) *chainFixture {
 	if err != nil {
 		b.Fatal(err)
 	}
-	iss, err := token.NewIssuer(ks, token.IssuerOptions{Issuer: benchServerID, Audience: []string{benchServerID}})
+	iss, err := token.NewIssuer(ks, benchServerID, token.WithAudience(benchServerID))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -84,7 +84,7 @@ func (f *chainFixture) verifier(b *testing.B, cacheSize int) *token.Verifier {
 	if err != nil {
 		b.Fatal(err)
 	}
-	v, err := token.NewVerifier(token.VerifierOptions{Issuer: benchServerID, Audience: benchServerID, Keys: token.NewStaticKeys(pubs), CacheSize: cacheSize})
+	v, err := token.NewVerifier(benchServerID, benchServerID, token.NewStaticKeys(pubs), token.WithCacheSize(cacheSize))
 	if err != nil {
 		b.Fatal(err)
 	}

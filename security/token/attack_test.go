@@ -64,7 +64,7 @@ func newAttackFixture(t *testing.T) *attackFixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.issuer, err = token.NewIssuer(ks, token.IssuerOptions{Issuer: issuerName, Audience: []string{audience}})
+	f.issuer, err = token.NewIssuer(ks, issuerName, token.WithAudience(audience))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,7 +93,7 @@ func newAttackFixture(t *testing.T) *attackFixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.verifier, err = token.NewVerifier(token.VerifierOptions{Issuer: issuerName, Audience: audience, Keys: token.NewStaticKeys(pubs)})
+	f.verifier, err = token.NewVerifier(issuerName, audience, token.NewStaticKeys(pubs))
 	if err != nil {
 		t.Fatal(err)
 	}

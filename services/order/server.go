@@ -130,9 +130,9 @@ func NewServer(ctx context.Context, cfg Config) (*Server, error) {
 
 	// Tokens are verified with the issuer's keys, fetched over mTLS from the
 	// user service and refreshed in the background until ctx is done.
-	keys := token.NewRemoteKeys(cfg.JWKSURL, upstreamHTTP, token.RemoteKeysOptions{MinRefreshInterval: cfg.JWKSMinRefresh, Logger: cfg.Logger})
+	keys := token.NewRemoteKeys(cfg.JWKSURL, upstreamHTTP, token.WithMinRefreshInterval(cfg.JWKSMinRefresh), token.WithLogger(cfg.Logger))
 	go func() { _ = keys.Run(ctx) }()
-	verifier, err := token.NewVerifier(token.VerifierOptions{Issuer: cfg.TokenIssuer, Audience: self.String(), Keys: keys})
+	verifier, err := token.NewVerifier(cfg.TokenIssuer, self.String(), keys)
 	if err != nil {
 		return nil, err
 	}
@@ -149,7 +149,7 @@ func NewServer(ctx context.Context, cfg Config) (*Server, error) {
 			return "", time.Time{}, err
 		}
 		return res.GetAccessToken(), time.Now().Add(time.Duration(res.GetExpiresIn()) * time.Second), nil
-	}, token.DelegatorOptions{})
+	})
 	users, err := rpc.NewClient(userv1connect.NewUserServiceClient, userURL, cfg.Source, append(upstream, rpc.WithTokenSource(delegator.Token))...)
 	if err != nil {
 		return nil, err

@@ -92,12 +92,12 @@ func newAuthFixtureWith(t *testing.T, fo fixtureOptions) *authFixture {
 		t.Fatal(err)
 	}
 	audiences := []string{userID, orderID}
-	issuer, err := token.NewIssuer(ks, token.IssuerOptions{Issuer: userID, Audience: audiences})
+	issuer, err := token.NewIssuer(ks, userID, token.WithAudience(audiences...))
 	if err != nil {
 		t.Fatal(err)
 	}
 	pubs, _ := ks.PublicKeys()
-	f.verifier, err = token.NewVerifier(token.VerifierOptions{Issuer: userID, Audience: userID, Keys: token.NewStaticKeys(pubs)})
+	f.verifier, err = token.NewVerifier(userID, userID, token.NewStaticKeys(pubs))
 	if err != nil {
 		t.Fatal(err)
 	}

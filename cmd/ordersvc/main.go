@@ -87,7 +87,7 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	tel, err := common.Telemetry("ordersvc")
+	tel, err := common.Telemetry("ordersvc", logger)
 	if err != nil {
 		return err
 	}

@@ -102,7 +102,7 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	tel, err := common.Telemetry("usersvc")
+	tel, err := common.Telemetry("usersvc", logger)
 	if err != nil {
 		return err
 	}

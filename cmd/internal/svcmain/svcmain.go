@@ -81,13 +81,16 @@ func (f *Flags) Register(fs *flag.FlagSet, name, defaultAddr string) {
 
 // Telemetry returns the tracing and metrics the flags ask for: spans to
 // stdout with --trace-stdout, metrics with --admin-addr. Without either,
-// the providers are no-ops.
-func (f *Flags) Telemetry(service string) (*telemetry.Telemetry, error) {
-	opts := telemetry.Options{ServiceName: service, Metrics: f.AdminAddr != ""}
-	if f.TraceStdout {
-		opts.TraceWriter = os.Stdout
+// the providers are no-ops. The admin listener logs to logger.
+func (f *Flags) Telemetry(service string, logger *slog.Logger) (*telemetry.Telemetry, error) {
+	opts := []telemetry.Option{telemetry.WithLogger(logger)}
+	if f.AdminAddr != "" {
+		opts = append(opts, telemetry.WithMetrics())
 	}
-	return telemetry.New(opts)
+	if f.TraceStdout {
+		opts = append(opts, telemetry.WithTraceWriter(os.Stdout))
+	}
+	return telemetry.New(service, opts...)
 }
 
 // Serve serves srv on --addr and, with --admin-addr, the admin listener,
@@ -103,7 +106,7 @@ func (f *Flags) Serve(ctx context.Context, srv *rpc.Server, tel *telemetry.Telem
 	if f.AdminAddr == "" {
 		return srv.ListenAndServe(ctx, f.Addr)
 	}
-	admin, err := telemetry.ListenAdmin(ctx, f.AdminAddr, tel, logger)
+	admin, err := telemetry.ListenAdmin(ctx, f.AdminAddr, tel)
 	if err != nil {
 		return fmt.Errorf("--admin-addr: %w", err)
 	}

@@ -204,7 +204,7 @@ func TestRefusedBodiesAreNotRead(t *testing.T) {
 			userv1connect.UserServiceGetUserProcedure, http.StatusUnauthorized, connect.CodeUnauthenticated, "authentication required: call with a user token (decision "},
 		{"refused procedure", allowAll, nil,
 			userv1connect.UserServiceListUsersProcedure, http.StatusForbidden, connect.CodePermissionDenied, "permission denied (decision "},
-		{"over the rate limit", allowAll, []rpc.ServerOption{rpc.WithRateLimit(rpc.RateLimit{PerSecond: 1, Burst: 1, Now: clock.Now})},
+		{"over the rate limit", allowAll, []rpc.ServerOption{rpc.WithRateLimit(1, 1), rpc.WithRateLimitClock(clock.Now)},
 			userv1connect.UserServiceGetUserProcedure, http.StatusTooManyRequests, connect.CodeResourceExhausted, "rate limit exceeded: retry after 1 s"},
 	}
 	for _, c := range cases {

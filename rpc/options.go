@@ -32,7 +32,7 @@ type serverConfig struct {
 	tracerProvider       trace.TracerProvider
 	meterProvider        metric.MeterProvider
 	pinned               []pinnedClient
-	rateLimit            RateLimit
+	rateLimit            rateLimitConfig
 	maxStreamMessages    int
 
 	maxStreamBytes         int           // limits.go

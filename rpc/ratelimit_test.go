@@ -64,7 +64,7 @@ func TestRateLimitPerPrincipal(t *testing.T) {
 	users := &rpctest.Users{}
 	srv := rpctest.Start(t, ca.Source(ca.Server("/svc/user")), allowAll(t), users.Mount,
 		rpc.WithTokenVerifier(subjectVerifier{}),
-		rpc.WithRateLimit(rpc.RateLimit{PerSecond: 1, Burst: 3, Now: clock.Now}))
+		rpc.WithRateLimit(1, 3), rpc.WithRateLimitClock(clock.Now))
 	cli := ca.Client("/client/cli")
 	ctx := context.Background()
 
@@ -192,7 +192,7 @@ func TestRateLimitRetryAfterRoundsUp(t *testing.T) {
 	ca := certstest.NewCA(t)
 	clock := &fakeClock{now: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
 	srv := rpctest.Start(t, ca.Source(ca.Server("/svc/user")), allowAll(t), (&rpctest.Users{}).Mount,
-		rpc.WithRateLimit(rpc.RateLimit{PerSecond: 0.1, Now: clock.Now}))
+		rpc.WithRateLimit(0.1, 0), rpc.WithRateLimitClock(clock.Now))
 	client, err := rpc.NewClient(userv1connect.NewUserServiceClient, srv.URL, ca.Source(ca.Client("/client/cli")))
 	if err != nil {
 		t.Fatal(err)

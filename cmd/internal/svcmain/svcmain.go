@@ -169,7 +169,7 @@ func (f *Flags) ServerOptions(logger *slog.Logger) []rpc.ServerOption {
 		rpc.WithLogger(logger),
 		rpc.WithTrustDomain(f.TrustDomain),
 		rpc.WithShutdownGrace(f.ShutdownGrace),
-		rpc.WithRateLimit(rpc.RateLimit{PerSecond: f.RateLimit, Burst: f.RateBurst}),
+		rpc.WithRateLimit(f.RateLimit, f.RateBurst),
 	}
 }
 

@@ -32,7 +32,7 @@ func readCert(t *testing.T, path string) *x509.Certificate {
 func devPKI(t *testing.T) (string, *certs.CA) {
 	t.Helper()
 	dir := t.TempDir()
-	if _, err := certs.InitDev(dir, certs.DevOptions{}); err != nil {
+	if _, err := certs.InitDev(dir); err != nil {
 		t.Fatal(err)
 	}
 	ca, err := certs.LoadDevCA(dir)

@@ -32,6 +32,7 @@ import (
 	"github.com/palisade-rpc/palisade/policy"
 	"github.com/palisade-rpc/palisade/rpc"
 	"github.com/palisade-rpc/palisade/security/mtls"
+	"github.com/palisade-rpc/palisade/security/spiffeid"
 )
 
 // Workload identities the server gives the runner's client certificate; the
@@ -129,8 +130,15 @@ func Start(ctx context.Context, req *conformancev1.ServerCompatRequest, opts Opt
 	if err != nil {
 		return nil, fmt.Errorf("conformance: policy: %w", err)
 	}
+	clientID, err := spiffeid.Parse(opts.ClientID)
+	if err != nil {
+		return nil, fmt.Errorf("conformance: client ID: %w", err)
+	}
 	serverOpts := []rpc.ServerOption{
 		rpc.WithLogger(opts.Logger),
+		// The runner's server certificate carries no SPIFFE ID to take the
+		// trust domain from: the callers' is the pinned client's.
+		rpc.WithTrustDomain(clientID.TrustDomain()),
 		rpc.WithPinnedClientCertificate(clientCerts[0], opts.ClientID),
 		rpc.WithShutdownGrace(grace),
 	}

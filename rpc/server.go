@@ -54,7 +54,6 @@ import (
 
 // Defaults for the server's limits. Each has an option to change it.
 const (
-	DefaultTrustDomain          = "palisade.local"
 	DefaultReadMaxBytes         = 4 << 20 // largest request message, after decompression
 	DefaultMaxHeaderBytes       = 64 << 10
 	DefaultReadHeaderTimeout    = 5 * time.Second
@@ -122,14 +121,14 @@ func NewServer(src mtls.Source, authorizer authz.Authorizer, opts ...ServerOptio
 		return nil, errors.New("rpc: NewServer needs an mtls.Source")
 	}
 	if authorizer == nil {
-		return nil, errors.New("rpc: NewServer needs a authz.Authorizer: every call is authorized")
+		return nil, errors.New("rpc: NewServer needs an authz.Authorizer: every call is authorized")
 	}
 	cfg := defaultServerConfig()
 	for _, o := range opts {
 		o.applyServer(&cfg)
 	}
-	if err := spiffeid.ValidateTrustDomain(cfg.trustDomain); err != nil {
-		return nil, fmt.Errorf("rpc: %w", err)
+	if err := resolveTrustDomain(&cfg.trustDomain, src); err != nil {
+		return nil, fmt.Errorf("rpc: server: %w", err)
 	}
 	pinned, err := pinnedIDs(cfg.pinned, cfg.trustDomain)
 	if err != nil {

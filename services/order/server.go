@@ -102,7 +102,6 @@ func NewServer(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	upstream := []rpc.ClientOption{
 		rpc.WithServerID(cfg.UserID),
-		rpc.WithClientTrustDomain(td),
 		rpc.WithCallTimeout(cfg.UpstreamTimeout),
 		rpc.WithLogger(cfg.Logger),
 	}
@@ -173,7 +172,6 @@ func NewServer(ctx context.Context, cfg Config) (*Server, error) {
 
 	opts := append([]rpc.ServerOption{
 		rpc.WithLogger(cfg.Logger),
-		rpc.WithTrustDomain(td),
 		rpc.WithTokenVerifier(verifier),
 		// Every order of an import is authorized, not just the stream.
 		rpc.WithAuthorizationOptions(authz.WithPerMessage(orderv1connect.OrderServiceImportOrdersProcedure)),

@@ -168,7 +168,6 @@ func NewServer(ctx context.Context, cfg Config) (*Server, error) {
 
 	opts := append([]rpc.ServerOption{
 		rpc.WithLogger(cfg.Logger),
-		rpc.WithTrustDomain(self.TrustDomain()),
 		rpc.WithTokenVerifier(verifier),
 	}, cfg.ServerOptions...)
 	srv, err := rpc.NewServer(cfg.Source, cfg.Authorizer, opts...)

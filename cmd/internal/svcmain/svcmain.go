@@ -63,7 +63,7 @@ func (f *Flags) Register(fs *flag.FlagSet, name, defaultAddr string) {
 	fs.StringVar(&f.CA, "ca", filepath.Join(certs, "ca.pem"), "PEM `file` of the CA bundle that signs client and server certificates")
 	fs.StringVar(&f.Cert, "cert", filepath.Join(certs, name+".pem"), "PEM `file` of this service's certificate (its SPIFFE ID is the URI SAN)")
 	fs.StringVar(&f.Key, "key", filepath.Join(certs, name+"-key.pem"), "PEM `file` of this service's private key")
-	fs.StringVar(&f.TrustDomain, "trust-domain", rpc.DefaultTrustDomain, "SPIFFE trust `domain` whose workloads may call this service")
+	fs.StringVar(&f.TrustDomain, "trust-domain", "", "SPIFFE trust `domain` whose workloads may call this service, and whose servers it calls (default: the trust domain of --cert)")
 	fs.StringVar(&f.LogLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	fs.StringVar(&f.LogFormat, "log-format", "json", "log `format`: json or text")
 	fs.DurationVar(&f.ShutdownGrace, "shutdown-grace", rpc.DefaultShutdownGrace, "on SIGINT/SIGTERM, the `duration` in-flight calls may still run before they are cut off")
@@ -165,12 +165,15 @@ func (f *Flags) WatchSource(ctx context.Context, src *mtls.FileSource) {
 
 // ServerOptions returns the rpc options the common flags set.
 func (f *Flags) ServerOptions(logger *slog.Logger) []rpc.ServerOption {
-	return []rpc.ServerOption{
+	opts := []rpc.ServerOption{
 		rpc.WithLogger(logger),
-		rpc.WithTrustDomain(f.TrustDomain),
 		rpc.WithShutdownGrace(f.ShutdownGrace),
 		rpc.WithRateLimit(f.RateLimit, f.RateBurst),
 	}
+	if f.TrustDomain != "" {
+		opts = append(opts, rpc.WithTrustDomain(f.TrustDomain))
+	}
+	return opts
 }
 
 // Authorizer returns the OPA policy engine the flags ask for — the embedded
@@ -186,7 +189,11 @@ func (f *Flags) Authorizer(ctx context.Context, logger *slog.Logger, src mtls.So
 	case f.PolicyDir != "":
 		load = policy.DirLoader(f.PolicyDir)
 	case f.PolicyBundle != "":
-		client, err := rpc.NewHTTPClient(src, rpc.WithClientTrustDomain(f.TrustDomain))
+		var opts []rpc.ClientOption
+		if f.TrustDomain != "" {
+			opts = append(opts, rpc.WithTrustDomain(f.TrustDomain))
+		}
+		client, err := rpc.NewHTTPClient(src, opts...)
 		if err != nil {
 			return nil, err
 		}

@@ -68,8 +68,6 @@ type Input struct {
 
 // Decision is an Authorizer's answer.
 type Decision struct {
-	// ID identifies the decision in logs and in the error a denied caller sees.
-	ID string
 	// Allow is true only when the call may proceed.
 	Allow bool
 	// Reasons explain the decision. They are shown to a denied caller, so a

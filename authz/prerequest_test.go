@@ -10,6 +10,7 @@ import (
 
 	"github.com/palisade-rpc/palisade/authz"
 	"github.com/palisade-rpc/palisade/certs/certstest"
+	"github.com/palisade-rpc/palisade/internal/testusers"
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
 	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
 	"github.com/palisade-rpc/palisade/rpc"
@@ -108,7 +109,7 @@ func TestDecideBeforeRequest(t *testing.T) {
 			t.Parallel()
 			authorizer, rec := c.authorizer()
 			ca := certstest.NewCA(t)
-			users := &rpctest.Users{}
+			users := &testusers.Service{}
 			srv := rpctest.Start(t, ca.Source(ca.Server("/svc/user")), authorizer, users.Mount)
 			client, err := rpc.NewClient(userv1connect.NewUserServiceClient, srv.URL, ca.Source(ca.Client("/client/cli")))
 			if err != nil {

@@ -12,7 +12,6 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
@@ -190,11 +189,8 @@ func (ca *CA) CertPEM() []byte { return pemfile.EncodeCertificates(ca.Cert) }
 // KeyPEM returns the CA private key as a PKCS #8 PEM block.
 func (ca *CA) KeyPEM() ([]byte, error) { return pemfile.EncodeKey(ca.Key) }
 
-// Fingerprint returns the SHA-256 of the certificate's DER encoding.
-func Fingerprint(cert *x509.Certificate) [32]byte { return sha256.Sum256(cert.Raw) }
-
-// ParseCA parses a CA certificate and its PKCS #8 private key from PEM.
-func ParseCA(certPEM, keyPEM []byte) (*CA, error) {
+// parseCA parses a CA certificate and its PKCS #8 private key from PEM.
+func parseCA(certPEM, keyPEM []byte) (*CA, error) {
 	certs, err := pemfile.ParseCertificates(certPEM)
 	if err != nil {
 		return nil, err

@@ -29,7 +29,7 @@ func LoadDevCA(dir string) (*CA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("certs: dev CA key: %w", err)
 	}
-	return ParseCA(certPEM, keyPEM)
+	return parseCA(certPEM, keyPEM)
 }
 
 // RotateDev re-issues the leaf name (one of DevIdentities: <name>.pem and

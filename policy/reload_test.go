@@ -22,6 +22,7 @@ import (
 
 	"github.com/palisade-rpc/palisade/certs/certstest"
 	"github.com/palisade-rpc/palisade/internal/pemfile"
+	"github.com/palisade-rpc/palisade/internal/testusers"
 	"github.com/palisade-rpc/palisade/policy"
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
 	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
@@ -114,7 +115,7 @@ func TestReloadUnderTraffic(t *testing.T) {
 	go func() { watchDone <- engine.Watch(ctx, load, 5*time.Millisecond) }()
 
 	ca := certstest.NewCA(t)
-	users := &rpctest.Users{}
+	users := &testusers.Service{}
 	srv := rpctest.Start(t, ca.Source(ca.Server("/svc/user")), engine, users.Mount)
 	client, err := rpc.NewClient(userv1connect.NewUserServiceClient, srv.URL, ca.Source(ca.Client("/client/cli")))
 	if err != nil {
@@ -411,7 +412,7 @@ func TestUntestedPolicyRefused(t *testing.T) {
 			}
 			good := strict.Revision()
 			ca := certstest.NewCA(t)
-			srv := rpctest.Start(t, ca.Source(ca.Server("/svc/user")), strict, (&rpctest.Users{}).Mount)
+			srv := rpctest.Start(t, ca.Source(ca.Server("/svc/user")), strict, (&testusers.Service{}).Mount)
 			client, err := rpc.NewClient(userv1connect.NewUserServiceClient, srv.URL, ca.Source(ca.Client("/client/cli")))
 			if err != nil {
 				t.Fatal(err)

@@ -23,6 +23,7 @@ import (
 
 	"github.com/palisade-rpc/palisade/authz"
 	"github.com/palisade-rpc/palisade/certs/certstest"
+	"github.com/palisade-rpc/palisade/internal/testusers"
 	"github.com/palisade-rpc/palisade/policy"
 	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
 	"github.com/palisade-rpc/palisade/rpc"
@@ -212,7 +213,7 @@ func TestRefusedBodiesAreNotRead(t *testing.T) {
 			name := c.name + map[bool]string{true: " over HTTP/2", false: " over HTTP/1.1"}[h2]
 			t.Run(name, func(t *testing.T) {
 				ca := certstest.NewCA(t)
-				users := &rpctest.Users{}
+				users := &testusers.Service{}
 				srv := rpctest.Start(t, ca.Source(ca.Server("/svc/user")), c.authorizer(t), users.Mount, c.opts...)
 				l := &limited{ca: ca, srv: srv, users: users, cli: ca.Client("/client/cli")}
 				if c.status == http.StatusTooManyRequests {
@@ -305,7 +306,7 @@ func TestRefusedBodiesAreNotRead(t *testing.T) {
 func TestRefusedSmallBodyKeepsTheConnection(t *testing.T) {
 	t.Parallel()
 	ca := certstest.NewCA(t)
-	srv := rpctest.Start(t, ca.Source(ca.Server("/svc/user")), defaultEngine(t), (&rpctest.Users{}).Mount)
+	srv := rpctest.Start(t, ca.Source(ca.Server("/svc/user")), defaultEngine(t), (&testusers.Service{}).Mount)
 	l := &limited{ca: ca, srv: srv, cli: ca.Client("/client/cli")}
 	client := l.httpClient(false)
 	reused := 0

@@ -16,6 +16,7 @@ import (
 	"github.com/palisade-rpc/palisade/authz"
 	"github.com/palisade-rpc/palisade/certs"
 	"github.com/palisade-rpc/palisade/certs/certstest"
+	"github.com/palisade-rpc/palisade/internal/testusers"
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
 	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
 	"github.com/palisade-rpc/palisade/rpc"
@@ -53,7 +54,7 @@ func TestPinnedClientCertificate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	users := &rpctest.Users{}
+	users := &testusers.Service{}
 	srv := rpctest.Start(t, src, authorizer, users.Mount,
 		rpc.WithPinnedClientCertificate(pinned.Leaf, pinnedID),
 		rpc.WithPinnedClientCertificate(untrusted.Leaf, "spiffe://palisade.local/client/untrusted"))
@@ -187,7 +188,7 @@ func TestPinnedClientCertificateMustBeWorkload(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			users := &rpctest.Users{}
+			users := &testusers.Service{}
 			srv := rpctest.Start(t, mtls.NewStaticSource(certstest.TLSCertificate(ca.Server("/svc/user")), bundle), authorizer, users.Mount,
 				rpc.WithPinnedClientCertificate(c.cert.Leaf, id))
 			cfg := &tls.Config{RootCAs: ca.Pool(), Certificates: []tls.Certificate{c.cert}, NextProtos: []string{"h2"}}

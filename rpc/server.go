@@ -32,7 +32,6 @@ package rpc
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -280,8 +279,8 @@ func (s *Server) HandleHTTP(path string, h http.Handler) error {
 	return nil
 }
 
-// Services returns the names of the mounted services, sorted.
-func (s *Server) Services() []string {
+// serviceNames returns the names of the mounted services, sorted.
+func (s *Server) serviceNames() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	names := make([]string, 0, len(s.services))
@@ -294,10 +293,7 @@ func (s *Server) Services() []string {
 
 type namer struct{ s *Server }
 
-func (n namer) Names() []string { return n.s.Services() }
-
-// TLSConfig returns the server's TLS configuration, for tests that dial it.
-func (s *Server) TLSConfig() *tls.Config { return s.http.TLSConfig }
+func (n namer) Names() []string { return n.s.serviceNames() }
 
 // ListenAndServe listens on addr and calls Serve.
 func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
@@ -336,7 +332,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 
 	errc := make(chan error, 1)
 	go func() { errc <- s.http.ServeTLS(slowClientListener{Listener: ln, log: s.cfg.logger}, "", "") }()
-	s.cfg.logger.Info("serving", "addr", ln.Addr().String(), "services", s.Services())
+	s.cfg.logger.Info("serving", "addr", ln.Addr().String(), "services", s.serviceNames())
 
 	select {
 	case err := <-errc:
@@ -344,7 +340,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	case <-ctx.Done():
 	}
 	s.cfg.logger.Info("draining", "grace", s.cfg.shutdownGrace.String())
-	for _, name := range s.Services() {
+	for _, name := range s.serviceNames() {
 		s.health.SetStatus(name, grpchealth.StatusNotServing)
 	}
 	s.health.SetStatus("", grpchealth.StatusNotServing)

@@ -18,6 +18,7 @@ import (
 	"github.com/palisade-rpc/palisade/authz"
 	"github.com/palisade-rpc/palisade/certs"
 	"github.com/palisade-rpc/palisade/certs/certstest"
+	"github.com/palisade-rpc/palisade/internal/testusers"
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
 	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
 	"github.com/palisade-rpc/palisade/rpc"
@@ -29,7 +30,7 @@ import (
 type fixture struct {
 	ca     *certstest.CA
 	srv    *rpctest.Server
-	users  *rpctest.Users
+	users  *testusers.Service
 	client *certs.Issued
 }
 
@@ -58,7 +59,7 @@ func allowAnyWorkload(t testing.TB, procedures ...string) authz.Authorizer {
 func newFixture(t *testing.T, authorizer authz.Authorizer, opts ...rpc.ServerOption) *fixture {
 	t.Helper()
 	ca := certstest.NewCA(t)
-	users := &rpctest.Users{}
+	users := &testusers.Service{}
 	srv := rpctest.Start(t, ca.Source(ca.Server("/svc/user")), authorizer, users.Mount, opts...)
 	return &fixture{ca: ca, srv: srv, users: users, client: ca.Client("/client/cli")}
 }
@@ -237,7 +238,7 @@ func TestRefusedPeers(t *testing.T) {
 func TestDrainFinishesInFlightCalls(t *testing.T) {
 	t.Parallel()
 	ca := certstest.NewCA(t)
-	users := &rpctest.Users{Hold: make(chan struct{})}
+	users := &testusers.Service{Hold: make(chan struct{})}
 	srv := rpctest.Start(t, ca.Source(ca.Server("/svc/user")), allowAll(t), users.Mount, rpc.WithShutdownGrace(30*time.Second))
 	client, err := rpc.NewClient(userv1connect.NewUserServiceClient, srv.URL, ca.Source(ca.Client("/client/cli")))
 	if err != nil {

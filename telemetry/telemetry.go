@@ -144,12 +144,6 @@ func (t *Telemetry) TracerProvider() trace.TracerProvider { return t.tracerProvi
 // WithMetrics.
 func (t *Telemetry) MeterProvider() metric.MeterProvider { return t.meterProvider }
 
-// Tracing reports whether spans are exported.
-func (t *Telemetry) Tracing() bool {
-	_, noop := t.tracerProvider.(tracenoop.TracerProvider)
-	return !noop
-}
-
 // MetricsHandler serves the metrics in the Prometheus text format (or
 // OpenMetrics, when the scraper asks for it). Without WithMetrics it
 // answers 404.

@@ -131,10 +131,6 @@ func NewFileSource(certFile, keyFile, caFile string, opts ...FileSourceOption) (
 	return s, nil
 }
 
-// ID returns the source's SPIFFE ID: the identity every certificate it
-// serves carries.
-func (s *FileSource) ID() spiffeid.ID { return s.id }
-
 // Certificate implements Source.
 func (s *FileSource) Certificate() (*tls.Certificate, error) { return s.current.Load().cert, nil }
 

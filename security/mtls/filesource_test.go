@@ -253,8 +253,8 @@ func TestNewFileSourceValidates(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if src.ID().String() != "spiffe://palisade.local/svc/user" {
-		t.Fatalf("ID = %s", src.ID())
+	if id, err := mtls.IdentityOf(src); err != nil || id.String() != "spiffe://palisade.local/svc/user" {
+		t.Fatalf("IdentityOf = %s, %v", id, err)
 	}
 }
 

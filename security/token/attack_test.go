@@ -22,6 +22,7 @@ import (
 	"github.com/palisade-rpc/palisade/authz"
 	"github.com/palisade-rpc/palisade/certs"
 	"github.com/palisade-rpc/palisade/certs/certstest"
+	"github.com/palisade-rpc/palisade/internal/testusers"
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
 	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
 	"github.com/palisade-rpc/palisade/rpc"
@@ -44,7 +45,7 @@ var b64 = base64.RawURLEncoding.EncodeToString
 type attackFixture struct {
 	ca       *certstest.CA
 	srv      *rpctest.Server
-	users    *rpctest.Users
+	users    *testusers.Service
 	issuer   *token.Issuer
 	active   *token.SigningKey
 	cli      *certs.Issued
@@ -68,7 +69,7 @@ func newAttackFixture(t *testing.T) *attackFixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cliHash := certs.Fingerprint(f.cli.Cert)
+	cliHash := sha256.Sum256(f.cli.Cert.Raw)
 	issue := func() string {
 		tok, _, err := f.issuer.Issue(token.Grant{Subject: "alice", Roles: []string{"customer"}, CertSHA256: &cliHash})
 		if err != nil {
@@ -103,7 +104,7 @@ func newAttackFixture(t *testing.T) *attackFixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.users = &rpctest.Users{}
+	f.users = &testusers.Service{}
 	f.srv = rpctest.Start(t, ca.Source(ca.Server("/svc/user")), authorizer, f.users.Mount, rpc.WithTokenVerifier(f.verifier))
 	return f
 }
@@ -159,8 +160,8 @@ func TestAttackMatrix(t *testing.T) {
 		return m.Sum(nil)
 	}
 
-	cliHash := certs.Fingerprint(f.cli.Cert)
-	orderHash := certs.Fingerprint(f.order.Cert)
+	cliHash := sha256.Sum256(f.cli.Cert.Raw)
+	orderHash := sha256.Sum256(f.order.Cert.Raw)
 	boundToCli, _, err := f.issuer.Issue(token.Grant{Subject: "alice", CertSHA256: &cliHash})
 	if err != nil {
 		t.Fatal(err)

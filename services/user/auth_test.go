@@ -2,6 +2,7 @@ package user_test
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -276,7 +277,7 @@ func TestExchangeToken(t *testing.T) {
 
 	// A delegated token cannot be exchanged again, and a token not meant for
 	// the presenting workload cannot be exchanged at all.
-	cliHash := certs.Fingerprint(f.cli.Cert)
+	cliHash := sha256.Sum256(f.cli.Cert.Raw)
 	userOnly, _, err := f.issuer.Issue(token.Grant{Subject: "alice", Audience: []string{userID}, CertSHA256: &cliHash})
 	if err != nil {
 		t.Fatal(err)

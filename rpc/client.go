@@ -82,12 +82,6 @@ func WithServerID(id string) ClientOption {
 	return clientOptionFunc(func(c *clientConfig) { c.serverID = id })
 }
 
-// WithClientTrustDomain sets the trust domain servers must belong to
-// (default "palisade.local").
-func WithClientTrustDomain(td string) ClientOption {
-	return clientOptionFunc(func(c *clientConfig) { c.trustDomain = td })
-}
-
 // WithCallTimeout bounds every unary call: its deadline is the earlier of
 // its context's and now+d (default 10s; 0 adds none). Streams are not given
 // one: they are long-lived by design.
@@ -110,7 +104,7 @@ func WithProtocol(p Protocol) ClientOption {
 // service then share its connections, so calls made one after the other go
 // over the same connection while it lasts: a token exchanged over it is bound
 // to the certificate the next call presents. The connection settings
-// (WithServerID, WithClientTrustDomain, WithDialTimeout, WithEndpoints,
+// (WithServerID, WithTrustDomain, WithDialTimeout, WithEndpoints,
 // WithDNSEndpoints) are those c was made with; if c has endpoints, baseURL
 // must be one of them. NewHTTPClient refuses this option.
 func WithHTTPClient(c *http.Client) ClientOption {
@@ -174,12 +168,14 @@ func WithConnectOptions(opts ...connect.ClientOption) ClientOption {
 }
 
 func newClientConfig(opts []ClientOption) (clientConfig, error) {
-	cfg := clientConfig{trustDomain: DefaultTrustDomain, callTimeout: DefaultCallTimeout, dialTimeout: 5 * time.Second, logger: slog.Default()}
+	cfg := clientConfig{callTimeout: DefaultCallTimeout, dialTimeout: 5 * time.Second, logger: slog.Default()}
 	for _, o := range opts {
 		o.applyClient(&cfg)
 	}
-	if err := spiffeid.ValidateTrustDomain(cfg.trustDomain); err != nil {
-		return cfg, fmt.Errorf("rpc: client: %w", err)
+	if cfg.trustDomain != "" {
+		if err := spiffeid.ValidateTrustDomain(cfg.trustDomain); err != nil {
+			return cfg, fmt.Errorf("rpc: client: %w", err)
+		}
 	}
 	return cfg, nil
 }
@@ -263,13 +259,18 @@ func newHTTPClient(src mtls.Source, cfg clientConfig) (*http.Client, error) {
 	if src == nil {
 		return nil, errors.New("rpc: client needs an mtls.Source")
 	}
-	authorize := mtls.AuthorizeMemberOf(cfg.trustDomain)
+	var authorize mtls.Authorizer
 	if cfg.serverID != "" {
 		id, err := spiffeid.Parse(cfg.serverID)
 		if err != nil {
 			return nil, fmt.Errorf("rpc: client: server ID: %w", err)
 		}
 		authorize = mtls.AuthorizeID(id)
+	} else {
+		if err := resolveTrustDomain(&cfg.trustDomain, src); err != nil {
+			return nil, fmt.Errorf("rpc: client: %w", err)
+		}
+		authorize = mtls.AuthorizeMemberOf(cfg.trustDomain)
 	}
 	d := &tlsDialer{
 		src:       src,

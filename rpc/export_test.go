@@ -17,3 +17,9 @@ func WithLookup(lookup func(ctx context.Context, hostport string) ([]string, err
 func WithClock(now func() time.Time) ClientOption {
 	return clientOptionFunc(func(c *clientConfig) { c.now = now })
 }
+
+// WithRateLimitClock makes the rate limiter (WithRateLimit) tell time with
+// now: buckets refill when the test says.
+func WithRateLimitClock(now func() time.Time) ServerOption {
+	return serverOptionFunc(func(c *serverConfig) { c.rateLimit.now = now })
+}

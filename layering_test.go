@@ -40,6 +40,7 @@ var layers = map[string]layer{
 	"telemetry":          {imports: []string{"rpc"}},
 	"certs":              {imports: []string{"security/spiffeid", "internal/pemfile"}},
 	"certs/certstest":    {imports: []string{"certs", "internal/pemfile", "security/mtls", "security/spiffeid"}},
+	"internal/fakeagent": {imports: []string{"certs"}},
 	"internal/testusers": {imports: []string{"rpc", "security", "proto/user/v1", "proto/user/v1/userv1connect"}},
 }
 

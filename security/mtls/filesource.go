@@ -85,16 +85,10 @@ type fileSourceOptionFunc func(*FileSource)
 
 func (f fileSourceOptionFunc) applyFileSource(s *FileSource) { f(s) }
 
-// WithLogger sets the logger that records reloads and refused files
-// (default slog.Default()). Log lines name files and reasons, never key
-// material.
-func WithLogger(l *slog.Logger) FileSourceOption {
-	return fileSourceOptionFunc(func(s *FileSource) {
-		if l != nil {
-			s.log = l
-		}
-	})
-}
+// WithLogger sets the logger of a source (default slog.Default()), which
+// records reloads and refused material. Log lines name files and reasons,
+// never key material.
+func WithLogger(l *slog.Logger) Option { return loggerOption{l} }
 
 // WithCRL makes the source read a certificate revocation list from file
 // (PEM "X509 CRL" blocks, or one DER CRL). Every CRL in it must be signed by

@@ -5,6 +5,9 @@ BUF := $(GO) tool -modfile=tools/go.mod buf
 # The test demo runs on its own ports and state directory, so it does not
 # collide with services started by `make up`.
 TEST_DEMO_ENV := USER_ADDR=127.0.0.1:18443 ORDER_ADDR=127.0.0.1:19443
+# The test cluster demo's: 18543-18544 and 19543-19545, admin listeners 10
+# above; none of the test demo's (18443, 18445, 19443-19445).
+TEST_DEMO_CLUSTER_ENV := CLUSTER_USER_ADDR=127.0.0.1:18543 CLUSTER_ORDER_ADDR=127.0.0.1:19543
 
 .DEFAULT_GOAL := help
 # Fuzz targets: package and function. Seed corpora are committed under each
@@ -28,10 +31,10 @@ CONFORMANCE_VERSION := v1.0.7
 # Extra flags for `make load` and `make soak` (bin/palisade load --help).
 LOAD_FLAGS ?=
 
-.PHONY: help generate check-generate build deps test test-go test-deploy test-demo test-fuzz fuzz vet demo up down bench bench-micro conformance load soak
+.PHONY: help generate check-generate build deps test test-go test-deploy test-demo test-demo-cluster test-fuzz fuzz vet demo demo-cluster up down bench bench-micro conformance load soak
 
 help: ## list the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[1m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 generate: ## regenerate the Go code in proto/ and conformance/gen from the .proto files (buf via go tool)
 	$(GO) -C tools run ./validateproto -out ../third_party/protovalidate
@@ -56,7 +59,7 @@ vet: ## go vet and a gofmt check
 deps: ## install what the tests need beyond Go: PostgreSQL, for the store tests (quiet when present)
 	@scripts/install-deps.sh
 
-test: deps vet check-generate test-go test-deploy test-fuzz test-demo conformance ## the whole suite: vet, generated-code check, go test -race, the Kubernetes manifests, short fuzzing, the demo, the conformance suite
+test: deps vet check-generate test-go test-deploy test-fuzz test-demo test-demo-cluster conformance ## the whole suite: vet, generated-code check, go test -race, the Kubernetes manifests, short fuzzing, the demos, the conformance suite
 	@echo "make test: all passed"
 
 test-go: ## go test -race ./...
@@ -81,6 +84,14 @@ test-demo: build ## the demo on its own ports and a temporary state directory
 
 demo: build ## mint a dev PKI if missing, start usersvc and two ordersvc replicas, play the scenario with curl, stop
 	scripts/demo.sh
+
+test-demo-cluster: build ## the cluster demo on its own ports and a temporary state directory (its logs printed if it fails)
+	@home=$$(mktemp -d); trap 'rm -rf "$$home"' EXIT; \
+	  PALISADE_HOME=$$home $(TEST_DEMO_CLUSTER_ENV) scripts/demo-cluster.sh || \
+	  { tail -n 20 "$$home"/logs/cluster/*.log; exit 1; }
+
+demo-cluster: build ## throwaway PostgreSQL, 2 usersvc and 3 ordersvc replicas; kill a usersvc mid-scenario; check nothing idempotent fails
+	scripts/demo-cluster.sh
 
 conformance: ## the Connect conformance suite through the full chain: its default suite over mTLS, then the token suite
 	GOBIN=$(CURDIR)/bin $(GO) install connectrpc.com/conformance/cmd/connectconformance@$(CONFORMANCE_VERSION)

@@ -190,7 +190,7 @@ func (f *palisadeFeed) preflight(ctx context.Context) (string, error) {
 	if err == nil {
 		return "", errors.New("fanout: preflight: a client without a certificate was served")
 	}
-	seen = append(seen, "no client certificate → refused ("+connect.CodeOf(err).String()+")")
+	seen = append(seen, "no client certificate → refused")
 	return "palisade: " + strings.Join(seen, "; "), nil
 }
 

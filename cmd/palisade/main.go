@@ -38,6 +38,8 @@ func commands() map[string]command {
 		}},
 		"token": {summary: "print an access token for a user (logs in over mTLS)", run: tokenCmd},
 		"load":  {summary: "drive calls through the full chain and report errors, calls/s, latency; --soak checks memory", run: loadCmd},
+
+		"bench-fanout": {summary: "measure the user change feed fanned out to 1 to 1,000 subscribers, against Redis pub/sub", run: benchFanoutCmd},
 	}
 }
 
@@ -79,7 +81,7 @@ func usage(w io.Writer, prefix string, cmds map[string]command) {
 	}
 	sort.Strings(names)
 	for _, n := range names {
-		fmt.Fprintf(w, "  %-10s %s\n", n, cmds[n].summary)
+		fmt.Fprintf(w, "  %-12s %s\n", n, cmds[n].summary)
 	}
 	fmt.Fprintf(w, "\nRun '%s <command> --help' for a command's flags.\n", prefix)
 }

@@ -34,6 +34,7 @@ var layers = map[string]layer{
 	"security/mtls":      {imports: []string{"security/spiffeid", "internal/pemfile", "internal/poll"}},
 	"security/token":     {imports: []string{"security", "security/spiffeid", "internal/pemfile", "internal/poll", "proto/palisade/..."}},
 	"authz":              {imports: []string{"security", "security/spiffeid"}},
+	"authz/decisionlog":  {imports: []string{"authz", "rpc", "security/mtls"}},
 	"policy":             {imports: []string{"authz", "security", "security/spiffeid", "internal/poll"}, opa: true},
 	"rpc":                {imports: []string{"authz", "security", "security/spiffeid", "security/mtls", "security/token", "security/throttle"}},
 	"rpc/rpctest":        {imports: []string{"rpc", "authz", "security/mtls"}},

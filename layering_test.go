@@ -38,7 +38,7 @@ var layers = map[string]layer{
 	"policy":             {imports: []string{"authz", "security", "security/spiffeid", "internal/poll"}, opa: true},
 	"rpc":                {imports: []string{"authz", "security", "security/spiffeid", "security/mtls", "security/token", "security/throttle"}},
 	"rpc/rpctest":        {imports: []string{"rpc", "authz", "security/mtls"}},
-	"telemetry":          {imports: []string{"rpc"}},
+	"telemetry":          {imports: []string{"rpc", "security/mtls", "security/spiffeid"}},
 	"certs":              {imports: []string{"security/spiffeid", "internal/pemfile"}},
 	"certs/certstest":    {imports: []string{"certs", "internal/pemfile", "security/mtls", "security/spiffeid"}},
 	"internal/fakeagent": {imports: []string{"certs"}},

@@ -43,7 +43,8 @@ func (f otlpOptionFunc) applyOTLP(c *otlpConfig) { f(c) }
 
 // OTLPOverHTTP sends spans as OTLP/HTTP (protobuf, POSTed to the
 // endpoint's path, OTLPTracesPath when it has none; a collector listens on
-// 4318) instead of OTLP/gRPC (the default; a collector listens on 4317).
+// 4318) instead of OTLP/gRPC (a collector listens on 4317). An endpoint
+// with a path is OTLP/HTTP without it.
 func OTLPOverHTTP() OTLPOption {
 	return otlpOptionFunc(func(c *otlpConfig) { c.http = true })
 }
@@ -62,11 +63,14 @@ func OTLPServerID(id string) OTLPOption {
 // fit the exporter's queue (2048 spans) while the collector is away are
 // dropped. Shutdown sends what is queued.
 //
-// endpoint is the collector's URL, and must be https
-// ("https://otel-collector:4317"): spans name procedures and SPIFFE IDs and
-// never travel in clear. They go over mutual TLS with src's certificate,
-// the collector verified against src's trust bundle (see OTLPServerID).
-// OTLP/gRPC unless OTLPOverHTTP. A bad endpoint is New's error.
+// endpoint is the collector's URL, and must be https: spans name
+// procedures and SPIFFE IDs and never travel in clear. Without a path it
+// is OTLP/gRPC ("https://otel-collector:4317"); with one, OTLP/HTTP to
+// that path ("https://otel-collector:4318/v1/traces", as
+// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is written), so that one setting
+// (the kit's --otlp-endpoint) says both. Spans go over mutual TLS with
+// src's certificate, the collector verified against src's trust bundle
+// (see OTLPServerID). A bad endpoint is New's error.
 func WithOTLP(endpoint string, src mtls.Source, opts ...OTLPOption) Option {
 	return optionFunc(func(c *config) {
 		oc := &otlpConfig{endpoint: endpoint, src: src}
@@ -98,8 +102,6 @@ func checkOTLP(oc *otlpConfig) (*otlpExporter, error) {
 		return nil, fmt.Errorf("endpoint %q: credentials in the URL (the collector authenticates the client certificate)", u.Redacted())
 	case u.RawQuery != "" || u.Fragment != "":
 		return nil, fmt.Errorf("endpoint %q: a query or fragment", u.Redacted())
-	case !oc.http && u.Path != "" && u.Path != "/":
-		return nil, fmt.Errorf("endpoint %q: a path (OTLP/gRPC has none; OTLPOverHTTP for OTLP/HTTP)", u.Redacted())
 	case oc.src == nil:
 		return nil, errors.New("no mtls.Source")
 	}
@@ -107,10 +109,11 @@ func checkOTLP(oc *otlpConfig) (*otlpExporter, error) {
 	if err != nil {
 		return nil, err
 	}
-	if oc.http && (u.Path == "" || u.Path == "/") {
+	overHTTP := oc.http || (u.Path != "" && u.Path != "/") // OTLP/gRPC has no path
+	if overHTTP && (u.Path == "" || u.Path == "/") {
 		u.Path = OTLPTracesPath
 	}
-	return &otlpExporter{url: u.String(), http: oc.http, tls: tlsConfig}, nil
+	return &otlpExporter{url: u.String(), http: overHTTP, tls: tlsConfig}, nil
 }
 
 // otlpTLSConfig is the client side of mutual TLS with the collector: src's

@@ -203,15 +203,18 @@ func TestOTLPOneTraceAcrossServices(t *testing.T) {
 			t.Parallel()
 			ca := certstest.NewCA(t)
 			col := startCollector(t, protocol, ca.Source(ca.Server("/svc/otel-collector")))
-			var opts []telemetry.OTLPOption
+			// The front one checks the collector by SPIFFE ID, the back one
+			// by trust domain and host. Over HTTP, the front one asks for it
+			// with OTLPOverHTTP, the back one with a path in the URL.
+			frontOpts := []telemetry.OTLPOption{telemetry.OTLPServerID("spiffe://palisade.local/svc/otel-collector")}
+			backURL := col.URL
 			if protocol == "http" {
-				opts = append(opts, telemetry.OTLPOverHTTP())
+				frontOpts = append(frontOpts, telemetry.OTLPOverHTTP())
+				backURL += telemetry.OTLPTracesPath
 			}
 			frontSrc, backSrc := ca.Source(ca.Server("/svc/order")), ca.Source(ca.Server("/svc/user"))
-			// The front one checks the collector by SPIFFE ID, the back one
-			// by trust domain and host.
-			frontTel := newTel(t, "ordersvc", telemetry.WithOTLP(col.URL, frontSrc, append(opts, telemetry.OTLPServerID("spiffe://palisade.local/svc/otel-collector"))...))
-			backTel := newTel(t, "usersvc", telemetry.WithOTLP(col.URL, backSrc, opts...))
+			frontTel := newTel(t, "ordersvc", telemetry.WithOTLP(col.URL, frontSrc, frontOpts...))
+			backTel := newTel(t, "usersvc", telemetry.WithOTLP(backURL, backSrc))
 
 			users := &testusers.Service{}
 			back := rpctest.Start(t, backSrc, allowAll, users.Mount, backTel.ServerOptions()...)
@@ -274,14 +277,14 @@ func TestOTLPOneTraceAcrossServices(t *testing.T) {
 }
 
 // TestOTLPRefusesClearText: an endpoint that is not https — or carries
-// credentials, a path for gRPC, no host — is New's error, naming https for
+// credentials, a query, no host — is New's error, naming https for
 // http://, and never shows the URL's password.
 func TestOTLPRefusesClearText(t *testing.T) {
 	t.Parallel()
 	ca := certstest.NewCA(t)
 	src := ca.Source(ca.Server("/svc/user"))
 	for _, u := range []string{"http://127.0.0.1:4317", "127.0.0.1:4317", "grpc://127.0.0.1:4317", "https:///", "https://user:secret@127.0.0.1:4317",
-		"https://127.0.0.1:4317/v1/traces", ""} {
+		"https://127.0.0.1:4318/v1/traces?x=1", ""} {
 		if _, err := telemetry.New("svc", telemetry.WithOTLP(u, src)); err == nil {
 			t.Errorf("WithOTLP(%q) accepted", u)
 		} else if strings.Contains(err.Error(), "secret") {

@@ -36,7 +36,7 @@ func TestEvalInputFromEvent(t *testing.T) {
 		`{"decision_id":"d-1","input":"x"}`:                                 "not a JSON object",
 		`[` + event + `]`:                                                   "not a JSON object",
 		`{"decision_id":"d-1","input":{},"erased":"x"}`:                     "erased",
-		`{`:                                                                 "input:",
+		`{`: "input:",
 	} {
 		if _, _, err := evalInput([]byte(in)); err == nil || !strings.Contains(err.Error(), wantErr) {
 			t.Errorf("evalInput(%s): %v, want an error saying %q", in, err, wantErr)

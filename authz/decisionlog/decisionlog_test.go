@@ -37,6 +37,9 @@ import (
 	"github.com/palisade-rpc/palisade/telemetry"
 )
 
+// hang is the sink status that holds requests (see sink).
+const hang = 1
+
 const (
 	sinkID    = "spiffe://palisade.local/svc/decision-logs"
 	serviceID = "spiffe://palisade.local/svc/user"
@@ -44,12 +47,14 @@ const (
 
 // sink is a decision log service on 127.0.0.1 over mutual TLS: it takes
 // gzipped JSON arrays of events from the service's workload only, and
-// answers status (200 when 0).
+// answers status (200 when 0; with hang, holds each request until release
+// is closed, then answers 503).
 type sink struct {
-	URL    string
-	Addr   string
-	status atomic.Int32
-	conns  atomic.Int64 // TCP connections accepted
+	URL     string
+	Addr    string
+	status  atomic.Int32
+	release chan struct{}
+	conns   atomic.Int64 // TCP connections accepted
 
 	mu       sync.Mutex
 	events   []map[string]json.RawMessage
@@ -64,7 +69,7 @@ func startSink(t *testing.T, src mtls.Source) *sink {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &sink{URL: "https://" + ln.Addr().String() + "/logs", Addr: ln.Addr().String()}
+	s := &sink{URL: "https://" + ln.Addr().String() + "/logs", Addr: ln.Addr().String(), release: make(chan struct{})}
 	s.serve(t, src, ln)
 	return s
 }
@@ -118,6 +123,14 @@ func (s *sink) handle(w http.ResponseWriter, r *http.Request) {
 	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 || len(r.TLS.PeerCertificates[0].URIs) != 1 ||
 		r.TLS.PeerCertificates[0].URIs[0].String() != serviceID {
 		refuse("not the service's certificate", http.StatusForbidden)
+		return
+	}
+	if s.status.Load() == hang {
+		select {
+		case <-s.release:
+		case <-r.Context().Done():
+		}
+		http.Error(w, "down", http.StatusServiceUnavailable)
 		return
 	}
 	if st := s.status.Load(); st != 0 {
@@ -423,7 +436,7 @@ func input(id string, size int) *authz.Input {
 	}
 }
 
-// TestSinkDown: while the sink is down (it answers 503), retries back off
+// TestSinkDown: while the sink is down (it answers 503, then hangs), retries back off
 // — a few attempts over seconds, not one per flush — and the calls go on
 // at full speed: each decision costs the call microseconds, the buffer
 // stays within its bound however many decisions are made (measured on the
@@ -473,7 +486,9 @@ func TestSinkDown(t *testing.T) {
 	}
 	logs.WaitForLog(t, "upload failed; retrying with backoff", "503")
 
-	// Decisions flood in while the sink is down.
+	// Decisions flood in while the sink is down, and now hangs: an upload
+	// waits for its timeout (10s), so a call that waited for one would show.
+	sk.status.Store(hang)
 	var before, after runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
@@ -503,12 +518,16 @@ func TestSinkDown(t *testing.T) {
 	if dropped < decisions*9/10 || dropped >= decisions {
 		t.Errorf("%v decisions dropped of %d", dropped, decisions)
 	}
-	if p99 > 10*time.Millisecond {
-		t.Errorf("a decision costs its call %v at the 99th percentile while the sink is down", p99)
+	// The median shows what a decision costs; the worst, that none waited
+	// for the sink (scheduling on a loaded machine makes the 99th
+	// percentile milliseconds: 16ms with two CPU hogs and -race).
+	if p50 > time.Millisecond || worst > 5*time.Second {
+		t.Errorf("a decision costs its call %v at the median, %v at worst, while the sink is down", p50, worst)
 	}
 
 	// The sink is back: what was buffered arrives, the drops stay as they were.
 	sk.status.Store(0)
+	close(sk.release)
 	kept := decisions + 1 - int(dropped)
 	rpctest.WaitFor(t, "the buffered decisions at the sink", func() bool { return sk.received() >= kept })
 	logs.WaitForLog(t, "delivery resumed")

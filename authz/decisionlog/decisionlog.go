@@ -22,14 +22,16 @@
 // link OPA.
 //
 // A service wires it like this (the service kit does, from
-// --decision-log-url):
+// --decision-log-url, with Run as one of the service's own loops):
 //
-//	shipper, err := decisionlog.New(url, src, decisionlog.WithMeterProvider(mp))
+//	shipper, err := decisionlog.New(url, src,
+//		decisionlog.WithMeterProvider(tel.MeterProvider()), decisionlog.WithLogger(logger),
+//		decisionlog.WithLabels(map[string]string{"service": name}))
 //	…
 //	srv, err := rpc.NewServer(src, authorizer,
 //		rpc.WithAuthorizationOptions(authz.WithDecisionHook(shipper.Hook)))
 //	…
-//	go shipper.Run(ctx) // returns once ctx is done and the buffer is sent
+//	go shipper.Run(ctx) // returns nil once ctx is done and the buffer is sent
 package decisionlog
 
 import (

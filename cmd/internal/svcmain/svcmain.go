@@ -9,6 +9,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -67,8 +68,8 @@ func (f *Flags) Register(fs *flag.FlagSet, name, defaultAddr string) {
 	fs.StringVar(&f.LogLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	fs.StringVar(&f.LogFormat, "log-format", "json", "log `format`: json or text")
 	fs.DurationVar(&f.ShutdownGrace, "shutdown-grace", rpc.DefaultShutdownGrace, "on SIGINT/SIGTERM, the `duration` in-flight calls may still run before they are cut off")
-	fs.StringVar(&f.PolicyDir, "policy-dir", "", "`directory` of rego policies (and their *_test.rego tests) to use instead of the embedded ones; watched, and a changed policy is swapped in only if it compiles and its tests pass")
-	fs.StringVar(&f.PolicyBundle, "policy-bundle", "", "OPA bundle (tar.gz) `path or URL` to take policies from, polled with the same tests-before-swap rule; a URL is fetched over mTLS with this service's certificate")
+	fs.StringVar(&f.PolicyDir, "policy-dir", "", "`directory` of this service's policy layer (rego rules and their *_test.rego tests, data.json) to use instead of the embedded one, on Palisade's base policy; watched, and a changed policy is swapped in only if it compiles and its tests pass")
+	fs.StringVar(&f.PolicyBundle, "policy-bundle", "", "OPA bundle (tar.gz) `path or URL` to take this service's policy layer from, polled with the same tests-before-swap rule; a URL is fetched over mTLS with this service's certificate")
 	fs.DurationVar(&f.PolicyInterval, "policy-reload-interval", 2*time.Second, "how often to check --policy-dir or --policy-bundle for changes (`duration`); a source that cannot be read, or a version refused, is tried again after a delay that doubles from it up to 2m")
 	fs.BoolVar(&f.PolicyAllowUntested, "policy-allow-untested", false, "UNSAFE: load a policy version from --policy-dir or --policy-bundle even if it carries no rego test (*_test.rego), logging a warning each time; by default such a version is refused (at start-up the service does not start)")
 	fs.StringVar(&f.CRL, "crl", "", "PEM or DER `file` of a certificate revocation list signed by a CA of --ca (e.g. .palisade/certs/crl.pem from 'palisade certs revoke'); peers with a revoked certificate fail the handshake")
@@ -176,12 +177,13 @@ func (f *Flags) ServerOptions(logger *slog.Logger) []rpc.ServerOption {
 	return opts
 }
 
-// Authorizer returns the OPA policy engine the flags ask for — the embedded
-// default policies, --policy-dir or --policy-bundle — and, for the latter
-// two, keeps reloading it until ctx is done. The initial policy must compile
+// Authorizer returns the OPA policy engine the flags ask for: the base
+// policy and the service's layer — layer, the one it embeds (origin names
+// it), --policy-dir or --policy-bundle — and, for the latter two, keeps
+// reloading it until ctx is done. The initial policy must compile
 // and pass its tests (and have some, unless --policy-allow-untested), or the
 // service does not start.
-func (f *Flags) Authorizer(ctx context.Context, logger *slog.Logger, src mtls.Source) (*policy.Engine, error) {
+func (f *Flags) Authorizer(ctx context.Context, logger *slog.Logger, src mtls.Source, layer fs.FS, origin string) (*policy.Engine, error) {
 	var load policy.Loader
 	switch {
 	case f.PolicyDir != "" && f.PolicyBundle != "":
@@ -199,7 +201,7 @@ func (f *Flags) Authorizer(ctx context.Context, logger *slog.Logger, src mtls.So
 		}
 		load = policy.BundleLoader(f.PolicyBundle, client)
 	default:
-		load = func(context.Context) (*policy.Bundle, error) { return policy.DefaultBundle() }
+		load = func(context.Context) (*policy.Bundle, error) { return policy.LoadFS(layer, origin) }
 	}
 	b, err := load(ctx)
 	if err != nil {

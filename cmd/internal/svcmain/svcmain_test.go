@@ -20,7 +20,7 @@ import (
 func TestPolicyAllowUntested(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "authz.rego"), []byte("package palisade.authz\ndecision := {\"allow\": true, \"reasons\": []}\n"), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "authz.rego"), []byte("package palisade.authz\nallow if true\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	start := func(args ...string) (*policy.Engine, string, error) {
@@ -33,7 +33,7 @@ func TestPolicyAllowUntested(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		t.Cleanup(cancel)
 		log := &syncBuffer{}
-		e, err := f.Authorizer(ctx, slog.New(slog.NewTextHandler(log, nil)), nil)
+		e, err := f.Authorizer(ctx, slog.New(slog.NewTextHandler(log, nil)), nil, nil, "")
 		return e, log.String(), err
 	}
 	if _, _, err := start(); !errors.Is(err, policy.ErrUntested) || !strings.Contains(err.Error(), "--policy-allow-untested") {

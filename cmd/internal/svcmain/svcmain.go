@@ -6,6 +6,7 @@ package svcmain
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -43,6 +44,9 @@ type Flags struct {
 	// PolicyAllowUntested loads policy versions without rego tests
 	// (policy.WithUntestedPolicies), each logged as a warning.
 	PolicyAllowUntested bool
+	// PolicyData is a JSON file laid over the policy layer's data.json
+	// (policy.WithData): the deployment's configuration of the rules.
+	PolicyData string
 	// CRL is an optional certificate revocation list; CertReloadInterval is
 	// how often the certificate, key, CA bundle and CRL files are checked.
 	CRL                string
@@ -72,6 +76,7 @@ func (f *Flags) Register(fs *flag.FlagSet, name, defaultAddr string) {
 	fs.StringVar(&f.PolicyBundle, "policy-bundle", "", "OPA bundle (tar.gz) `path or URL` to take this service's policy layer from, polled with the same tests-before-swap rule; a URL is fetched over mTLS with this service's certificate")
 	fs.DurationVar(&f.PolicyInterval, "policy-reload-interval", 2*time.Second, "how often to check --policy-dir or --policy-bundle for changes (`duration`); a source that cannot be read, or a version refused, is tried again after a delay that doubles from it up to 2m")
 	fs.BoolVar(&f.PolicyAllowUntested, "policy-allow-untested", false, "UNSAFE: load a policy version from --policy-dir or --policy-bundle even if it carries no rego test (*_test.rego), logging a warning each time; by default such a version is refused (at start-up the service does not start)")
+	fs.StringVar(&f.PolicyData, "policy-data", "", "JSON `file` laid over the policy layer's data.json, e.g. {\"palisade\": {\"config\": {\"delegates\": [...]}}}: objects are merged key by key, any other value replaces the layer's; data.palisade.config.trust_domain is this service's trust domain unless the file says otherwise")
 	fs.StringVar(&f.CRL, "crl", "", "PEM or DER `file` of a certificate revocation list signed by a CA of --ca (e.g. .palisade/certs/crl.pem from 'palisade certs revoke'); peers with a revoked certificate fail the handshake")
 	fs.DurationVar(&f.CertReloadInterval, "cert-reload-interval", 2*time.Second, "how often to check --cert, --key, --ca and --crl for changes (`duration`; 0 never); changed files are validated in full before they are used, and refused (and logged) otherwise")
 	fs.StringVar(&f.AdminAddr, "admin-addr", "", "`host:port` of the admin listener: plain HTTP on a loopback address, serving Prometheus metrics at /metrics (off when empty)")
@@ -208,6 +213,13 @@ func (f *Flags) Authorizer(ctx context.Context, logger *slog.Logger, src mtls.So
 		return nil, err
 	}
 	opts := []policy.EngineOption{policy.WithLogger(logger)}
+	data, err := f.policyData(src)
+	if err != nil {
+		return nil, err
+	}
+	for _, doc := range data {
+		opts = append(opts, policy.WithData(doc))
+	}
 	if f.PolicyAllowUntested {
 		opts = append(opts, policy.WithUntestedPolicies())
 	}
@@ -225,6 +237,39 @@ func (f *Flags) Authorizer(ctx context.Context, logger *slog.Logger, src mtls.So
 		go func() { _ = engine.Watch(ctx, load, f.PolicyInterval) }()
 	}
 	return engine, nil
+}
+
+// policyData returns the documents laid over the layer's data: the
+// service's trust domain (--trust-domain, or its certificate's) as
+// data.palisade.config.trust_domain, then --policy-data's file.
+func (f *Flags) policyData(src mtls.Source) ([]map[string]any, error) {
+	var docs []map[string]any
+	td := f.TrustDomain
+	if td == "" && src != nil {
+		id, err := mtls.IdentityOf(src)
+		if err != nil {
+			return nil, fmt.Errorf("policy data: %w", err)
+		}
+		td = id.TrustDomain()
+	}
+	if td != "" {
+		docs = append(docs, map[string]any{"palisade": map[string]any{"config": map[string]any{"trust_domain": td}}})
+	}
+	if f.PolicyData != "" {
+		raw, err := os.ReadFile(f.PolicyData)
+		if err != nil {
+			return nil, fmt.Errorf("--policy-data: %w", err)
+		}
+		var doc map[string]any
+		if err := json.Unmarshal(raw, &doc); err != nil {
+			return nil, fmt.Errorf("--policy-data %s: not a JSON object: %w", f.PolicyData, err)
+		}
+		if doc == nil {
+			return nil, fmt.Errorf("--policy-data %s: not a JSON object", f.PolicyData)
+		}
+		docs = append(docs, doc)
+	}
+	return docs, nil
 }
 
 // SignalContext returns a context that is done on SIGINT or SIGTERM.

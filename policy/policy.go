@@ -7,9 +7,12 @@
 //
 // A policy version is loaded only after it compiles and passes its own
 // rego tests. A version that carries no test is refused too (ErrUntested),
-// unless the engine was made WithUntestedPolicies. Engine.Watch polls the
-// source; a source it cannot read, and a version it refused, are tried
-// again with backoff while the last good policy keeps deciding.
+// unless the engine was made WithUntestedPolicies. Engine.Watch polls a
+// directory or a bundle file; a source it cannot read, and a version it
+// refused, are tried again with backoff while the last good policy keeps
+// deciding. A BundleSource follows a bundle server with OPA's downloader
+// (ETags, long polling, signed bundles), through the same gate, and keeps
+// the last good bundle on disk for a start without the server.
 //
 // Decisions that need a stored resource (authz.AuthorizeResource) see
 // input.resource = {kind, id, owner}; the default policy's GetOrder rules

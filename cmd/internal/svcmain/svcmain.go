@@ -53,6 +53,9 @@ type Flags struct {
 	// RateLimit and RateBurst configure rpc.WithRateLimit (0: off).
 	RateLimit float64
 	RateBurst int
+	// MaxConnectionAge configures rpc.WithMaxConnectionAge (0: off), with
+	// ShutdownGrace as its grace.
+	MaxConnectionAge time.Duration
 }
 
 // Register defines the common flags on fs. name is the service's file name in
@@ -67,6 +70,7 @@ func (f *Flags) Register(fs *flag.FlagSet, name, defaultAddr string) {
 	fs.StringVar(&f.LogLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	fs.StringVar(&f.LogFormat, "log-format", "json", "log `format`: json or text")
 	fs.DurationVar(&f.ShutdownGrace, "shutdown-grace", rpc.DefaultShutdownGrace, "on SIGINT/SIGTERM, the `duration` in-flight calls may still run before they are cut off")
+	fs.DurationVar(&f.MaxConnectionAge, "max-connection-age", 0, "ask each client to move to a new connection once its connection is about this `duration` old (±10%), so that connections spread again over the replicas behind a load balancer; calls in flight then get --shutdown-grace to finish. 0: never")
 	fs.StringVar(&f.PolicyDir, "policy-dir", "", "`directory` of rego policies (and their *_test.rego tests) to use instead of the embedded ones; watched, and a changed policy is swapped in only if it compiles and its tests pass")
 	fs.StringVar(&f.PolicyBundle, "policy-bundle", "", "OPA bundle (tar.gz) `path or URL` to take policies from, polled with the same tests-before-swap rule; an https URL is fetched over mTLS with this service's certificate by OPA's downloader (ETag, long polling)")
 	fs.DurationVar(&f.PolicyInterval, "policy-reload-interval", 2*time.Second, "how often to check --policy-dir or --policy-bundle for changes (`duration`); a source that cannot be read, or a version refused, is tried again after a delay that doubles from it up to 2m")
@@ -169,6 +173,9 @@ func (f *Flags) ServerOptions(logger *slog.Logger) []rpc.ServerOption {
 		rpc.WithLogger(logger),
 		rpc.WithShutdownGrace(f.ShutdownGrace),
 		rpc.WithRateLimit(f.RateLimit, f.RateBurst),
+	}
+	if f.MaxConnectionAge > 0 {
+		opts = append(opts, rpc.WithMaxConnectionAge(f.MaxConnectionAge, f.ShutdownGrace))
 	}
 	if f.TrustDomain != "" {
 		opts = append(opts, rpc.WithTrustDomain(f.TrustDomain))

@@ -139,7 +139,8 @@ func exchange(t *testing.T, stream *connect.BidiStreamForClient[reflectionpb.Ser
 // grace; the old connections close once their calls are done, none is cut.
 func TestMaxConnectionAge(t *testing.T) {
 	t.Parallel()
-	const age, grace = 300 * time.Millisecond, 30 * time.Second
+	// The grace outlasts the test: the stream must finish on its own.
+	const age, grace = 300 * time.Millisecond, 5 * time.Minute
 	ca := certstest.NewCA(t)
 	url, ln, logs := startAged(t, ca, &testusers.Service{}, age, grace)
 	hc := httpClient(t, ca.Source(ca.Client("/client/cli")))
@@ -164,7 +165,7 @@ func TestMaxConnectionAge(t *testing.T) {
 	rpctest.WaitFor(t, "the client's connection to be replaced", func() bool {
 		return len(ln.closedAfter(age*9/10)) >= replaced || load.Failed() > 0
 	})
-	load.Progress(t, "the replacements", 100)
+	load.Progress(t, "the replacements", 20)
 
 	// The stream's connection is past its age, and was asked to leave by
 	// the calls that started on it since: the stream goes on.
@@ -275,6 +276,9 @@ func TestMaxConnectionAgeGrace(t *testing.T) {
 
 	t.Run("idle", func(t *testing.T) {
 		t.Parallel()
+		// The first call must be answered before the age (1.8s at the
+		// earliest), even on a busy machine.
+		const age = 2 * time.Second
 		url, ln, logs := startAged(t, ca, &testusers.Service{}, age, grace)
 		hc := httpClient(t, ca.Source(ca.Client("/client/cli")))
 		srv := &rpctest.Server{URL: url}
@@ -302,7 +306,7 @@ func TestMaxConnectionAgeGrace(t *testing.T) {
 // from its start.
 func TestMaxConnectionAgeLateCall(t *testing.T) {
 	t.Parallel()
-	const age, grace = 200 * time.Millisecond, 2 * time.Second
+	const age, grace = 1500 * time.Millisecond, 4 * time.Second
 	ca := certstest.NewCA(t)
 	users := &testusers.Service{Hold: make(chan struct{})}
 	url, ln, logs := startAged(t, ca, users, age, grace)
@@ -314,17 +318,21 @@ func TestMaxConnectionAgeLateCall(t *testing.T) {
 	srv := &rpctest.Server{URL: url}
 	opened := time.Now()
 	peer(t, hc, srv)
-	// The connection is past its age (at most 220ms), and its age and grace
-	// end at 2.18s at the earliest: the call starts before.
-	time.Sleep(time.Until(opened.Add(1900 * time.Millisecond)))
+	if d := time.Since(opened); d >= age*9/10 {
+		t.Fatalf("the first call took %s, past the connection's earliest age", d)
+	}
+	// The connection is past its age (1.65s at the latest), and its age and
+	// grace end at 5.35s at the earliest: the call starts before.
+	time.Sleep(time.Until(opened.Add(4500 * time.Millisecond)))
 	done := make(chan error, 1)
 	go func() {
 		_, err := client.GetUser(context.Background(), &userv1.GetUserRequest{Id: "alice"})
 		done <- err
 	}()
-	// Released 3s after the connection opened at the earliest, past its
-	// age and grace (2.22s at the latest), within the call's own grace.
-	time.Sleep(1100 * time.Millisecond)
+	// Released 6.7s after the connection opened at the earliest, past its
+	// age and grace (5.65s after it was first answered at the latest),
+	// within the call's own grace (4s).
+	time.Sleep(2200 * time.Millisecond)
 	close(users.Hold)
 	if err := <-done; err != nil {
 		t.Fatalf("the late call failed: %v", err)

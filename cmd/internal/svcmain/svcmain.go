@@ -58,6 +58,9 @@ type Flags struct {
 	// RateLimit and RateBurst configure rpc.WithRateLimit (0: off).
 	RateLimit float64
 	RateBurst int
+	// MaxConnectionAge configures rpc.WithMaxConnectionAge (0: off), with
+	// ShutdownGrace as its grace.
+	MaxConnectionAge time.Duration
 }
 
 // Register defines the common flags on fs. name is the service's file name in
@@ -72,8 +75,9 @@ func (f *Flags) Register(fs *flag.FlagSet, name, defaultAddr string) {
 	fs.StringVar(&f.LogLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	fs.StringVar(&f.LogFormat, "log-format", "json", "log `format`: json or text")
 	fs.DurationVar(&f.ShutdownGrace, "shutdown-grace", rpc.DefaultShutdownGrace, "on SIGINT/SIGTERM, the `duration` in-flight calls may still run before they are cut off")
+	fs.DurationVar(&f.MaxConnectionAge, "max-connection-age", 0, "ask each client to move to a new connection once its connection is about this `duration` old (±10%), so that connections spread again over the replicas behind a load balancer; calls in flight then get --shutdown-grace to finish. 0: never")
 	fs.StringVar(&f.PolicyDir, "policy-dir", "", "`directory` of this service's policy layer (rego rules and their *_test.rego tests, data.json) to use instead of the embedded one, on Palisade's base policy; watched, and a changed policy is swapped in only if it compiles and its tests pass")
-	fs.StringVar(&f.PolicyBundle, "policy-bundle", "", "OPA bundle (tar.gz) `path or URL` to take this service's policy layer from, polled with the same tests-before-swap rule; a URL is fetched over mTLS with this service's certificate")
+	fs.StringVar(&f.PolicyBundle, "policy-bundle", "", "OPA bundle (tar.gz) `path or URL` to take this service's policy layer from, polled with the same tests-before-swap rule; an https URL is fetched over mTLS with this service's certificate by OPA's downloader (ETag, long polling)")
 	fs.DurationVar(&f.PolicyInterval, "policy-reload-interval", 2*time.Second, "how often to check --policy-dir or --policy-bundle for changes (`duration`); a source that cannot be read, or a version refused, is tried again after a delay that doubles from it up to 2m")
 	fs.BoolVar(&f.PolicyAllowUntested, "policy-allow-untested", false, "UNSAFE: load a policy version from --policy-dir or --policy-bundle even if it carries no rego test (*_test.rego), logging a warning each time; by default such a version is refused (at start-up the service does not start)")
 	fs.StringVar(&f.PolicyData, "policy-data", "", "JSON `file` laid over the policy layer's data.json, e.g. {\"palisade\": {\"config\": {\"delegates\": [...]}}}: objects are merged key by key, any other value replaces the layer's; data.palisade.config.trust_domain is this service's trust domain unless the file says otherwise")
@@ -176,6 +180,9 @@ func (f *Flags) ServerOptions(logger *slog.Logger) []rpc.ServerOption {
 		rpc.WithShutdownGrace(f.ShutdownGrace),
 		rpc.WithRateLimit(f.RateLimit, f.RateBurst),
 	}
+	if f.MaxConnectionAge > 0 {
+		opts = append(opts, rpc.WithMaxConnectionAge(f.MaxConnectionAge, f.ShutdownGrace))
+	}
 	if f.TrustDomain != "" {
 		opts = append(opts, rpc.WithTrustDomain(f.TrustDomain))
 	}
@@ -195,16 +202,10 @@ func (f *Flags) Authorizer(ctx context.Context, logger *slog.Logger, src mtls.So
 		return nil, errors.New("--policy-dir and --policy-bundle are exclusive")
 	case f.PolicyDir != "":
 		load = policy.DirLoader(f.PolicyDir)
+	case strings.HasPrefix(f.PolicyBundle, "https://"):
+		return f.bundleAuthorizer(ctx, logger, src)
 	case f.PolicyBundle != "":
-		var opts []rpc.ClientOption
-		if f.TrustDomain != "" {
-			opts = append(opts, rpc.WithTrustDomain(f.TrustDomain))
-		}
-		client, err := rpc.NewHTTPClient(src, opts...)
-		if err != nil {
-			return nil, err
-		}
-		load = policy.BundleLoader(f.PolicyBundle, client)
+		load = policy.BundleLoader(f.PolicyBundle)
 	default:
 		load = func(context.Context) (*policy.Bundle, error) { return policy.LoadFS(layer, origin) }
 	}
@@ -270,6 +271,38 @@ func (f *Flags) policyData(src mtls.Source) ([]map[string]any, error) {
 		docs = append(docs, doc)
 	}
 	return docs, nil
+}
+
+// bundleAuthorizer is Authorizer for a bundle server: OPA's downloader,
+// over mTLS with this service's certificate, polled between
+// --policy-reload-interval (at least a second) and twice that.
+func (f *Flags) bundleAuthorizer(ctx context.Context, logger *slog.Logger, src mtls.Source) (*policy.Engine, error) {
+	var opts []rpc.ClientOption
+	if f.TrustDomain != "" {
+		opts = append(opts, rpc.WithTrustDomain(f.TrustDomain))
+	}
+	client, err := rpc.NewHTTPClient(src, opts...)
+	if err != nil {
+		return nil, err
+	}
+	delay := max(f.PolicyInterval, time.Second)
+	bundles, err := policy.NewBundleSource(f.PolicyBundle, client, policy.WithLogger(logger), policy.WithPollingDelay(delay, 2*delay))
+	if err != nil {
+		return nil, err
+	}
+	var engineOpts []policy.EngineOption
+	if f.PolicyAllowUntested {
+		engineOpts = append(engineOpts, policy.WithUntestedPolicies())
+	}
+	engine, err := bundles.NewEngine(ctx, engineOpts...)
+	if errors.Is(err, policy.ErrUntested) {
+		return nil, fmt.Errorf("%w (add *_test.rego tests, or start with --policy-allow-untested)", err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	go func() { _ = bundles.Run(ctx) }()
+	return engine, nil
 }
 
 // SignalContext returns a context that is done on SIGINT or SIGTERM.

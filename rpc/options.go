@@ -38,6 +38,8 @@ type serverConfig struct {
 	maxStreamBytes         int           // limits.go
 	maxStreamsPerPrincipal int           // principalstreams.go
 	bodyReadTimeout        time.Duration // limits.go
+
+	now func() time.Time // expiry.go: the drain's clock; nil: time.Now
 }
 
 func defaultServerConfig() serverConfig {

@@ -155,7 +155,7 @@ func NewServer(src mtls.Source, authz policy.Authorizer, opts ...ServerOption) (
 		mux:        http.NewServeMux(),
 		health:     grpchealth.NewStaticChecker(),
 		errWriter:  connect.NewErrorWriter(),
-		conns:      newConnGuard(cfg.logger, src),
+		conns:      newConnGuard(cfg.logger, src, cfg.now),
 		services:   map[string]bool{},
 		pinned:     pinned,
 		requestIDs: newRequestIDs(),

@@ -28,7 +28,7 @@ CONFORMANCE_VERSION := v1.0.7
 # Extra flags for `make load` and `make soak` (bin/palisade load --help).
 LOAD_FLAGS ?=
 
-.PHONY: help generate check-generate build deps test test-go test-demo test-fuzz fuzz vet demo up down bench bench-micro conformance load soak
+.PHONY: help generate check-generate build deps test test-go test-deploy test-demo test-fuzz fuzz vet demo up down bench bench-micro conformance load soak
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -56,11 +56,14 @@ vet: ## go vet and a gofmt check
 deps: ## install what the tests need beyond Go: PostgreSQL, for the store tests (quiet when present)
 	@scripts/install-deps.sh
 
-test: deps vet check-generate test-go test-fuzz test-demo conformance ## the whole suite: vet, generated-code check, go test -race, short fuzzing, the demo, the conformance suite
+test: deps vet check-generate test-go test-deploy test-fuzz test-demo conformance ## the whole suite: vet, generated-code check, go test -race, the Kubernetes manifests, short fuzzing, the demo, the conformance suite
 	@echo "make test: all passed"
 
 test-go: ## go test -race ./...
 	$(GO) test -race -count=1 ./...
+
+test-deploy: ## render deploy/k8s with kubectl kustomize and check every object (its own module, deploy/go.mod)
+	cd deploy && $(GO) vet ./... && $(GO) test -count=1 ./...
 
 test-fuzz: ## a short run (TEST_FUZZTIME, 3s) of every fuzz target
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(TEST_FUZZTIME)

@@ -8,12 +8,10 @@
 package certs
 
 import (
-	"bytes"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
@@ -24,6 +22,7 @@ import (
 	"net/url"
 	"time"
 
+	"github.com/palisade-rpc/palisade/internal/pemfile"
 	"github.com/palisade-rpc/palisade/security/spiffeid"
 )
 
@@ -179,41 +178,20 @@ func (ca *CA) Issue(l Leaf) (*Issued, error) {
 }
 
 // CertPEM returns the certificate in PEM form.
-func (i *Issued) CertPEM() []byte { return EncodeCertificates(i.Cert) }
+func (i *Issued) CertPEM() []byte { return pemfile.EncodeCertificates(i.Cert) }
 
 // KeyPEM returns the private key as a PKCS #8 PEM block.
-func (i *Issued) KeyPEM() ([]byte, error) { return EncodeKey(i.Key) }
+func (i *Issued) KeyPEM() ([]byte, error) { return pemfile.EncodeKey(i.Key) }
 
 // CertPEM returns the CA certificate in PEM form.
-func (ca *CA) CertPEM() []byte { return EncodeCertificates(ca.Cert) }
+func (ca *CA) CertPEM() []byte { return pemfile.EncodeCertificates(ca.Cert) }
 
 // KeyPEM returns the CA private key as a PKCS #8 PEM block.
-func (ca *CA) KeyPEM() ([]byte, error) { return EncodeKey(ca.Key) }
+func (ca *CA) KeyPEM() ([]byte, error) { return pemfile.EncodeKey(ca.Key) }
 
-// Fingerprint returns the SHA-256 of the certificate's DER encoding.
-func Fingerprint(cert *x509.Certificate) [32]byte { return sha256.Sum256(cert.Raw) }
-
-// EncodeCertificates PEM-encodes certs in order.
-func EncodeCertificates(certs ...*x509.Certificate) []byte {
-	var buf bytes.Buffer
-	for _, c := range certs {
-		_ = pem.Encode(&buf, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
-	}
-	return buf.Bytes()
-}
-
-// EncodeKey PEM-encodes a private key in PKCS #8 form.
-func EncodeKey(key crypto.Signer) ([]byte, error) {
-	der, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return nil, fmt.Errorf("certs: marshal key: %w", err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
-}
-
-// ParseCA parses a CA certificate and its PKCS #8 private key from PEM.
-func ParseCA(certPEM, keyPEM []byte) (*CA, error) {
-	certs, err := ParseCertificates(certPEM)
+// parseCA parses a CA certificate and its PKCS #8 private key from PEM.
+func parseCA(certPEM, keyPEM []byte) (*CA, error) {
+	certs, err := pemfile.ParseCertificates(certPEM)
 	if err != nil {
 		return nil, err
 	}
@@ -233,38 +211,6 @@ func ParseCA(certPEM, keyPEM []byte) (*CA, error) {
 		return nil, errors.New("certs: CA key cannot sign")
 	}
 	return &CA{Cert: certs[0], Key: signer}, nil
-}
-
-// ParseCertificates parses every CERTIFICATE block in data; there must be at least one.
-func ParseCertificates(data []byte) ([]*x509.Certificate, error) {
-	var out []*x509.Certificate
-	for _, der := range pemBlocks(data, "CERTIFICATE") {
-		c, err := x509.ParseCertificate(der)
-		if err != nil {
-			return nil, fmt.Errorf("certs: parse certificate: %w", err)
-		}
-		out = append(out, c)
-	}
-	if len(out) == 0 {
-		return nil, errors.New("certs: no CERTIFICATE block")
-	}
-	return out, nil
-}
-
-// pemBlocks returns the contents of the PEM blocks of type typ in data, in
-// order, skipping blocks of other types.
-func pemBlocks(data []byte, typ string) [][]byte {
-	var out [][]byte
-	for {
-		var block *pem.Block
-		block, data = pem.Decode(data)
-		if block == nil {
-			return out
-		}
-		if block.Type == typ {
-			out = append(out, block.Bytes)
-		}
-	}
 }
 
 func newSerial() (*big.Int, error) {

@@ -1,7 +1,9 @@
 package certs_test
 
 import (
+	"bytes"
 	"crypto/x509"
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -10,6 +12,7 @@ import (
 
 	"github.com/palisade-rpc/palisade/certs"
 	"github.com/palisade-rpc/palisade/certs/certstest"
+	"github.com/palisade-rpc/palisade/internal/pemfile"
 )
 
 // TestLeavesAreWorkloadCertificates: every leaf the development CA issues —
@@ -59,7 +62,7 @@ func TestLeavesAreWorkloadCertificates(t *testing.T) {
 	check(t, "certstest.CA.Client", tca.Client("/client/cli").Cert, certs.UsageClient)
 
 	dir := t.TempDir()
-	if _, err := certs.InitDev(dir, certs.DevOptions{}); err != nil {
+	if _, err := certs.InitDev(dir); err != nil {
 		t.Fatal(err)
 	}
 	for _, id := range certs.DevIdentities() {
@@ -74,11 +77,52 @@ func TestLeavesAreWorkloadCertificates(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			leaf, err := certs.ParseCertificates(data)
+			leaf, err := pemfile.ParseCertificates(data)
 			if err != nil {
 				t.Fatal(err)
 			}
 			check(t, step+" "+id.Name, leaf[0], id.Usage)
 		}
+	}
+}
+
+// TestInitDevOptions: InitDev writes the trust domain it is given, refuses
+// to touch existing files (changing none) unless told to overwrite them,
+// and then writes a new CA.
+func TestInitDevOptions(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	if _, err := certs.InitDev(dir, certs.WithTrustDomain("example.org")); err != nil {
+		t.Fatal(err)
+	}
+	caFile := filepath.Join(dir, "ca.pem")
+	first, err := os.ReadFile(caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leafPEM, err := os.ReadFile(filepath.Join(dir, certs.DevIdentities()[0].Name+".pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := pemfile.ParseCertificates(leafPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(leaf[0].URIs) != 1 || leaf[0].URIs[0].Host != "example.org" {
+		t.Fatalf("leaf SPIFFE ID %v, want one in example.org", leaf[0].URIs)
+	}
+
+	written, err := certs.InitDev(dir)
+	if !errors.Is(err, certs.ErrExist) || len(written) != 0 {
+		t.Fatalf("second InitDev: wrote %v, %v; want ErrExist", written, err)
+	}
+	if again, _ := os.ReadFile(caFile); !bytes.Equal(again, first) {
+		t.Fatal("a refused InitDev changed the CA")
+	}
+	if _, err := certs.InitDev(dir, certs.WithOverwrite()); err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := os.ReadFile(caFile); bytes.Equal(again, first) {
+		t.Fatal("WithOverwrite left the old CA")
 	}
 }

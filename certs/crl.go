@@ -55,25 +55,3 @@ func (ca *CA) CreateCRL(c CRL) ([]byte, *x509.RevocationList, error) {
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der}), crl, nil
 }
-
-// ParseCRLs parses every "X509 CRL" PEM block in data, or data itself as one
-// DER-encoded CRL when it holds no PEM. Signatures are not checked here: the
-// caller checks each against the CA that issued it.
-func ParseCRLs(data []byte) ([]*x509.RevocationList, error) {
-	var out []*x509.RevocationList
-	for _, der := range pemBlocks(data, "X509 CRL") {
-		crl, err := x509.ParseRevocationList(der)
-		if err != nil {
-			return nil, fmt.Errorf("certs: parse CRL: %w", err)
-		}
-		out = append(out, crl)
-	}
-	if len(out) > 0 {
-		return out, nil
-	}
-	crl, err := x509.ParseRevocationList(data)
-	if err != nil {
-		return nil, fmt.Errorf("certs: no X509 CRL block, and not a DER CRL: %w", err)
-	}
-	return []*x509.RevocationList{crl}, nil
-}

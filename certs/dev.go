@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/palisade-rpc/palisade/internal/pemfile"
 )
 
 // DefaultTrustDomain is the trust domain of the development PKI.
@@ -34,40 +36,64 @@ func DevIdentities() []DevIdentity {
 	}
 }
 
-// DevOptions configures InitDev.
-type DevOptions struct {
-	// TrustDomain defaults to DefaultTrustDomain.
-	TrustDomain string
-	// Force overwrites existing files. Without it InitDev refuses to touch a
-	// directory that already holds any of the files it would write.
-	Force bool
-	// CAValidity defaults to one year, LeafValidity to 90 days.
-	CAValidity   time.Duration
-	LeafValidity time.Duration
+// DevOption configures InitDev.
+type DevOption interface {
+	applyDev(*devConfig)
 }
 
-// ErrExist is returned by InitDev when files exist and Force is not set.
+type devConfig struct {
+	trustDomain string
+	overwrite   bool
+}
+
+type devOptionFunc func(*devConfig)
+
+func (f devOptionFunc) applyDev(c *devConfig) { f(c) }
+
+// WithTrustDomain sets the trust domain of the development PKI (default
+// DefaultTrustDomain).
+func WithTrustDomain(td string) DevOption {
+	return devOptionFunc(func(c *devConfig) {
+		if td != "" {
+			c.trustDomain = td
+		}
+	})
+}
+
+// WithOverwrite lets InitDev overwrite existing files. Without it InitDev
+// refuses to touch a directory that already holds any of the files it
+// would write.
+func WithOverwrite() DevOption {
+	return devOptionFunc(func(c *devConfig) { c.overwrite = true })
+}
+
+// ErrExist is returned by InitDev when files exist and WithOverwrite is not
+// given.
 var ErrExist = errors.New("certs: files exist (use --force to overwrite)")
 
-// InitDev writes a development CA (ca.pem, ca-key.pem) and the leaves of
-// DevIdentities into dir, creating it with mode 0700. Private keys are written
-// with mode 0600. It returns the paths it wrote. When any file already exists
-// and opts.Force is false it writes nothing and returns an error wrapping
-// ErrExist that names the files.
-func InitDev(dir string, opts DevOptions) ([]string, error) {
-	td := opts.TrustDomain
-	if td == "" {
-		td = DefaultTrustDomain
+// Validities of the development PKI.
+const (
+	devCAValidity   = 365 * 24 * time.Hour
+	devLeafValidity = 90 * 24 * time.Hour
+)
+
+// InitDev writes a development CA (ca.pem, ca-key.pem, valid for a year)
+// and the leaves of DevIdentities (valid for 90 days) into dir, creating it
+// with mode 0700. Private keys are written with mode 0600. It returns the
+// paths it wrote. When any file already exists and WithOverwrite is not
+// given it writes nothing and returns an error wrapping ErrExist that names
+// the files.
+func InitDev(dir string, opts ...DevOption) ([]string, error) {
+	cfg := devConfig{trustDomain: DefaultTrustDomain}
+	for _, o := range opts {
+		o.applyDev(&cfg)
 	}
-	caValidity := opts.CAValidity
-	if caValidity == 0 {
-		caValidity = 365 * 24 * time.Hour
-	}
+	td := cfg.trustDomain
 	names := []string{"ca.pem", "ca-key.pem"}
 	for _, id := range DevIdentities() {
 		names = append(names, id.Name+".pem", id.Name+"-key.pem")
 	}
-	if !opts.Force {
+	if !cfg.overwrite {
 		var existing []string
 		for _, n := range names {
 			if _, err := os.Lstat(filepath.Join(dir, n)); err == nil {
@@ -81,7 +107,7 @@ func InitDev(dir string, opts DevOptions) ([]string, error) {
 		}
 	}
 
-	ca, err := NewCA(td, caValidity)
+	ca, err := NewCA(td, devCAValidity)
 	if err != nil {
 		return nil, err
 	}
@@ -90,7 +116,7 @@ func InitDev(dir string, opts DevOptions) ([]string, error) {
 		return nil, err
 	}
 	for _, id := range DevIdentities() {
-		leaf := Leaf{SPIFFEID: "spiffe://" + td + id.Path, Usage: id.Usage, Validity: opts.LeafValidity}
+		leaf := Leaf{SPIFFEID: "spiffe://" + td + id.Path, Usage: id.Usage, Validity: devLeafValidity}
 		if id.Usage != UsageClient {
 			leaf.DNSNames = []string{"localhost"}
 			leaf.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
@@ -115,36 +141,10 @@ func InitDev(dir string, opts DevOptions) ([]string, error) {
 			mode = 0o600
 		}
 		path := filepath.Join(dir, n)
-		if err := WriteFileAtomic(path, files[n], mode); err != nil {
+		if err := pemfile.WriteFileAtomic(path, files[n], mode); err != nil {
 			return written, err
 		}
 		written = append(written, path)
 	}
 	return written, nil
-}
-
-// WriteFileAtomic writes data to path through a temporary file in the same
-// directory and a rename, so a reader (a certificate watcher, say) never sees
-// a half-written file. The file gets mode perm.
-func WriteFileAtomic(path string, data []byte, perm fs.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	defer os.Remove(tmp.Name()) // no-op after a successful rename
-	if err := tmp.Chmod(perm); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
 }

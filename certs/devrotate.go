@@ -11,6 +11,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/palisade-rpc/palisade/internal/pemfile"
 	"github.com/palisade-rpc/palisade/security/spiffeid"
 )
 
@@ -28,14 +29,14 @@ func LoadDevCA(dir string) (*CA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("certs: dev CA key: %w", err)
 	}
-	return ParseCA(certPEM, keyPEM)
+	return parseCA(certPEM, keyPEM)
 }
 
 // RotateDev re-issues the leaf name (one of DevIdentities: <name>.pem and
 // <name>-key.pem in dir) with the development CA: a new key and serial
 // number, the same SPIFFE ID, DNS and IP SANs and usage as the current leaf,
 // valid from a minute ago for validity (0 means 90 days). The key is written
-// before the certificate, each atomically (WriteFileAtomic), so a watcher
+// before the certificate, each atomically (pemfile.WriteFileAtomic), so a watcher
 // sees either the old pair, the new pair, or for one poll a new key with the
 // old certificate, which it refuses as a mismatch.
 func RotateDev(dir, name string, validity time.Duration) (*Issued, error) {
@@ -51,7 +52,7 @@ func RotateDev(dir, name string, validity time.Duration) (*Issued, error) {
 	if err != nil {
 		return nil, fmt.Errorf("certs: rotate %s: %w", name, err)
 	}
-	old, err := ParseCertificates(data)
+	old, err := pemfile.ParseCertificates(data)
 	if err != nil {
 		return nil, fmt.Errorf("certs: rotate %s: %w", name, err)
 	}
@@ -71,10 +72,10 @@ func RotateDev(dir, name string, validity time.Duration) (*Issued, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := WriteFileAtomic(keyFile, keyPEM, 0o600); err != nil {
+	if err := pemfile.WriteFileAtomic(keyFile, keyPEM, 0o600); err != nil {
 		return nil, fmt.Errorf("certs: rotate %s: %w", name, err)
 	}
-	if err := WriteFileAtomic(certFile, issued.CertPEM(), 0o644); err != nil {
+	if err := pemfile.WriteFileAtomic(certFile, issued.CertPEM(), 0o644); err != nil {
 		return nil, fmt.Errorf("certs: rotate %s: %w", name, err)
 	}
 	return issued, nil
@@ -124,7 +125,7 @@ func RevokeDev(dir string, serials []*big.Int, validity time.Duration) (*x509.Re
 	case err != nil:
 		return nil, fmt.Errorf("certs: revoke: %w", err)
 	default:
-		crls, err := ParseCRLs(data)
+		crls, err := pemfile.ParseCRLs(data)
 		if err != nil {
 			return nil, fmt.Errorf("certs: revoke: %s: %w", path, err)
 		}
@@ -156,7 +157,7 @@ func RevokeDev(dir string, serials []*big.Int, validity time.Duration) (*x509.Re
 	if err != nil {
 		return nil, err
 	}
-	if err := WriteFileAtomic(path, pemData, 0o644); err != nil {
+	if err := pemfile.WriteFileAtomic(path, pemData, 0o644); err != nil {
 		return nil, fmt.Errorf("certs: revoke: %w", err)
 	}
 	return crl, nil

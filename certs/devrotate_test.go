@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/palisade-rpc/palisade/certs"
+	"github.com/palisade-rpc/palisade/internal/pemfile"
 )
 
 func readCert(t *testing.T, path string) *x509.Certificate {
@@ -20,7 +21,7 @@ func readCert(t *testing.T, path string) *x509.Certificate {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := certs.ParseCertificates(data)
+	c, err := pemfile.ParseCertificates(data)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -31,7 +32,7 @@ func readCert(t *testing.T, path string) *x509.Certificate {
 func devPKI(t *testing.T) (string, *certs.CA) {
 	t.Helper()
 	dir := t.TempDir()
-	if _, err := certs.InitDev(dir, certs.DevOptions{}); err != nil {
+	if _, err := certs.InitDev(dir); err != nil {
 		t.Fatal(err)
 	}
 	ca, err := certs.LoadDevCA(dir)
@@ -101,7 +102,7 @@ func TestRevokeDev(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	parsed, err := certs.ParseCRLs(data)
+	parsed, err := pemfile.ParseCRLs(data)
 	if err != nil || len(parsed) != 1 {
 		t.Fatalf("crl.pem: %v (%d CRLs)", err, len(parsed))
 	}

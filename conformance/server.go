@@ -26,12 +26,13 @@ import (
 	"net"
 	"time"
 
-	"github.com/palisade-rpc/palisade/certs"
 	conformancev1 "github.com/palisade-rpc/palisade/conformance/gen/connectrpc/conformance/v1"
 	"github.com/palisade-rpc/palisade/conformance/gen/connectrpc/conformance/v1/conformancev1connect"
+	"github.com/palisade-rpc/palisade/internal/pemfile"
 	"github.com/palisade-rpc/palisade/policy"
 	"github.com/palisade-rpc/palisade/rpc"
 	"github.com/palisade-rpc/palisade/security/mtls"
+	"github.com/palisade-rpc/palisade/security/spiffeid"
 )
 
 // Workload identities the server gives the runner's client certificate; the
@@ -108,7 +109,7 @@ func Start(ctx context.Context, req *conformancev1.ServerCompatRequest, opts Opt
 	if err != nil {
 		return nil, fmt.Errorf("conformance: server certificate: %w", err)
 	}
-	clientCerts, err := certs.ParseCertificates(req.GetClientTlsCert())
+	clientCerts, err := pemfile.ParseCertificates(req.GetClientTlsCert())
 	if err != nil {
 		return nil, fmt.Errorf("conformance: client certificate: %w", err)
 	}
@@ -125,12 +126,19 @@ func Start(ctx context.Context, req *conformancev1.ServerCompatRequest, opts Opt
 	if grace <= 0 {
 		grace = 2 * time.Second
 	}
-	engine, err := policy.NewEngine(ctx, PolicyBundle(), policy.EngineOptions{Logger: opts.Logger})
+	engine, err := policy.NewEngine(ctx, PolicyBundle(), policy.WithLogger(opts.Logger))
 	if err != nil {
 		return nil, fmt.Errorf("conformance: policy: %w", err)
 	}
+	clientID, err := spiffeid.Parse(opts.ClientID)
+	if err != nil {
+		return nil, fmt.Errorf("conformance: client ID: %w", err)
+	}
 	serverOpts := []rpc.ServerOption{
 		rpc.WithLogger(opts.Logger),
+		// The runner's server certificate carries no SPIFFE ID to take the
+		// trust domain from: the callers' is the pinned client's.
+		rpc.WithTrustDomain(clientID.TrustDomain()),
 		rpc.WithPinnedClientCertificate(clientCerts[0], opts.ClientID),
 		rpc.WithShutdownGrace(grace),
 	}

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/palisade-rpc/palisade/authz"
 	"github.com/palisade-rpc/palisade/policy"
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
 	"github.com/palisade-rpc/palisade/security"
@@ -21,7 +22,7 @@ func BenchmarkDefaultPolicy(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	engine, err := policy.NewEngine(context.Background(), bundle, policy.EngineOptions{Logger: slog.New(slog.DiscardHandler)})
+	engine, err := policy.NewEngine(context.Background(), bundle, policy.WithLogger(slog.New(slog.DiscardHandler)))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -31,7 +32,7 @@ func BenchmarkDefaultPolicy(b *testing.B) {
 		User: &security.User{Subject: "alice", Roles: []string{"customer"}, Audience: []string{"spiffe://palisade.local/svc/user"},
 			Issuer: "spiffe://palisade.local/svc/user", TokenID: "j", ExpiresAt: time.Now().Add(time.Hour), CertBound: true},
 	}
-	cases := map[string]*policy.Input{
+	cases := map[string]*authz.Input{
 		"with request": {
 			Procedure: "/user.v1.UserService/GetUser", Service: "user.v1.UserService", Method: "GetUser", StreamType: "unary",
 			Principal: principal, Request: &userv1.GetUserRequest{Id: "alice"}, HTTPMethod: "POST", Protocol: "connect",
@@ -59,7 +60,7 @@ func BenchmarkDefaultPolicy(b *testing.B) {
 			ctx := context.Background()
 			b.ReportAllocs()
 			for b.Loop() {
-				d, err := engine.Eval(ctx, in.Value())
+				d, err := engine.Eval(ctx, policy.InputValue(in))
 				if err != nil || !d.Allow {
 					b.Fatalf("%+v %v", d, err)
 				}

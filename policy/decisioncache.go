@@ -7,6 +7,8 @@ import (
 
 	"github.com/open-policy-agent/opa/v1/ast"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/palisade-rpc/palisade/authz"
 )
 
 // DefaultDecisionCacheSize bounds the decisions an Engine remembers per
@@ -23,21 +25,21 @@ const DefaultDecisionCacheSize = 10000
 type decisionCache struct {
 	mu      sync.RWMutex
 	max     int
-	entries map[[32]byte]Decision
+	entries map[[32]byte]authz.Decision
 }
 
 func newDecisionCache(max int) *decisionCache {
-	return &decisionCache{max: max, entries: make(map[[32]byte]Decision, min(max, 1024))}
+	return &decisionCache{max: max, entries: make(map[[32]byte]authz.Decision, min(max, 1024))}
 }
 
-func (c *decisionCache) get(key [32]byte) (Decision, bool) {
+func (c *decisionCache) get(key [32]byte) (authz.Decision, bool) {
 	c.mu.RLock()
 	d, ok := c.entries[key]
 	c.mu.RUnlock()
 	return d, ok
 }
 
-func (c *decisionCache) put(key [32]byte, d Decision) {
+func (c *decisionCache) put(key [32]byte, d authz.Decision) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if _, ok := c.entries[key]; !ok && len(c.entries) >= c.max {
@@ -93,12 +95,12 @@ func (k *keyBuffer) str(s string) {
 
 func (k *keyBuffer) num(n uint64) { k.b = binary.AppendUvarint(k.b, n) }
 
-// cacheKey hashes everything Value puts in the input document — the same
+// cacheKey hashes everything InputValue puts in the input document — the same
 // fields, length-prefixed so no two inputs share an encoding — without
 // building the document. The request is hashed in its deterministic proto
 // encoding with its type name. ok is false when the request cannot be
 // encoded (then the decision is evaluated, not cached).
-func (in *Input) cacheKey() (key [32]byte, ok bool) {
+func cacheKey(in *authz.Input) (key [32]byte, ok bool) {
 	k := keyBuffers.Get().(*keyBuffer)
 	defer func() {
 		if cap(k.b) > 64<<10 {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/open-policy-agent/opa/v1/ast"
 
+	"github.com/palisade-rpc/palisade/authz"
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
 	"github.com/palisade-rpc/palisade/security"
 	"github.com/palisade-rpc/palisade/security/spiffeid"
@@ -52,8 +53,8 @@ func TestCacheKeyCoversTheInput(t *testing.T) {
 	t.Parallel()
 	cli, _ := spiffeid.Parse("spiffe://palisade.local/client/cli")
 	other, _ := spiffeid.Parse("spiffe://palisade.local/client/other")
-	base := func() *Input {
-		return &Input{
+	base := func() *authz.Input {
+		return &authz.Input{
 			Procedure: "/user.v1.UserService/GetUser", Service: "user.v1.UserService", Method: "GetUser", StreamType: "unary",
 			Principal: &security.Principal{
 				Workload: security.Workload{ID: cli, CertSHA256: [32]byte{1}},
@@ -61,57 +62,57 @@ func TestCacheKeyCoversTheInput(t *testing.T) {
 					TokenID: "j", ExpiresAt: time.Unix(1790000000, 0), Actor: "", CertBound: true},
 			},
 			Request:    &userv1.GetUserRequest{Id: "alice"},
-			Resource:   &Resource{Kind: "order", ID: "o", Owner: "alice"},
+			Resource:   &authz.Resource{Kind: "order", ID: "o", Owner: "alice"},
 			HTTPMethod: "POST", Protocol: "connect",
 		}
 	}
-	mutations := map[string]func(*Input){
-		"procedure":                  func(in *Input) { in.Procedure = "/user.v1.UserService/ListUsers" },
-		"service":                    func(in *Input) { in.Service = "x" },
-		"method":                     func(in *Input) { in.Method = "x" },
-		"stream type":                func(in *Input) { in.StreamType = "server_stream" },
-		"http method":                func(in *Input) { in.HTTPMethod = "GET" },
-		"protocol":                   func(in *Input) { in.Protocol = "grpc" },
-		"workload":                   func(in *Input) { in.Principal.Workload.ID = other },
-		"cert hash":                  func(in *Input) { in.Principal.Workload.CertSHA256[31] = 9 },
-		"no user":                    func(in *Input) { in.Principal.User = nil },
-		"subject":                    func(in *Input) { in.Principal.User.Subject = "bob" },
-		"roles":                      func(in *Input) { in.Principal.User.Roles = []string{"admin"} },
-		"more roles":                 func(in *Input) { in.Principal.User.Roles = []string{"customer", "admin"} },
-		"scope":                      func(in *Input) { in.Principal.User.Scope = "t" },
-		"audience":                   func(in *Input) { in.Principal.User.Audience = nil },
-		"issuer":                     func(in *Input) { in.Principal.User.Issuer = "j" },
-		"token id":                   func(in *Input) { in.Principal.User.TokenID = "k" },
-		"expiry":                     func(in *Input) { in.Principal.User.ExpiresAt = time.Unix(1790000001, 0) },
-		"actor":                      func(in *Input) { in.Principal.User.Actor = "spiffe://palisade.local/svc/order" },
-		"bound":                      func(in *Input) { in.Principal.User.CertBound = false },
-		"request":                    func(in *Input) { in.Request = &userv1.GetUserRequest{Id: "bob"} },
-		"request of the same length": func(in *Input) { in.Request = &userv1.GetUserRequest{Id: "admin"} },
-		"no request":                 func(in *Input) { in.Request = nil },
-		"request type": func(in *Input) {
+	mutations := map[string]func(*authz.Input){
+		"procedure":                  func(in *authz.Input) { in.Procedure = "/user.v1.UserService/ListUsers" },
+		"service":                    func(in *authz.Input) { in.Service = "x" },
+		"method":                     func(in *authz.Input) { in.Method = "x" },
+		"stream type":                func(in *authz.Input) { in.StreamType = "server_stream" },
+		"http method":                func(in *authz.Input) { in.HTTPMethod = "GET" },
+		"protocol":                   func(in *authz.Input) { in.Protocol = "grpc" },
+		"workload":                   func(in *authz.Input) { in.Principal.Workload.ID = other },
+		"cert hash":                  func(in *authz.Input) { in.Principal.Workload.CertSHA256[31] = 9 },
+		"no user":                    func(in *authz.Input) { in.Principal.User = nil },
+		"subject":                    func(in *authz.Input) { in.Principal.User.Subject = "bob" },
+		"roles":                      func(in *authz.Input) { in.Principal.User.Roles = []string{"admin"} },
+		"more roles":                 func(in *authz.Input) { in.Principal.User.Roles = []string{"customer", "admin"} },
+		"scope":                      func(in *authz.Input) { in.Principal.User.Scope = "t" },
+		"audience":                   func(in *authz.Input) { in.Principal.User.Audience = nil },
+		"issuer":                     func(in *authz.Input) { in.Principal.User.Issuer = "j" },
+		"token id":                   func(in *authz.Input) { in.Principal.User.TokenID = "k" },
+		"expiry":                     func(in *authz.Input) { in.Principal.User.ExpiresAt = time.Unix(1790000001, 0) },
+		"actor":                      func(in *authz.Input) { in.Principal.User.Actor = "spiffe://palisade.local/svc/order" },
+		"bound":                      func(in *authz.Input) { in.Principal.User.CertBound = false },
+		"request":                    func(in *authz.Input) { in.Request = &userv1.GetUserRequest{Id: "bob"} },
+		"request of the same length": func(in *authz.Input) { in.Request = &userv1.GetUserRequest{Id: "admin"} },
+		"no request":                 func(in *authz.Input) { in.Request = nil },
+		"request type": func(in *authz.Input) {
 			in.Request = &userv1.WatchUserChangesRequest{} // same (empty) encoding as GetUserRequest{}
 		},
-		"resource owner": func(in *Input) { in.Resource.Owner = "bob" },
-		"no resource":    func(in *Input) { in.Resource = nil },
+		"resource owner": func(in *authz.Input) { in.Resource.Owner = "bob" },
+		"no resource":    func(in *authz.Input) { in.Resource = nil },
 		// Field boundaries: moving a byte from one string to the next must not collide.
-		"boundary": func(in *Input) { in.Service, in.Method = "user.v1.UserServiceG", "etUser" },
+		"boundary": func(in *authz.Input) { in.Service, in.Method = "user.v1.UserServiceG", "etUser" },
 	}
-	baseKey, ok := base().cacheKey()
+	baseKey, ok := cacheKey(base())
 	if !ok {
 		t.Fatal("no key for the base input")
 	}
 	emptyReq := base()
 	emptyReq.Request = &userv1.GetUserRequest{}
-	emptyKey, _ := emptyReq.cacheKey()
+	emptyKey, _ := cacheKey(emptyReq)
 	for name, mutate := range mutations {
 		in := base()
 		mutate(in)
-		key, ok := in.cacheKey()
+		key, ok := cacheKey(in)
 		if !ok || key == baseKey || (name == "request type" && key == emptyKey) {
 			t.Errorf("%s: the key did not change", name)
 		}
 	}
-	if again, _ := base().cacheKey(); again != baseKey {
+	if again, _ := cacheKey(base()); again != baseKey {
 		t.Fatal("the same input gave two keys")
 	}
 }
@@ -122,7 +123,7 @@ func TestCacheKeyCoversTheInput(t *testing.T) {
 func TestCachedDecisionsFollowTheInput(t *testing.T) {
 	t.Parallel()
 	b, _ := DefaultBundle()
-	e, err := NewEngine(context.Background(), b, EngineOptions{Logger: slog.New(slog.DiscardHandler)})
+	e, err := NewEngine(context.Background(), b, WithLogger(slog.New(slog.DiscardHandler)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,8 +131,8 @@ func TestCachedDecisionsFollowTheInput(t *testing.T) {
 		t.Fatal("the default policy runs without a decision cache")
 	}
 	cli, _ := spiffeid.Parse("spiffe://palisade.local/client/cli")
-	in := func(id string) *Input {
-		return &Input{Procedure: "/user.v1.UserService/GetUser", Service: "user.v1.UserService", Method: "GetUser", StreamType: "unary",
+	in := func(id string) *authz.Input {
+		return &authz.Input{Procedure: "/user.v1.UserService/GetUser", Service: "user.v1.UserService", Method: "GetUser", StreamType: "unary",
 			Principal: &security.Principal{Workload: security.Workload{ID: cli},
 				User: &security.User{Subject: "alice", Roles: []string{"customer"}, ExpiresAt: time.Now().Add(time.Hour)}},
 			Request: &userv1.GetUserRequest{Id: id}, HTTPMethod: "POST", Protocol: "connect"}
@@ -142,7 +143,7 @@ func TestCachedDecisionsFollowTheInput(t *testing.T) {
 			if err != nil || cached.Allow != want {
 				t.Fatalf("round %d, %s: %+v %v", i, id, cached, err)
 			}
-			fresh, err := e.Eval(context.Background(), in(id).Value())
+			fresh, err := e.Eval(context.Background(), InputValue(in(id)))
 			if err != nil || !reflect.DeepEqual(cached, fresh) {
 				t.Fatalf("cached %+v, evaluated %+v", cached, fresh)
 			}

@@ -6,7 +6,7 @@ import "github.com/open-policy-agent/opa/v1/ast"
 // says whether the request could change a decision.
 const requestNeededKey = "request_needed"
 
-// DecidesBeforeRequest implements PreRequestAuthorizer: true when the
+// DecidesBeforeRequest implements authz.PreRequestAuthorizer: true when the
 // policy in force mentions request_needed, so that a decision asked for
 // before the request is read may be final. A policy that never does would
 // only answer "the request is needed", and its calls are not evaluated

@@ -13,13 +13,15 @@ import (
 	"github.com/open-policy-agent/opa/v1/rego"
 	"github.com/open-policy-agent/opa/v1/storage/inmem"
 	"github.com/open-policy-agent/opa/v1/topdown"
+
+	"github.com/palisade-rpc/palisade/authz"
 )
 
-// Engine is an Authorizer backed by Open Policy Agent, embedded: the
+// Engine is an authz.Authorizer backed by Open Policy Agent, embedded: the
 // bundle's policies are compiled and the decision query prepared once per
 // policy version; a call only evaluates. Load swaps in a new version after
 // it compiles and its own rego tests pass — a version without tests is
-// refused too (ErrUntested), unless EngineOptions.AllowUntested; until
+// refused too (ErrUntested), unless WithUntestedPolicies; until
 // then, and whenever a version is refused, the last good one keeps deciding.
 type Engine struct {
 	cur           atomic.Pointer[version]
@@ -45,29 +47,51 @@ type version struct {
 	early bool
 }
 
-// EngineOptions configures NewEngine.
-type EngineOptions struct {
-	// Logger receives reloads, refusals and evaluation errors.
-	Logger *slog.Logger
-	// AllowUntested loads policy versions that carry no rego test (none
-	// ran: there are none, or all are skipped). It is unsafe: nothing then
-	// checks a new version before it decides, and a policy directory that
-	// lost its tests is taken as it is. Each such version is logged as a
-	// warning when it is loaded. By default such a version is refused with
-	// ErrUntested.
-	AllowUntested bool
+// EngineOption configures NewEngine.
+type EngineOption interface {
+	applyEngine(*engineConfig)
+}
+
+type engineConfig struct {
+	logger        *slog.Logger
+	allowUntested bool
+}
+
+type engineOptionFunc func(*engineConfig)
+
+func (f engineOptionFunc) applyEngine(c *engineConfig) { f(c) }
+
+// WithLogger sets the logger (default slog.Default()) that receives the
+// engine's reloads, refusals and evaluation errors.
+func WithLogger(l *slog.Logger) EngineOption {
+	return engineOptionFunc(func(c *engineConfig) {
+		if l != nil {
+			c.logger = l
+		}
+	})
+}
+
+// WithUntestedPolicies makes the engine load policy versions that carry no
+// rego test (none ran: there are none, or all are skipped). It is unsafe:
+// nothing then checks a new version before it decides, and a policy
+// directory that lost its tests is taken as it is. Each such version is
+// logged as a warning when it is loaded. Without it such a version is
+// refused with ErrUntested.
+func WithUntestedPolicies() EngineOption {
+	return engineOptionFunc(func(c *engineConfig) { c.allowUntested = true })
 }
 
 // NewEngine returns an Engine deciding with b, which must compile and pass
-// its tests (and have some, unless opts.AllowUntested).
-func NewEngine(ctx context.Context, b *Bundle, opts EngineOptions) (*Engine, error) {
-	if opts.Logger == nil {
-		opts.Logger = slog.Default()
+// its tests (and have some, unless WithUntestedPolicies).
+func NewEngine(ctx context.Context, b *Bundle, opts ...EngineOption) (*Engine, error) {
+	cfg := engineConfig{logger: slog.Default()}
+	for _, o := range opts {
+		o.applyEngine(&cfg)
 	}
 	// One cancel shared by every evaluation and never fired: without an
 	// external cancel, OPA starts a goroutine per evaluation to watch ctx.
 	// Evaluations of these policies take microseconds.
-	e := &Engine{log: opts.Logger, cancel: topdown.NewCancel(), allowUntested: opts.AllowUntested}
+	e := &Engine{log: cfg.logger, cancel: topdown.NewCancel(), allowUntested: cfg.allowUntested}
 	if err := e.Load(ctx, b); err != nil {
 		return nil, err
 	}
@@ -76,7 +100,7 @@ func NewEngine(ctx context.Context, b *Bundle, opts EngineOptions) (*Engine, err
 
 // Load compiles b, runs its rego tests and, if both succeed, makes it the
 // policy in force. A version in which no test ran is refused with
-// ErrUntested, unless the engine was made with AllowUntested. On error
+// ErrUntested, unless the engine was made WithUntestedPolicies. On error
 // nothing changes, and the refusal is logged.
 func (e *Engine) Load(ctx context.Context, b *Bundle) error {
 	if err := e.swap(ctx, b); err != nil {
@@ -163,22 +187,22 @@ func prepare(ctx context.Context, b *Bundle, allowUntested bool) (*version, erro
 // Revision returns the revision of the policy in force.
 func (e *Engine) Revision() string { return e.cur.Load().revision }
 
-// Decide implements Authorizer. A policy that is a pure function of its
+// Decide implements authz.Authorizer. A policy that is a pure function of its
 // input (it calls no nondeterministic builtin) has its decisions remembered
 // by a hash of the whole input, per policy version; any other is evaluated
 // on every call.
-func (e *Engine) Decide(ctx context.Context, in *Input) (Decision, error) {
+func (e *Engine) Decide(ctx context.Context, in *authz.Input) (authz.Decision, error) {
 	v := e.cur.Load()
 	if v.cache == nil {
-		return e.eval(ctx, v, in.Value())
+		return e.eval(ctx, v, InputValue(in))
 	}
-	key, ok := in.cacheKey()
+	key, ok := cacheKey(in)
 	if ok {
 		if d, hit := v.cache.get(key); hit {
 			return d, nil
 		}
 	}
-	d, err := e.eval(ctx, v, in.Value())
+	d, err := e.eval(ctx, v, InputValue(in))
 	if err == nil && ok {
 		v.cache.put(key, d)
 	}
@@ -189,12 +213,12 @@ func (e *Engine) Decide(ctx context.Context, in *Input) (Decision, error) {
 // decision document with a boolean allow, an array of string reasons and
 // optionally a boolean need_user and a boolean request_needed is an error,
 // and the caller denies.
-func (e *Engine) Eval(ctx context.Context, input ast.Value, extra ...rego.EvalOption) (Decision, error) {
+func (e *Engine) Eval(ctx context.Context, input ast.Value, extra ...rego.EvalOption) (authz.Decision, error) {
 	return e.eval(ctx, e.cur.Load(), input, extra...)
 }
 
-func (e *Engine) eval(ctx context.Context, v *version, input ast.Value, extra ...rego.EvalOption) (Decision, error) {
-	d := Decision{Revision: v.revision}
+func (e *Engine) eval(ctx context.Context, v *version, input ast.Value, extra ...rego.EvalOption) (authz.Decision, error) {
+	d := authz.Decision{Revision: v.revision}
 	opts := append([]rego.EvalOption{rego.EvalParsedInput(input), rego.EvalExternalCancel(e.cancel)}, extra...)
 	rs, err := v.query.Eval(ctx, opts...)
 	if err != nil {
@@ -250,7 +274,7 @@ func (e *Engine) eval(ctx context.Context, v *version, input ast.Value, extra ..
 // Explain evaluates input like Eval and also returns the rules that fired
 // (evaluated to a value), as "file:line: head", in file and line order, for a
 // person debugging a decision.
-func (e *Engine) Explain(ctx context.Context, input ast.Value) (Decision, []string, error) {
+func (e *Engine) Explain(ctx context.Context, input ast.Value) (authz.Decision, []string, error) {
 	tracer := topdown.NewBufferTracer()
 	d, err := e.Eval(ctx, input, rego.EvalQueryTracer(tracer))
 	seen := map[*ast.Rule]bool{}

@@ -25,14 +25,14 @@ decision := {"allow": true, "reasons": []}
 
 func quietEngine(t *testing.T, b *policy.Bundle) (*policy.Engine, error) {
 	t.Helper()
-	return policy.NewEngine(context.Background(), b, policy.EngineOptions{Logger: slog.New(slog.DiscardHandler)})
+	return policy.NewEngine(context.Background(), b, policy.WithLogger(slog.New(slog.DiscardHandler)))
 }
 
 // untestedEngine is quietEngine for a policy without rego tests, in tests
 // of evaluation rather than of loading.
 func untestedEngine(t *testing.T, b *policy.Bundle) (*policy.Engine, error) {
 	t.Helper()
-	return policy.NewEngine(context.Background(), b, policy.EngineOptions{Logger: slog.New(slog.DiscardHandler), AllowUntested: true})
+	return policy.NewEngine(context.Background(), b, policy.WithLogger(slog.New(slog.DiscardHandler)), policy.WithUntestedPolicies())
 }
 
 // TestEngineFailsClosed: every way a policy can fail to give a well-formed

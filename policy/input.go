@@ -13,14 +13,9 @@ import (
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/palisade-rpc/palisade/authz"
 	"github.com/palisade-rpc/palisade/security"
 )
-
-// Resource is what a resource-level decision is about: the handler loaded
-// the resource a call names and asks whether the caller may act on it.
-type Resource struct {
-	Kind, ID, Owner string
-}
 
 // Keys of the input document, interned once.
 var (
@@ -50,10 +45,10 @@ var (
 	keyProtocol   = ast.StringTerm("protocol")
 )
 
-// Value builds the policy input document (DESIGN.md's "Policy input")
-// directly as an OPA value, without a JSON round trip. It holds no secret:
-// the token's claims, never the token.
-func (in *Input) Value() ast.Value {
+// InputValue builds the policy input document of in (DESIGN.md's "Policy
+// input") directly as an OPA value, without a JSON round trip. It holds no
+// secret: the token's claims, never the token.
+func InputValue(in *authz.Input) ast.Value {
 	obj := ast.NewObjectWithCapacity(10)
 	obj.Insert(keyProcedure, ast.StringTerm(in.Procedure))
 	obj.Insert(keyService, ast.StringTerm(in.Service))

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/palisade-rpc/palisade/authz"
 	"github.com/palisade-rpc/palisade/policy"
 	orderv1 "github.com/palisade-rpc/palisade/proto/order/v1"
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
@@ -19,7 +20,7 @@ import (
 func TestInputDocument(t *testing.T) {
 	t.Parallel()
 	order, _ := spiffeid.Parse("spiffe://palisade.local/svc/order")
-	in := &policy.Input{
+	in := &authz.Input{
 		Procedure: "/user.v1.UserService/UpdateUser", Service: "user.v1.UserService", Method: "UpdateUser", StreamType: "unary",
 		Principal: &security.Principal{
 			Workload: security.Workload{ID: order, CertSHA256: [32]byte{0xab}},
@@ -31,10 +32,10 @@ func TestInputDocument(t *testing.T) {
 			User:       &userv1.User{Id: "alice", DisplayName: "A", Roles: []string{"x", "y"}, Active: true, CreateTime: timestamppb.New(time.Unix(0, 0))},
 			UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"display_name", "roles"}},
 		},
-		Resource:   &policy.Resource{Kind: "order", ID: "o1", Owner: "alice"},
+		Resource:   &authz.Resource{Kind: "order", ID: "o1", Owner: "alice"},
 		HTTPMethod: "POST", Protocol: "grpc",
 	}
-	got := in.Value().String()
+	got := policy.InputValue(in).String()
 	want := ast.MustParseTerm(`{
 		"procedure": "/user.v1.UserService/UpdateUser", "service": "user.v1.UserService", "method": "UpdateUser", "stream_type": "unary",
 		"peer": {"spiffe_id": "spiffe://palisade.local/svc/order", "cert_sha256": "ab00000000000000000000000000000000000000000000000000000000000000"},
@@ -45,7 +46,7 @@ func TestInputDocument(t *testing.T) {
 		"resource": {"kind": "order", "id": "o1", "owner": "alice"},
 		"http": {"method": "POST", "protocol": "grpc"}
 	}`).Value
-	if in.Value().Compare(want) != 0 {
+	if policy.InputValue(in).Compare(want) != 0 {
 		t.Fatalf("input\n got %s\nwant %s", got, want)
 	}
 	if strings.Contains(got, "secret") {
@@ -62,7 +63,7 @@ func TestInputDocument(t *testing.T) {
 	if v := policy.MessageValue(st.ProtoReflect()); v.Compare(ast.MustParseTerm(`{"status": "ORDER_STATUS_SHIPPED"}`).Value) != 0 {
 		t.Fatalf("enum: %s", v)
 	}
-	if v := (&policy.Input{}).Value(); v.(ast.Object).Get(ast.StringTerm("token")) != nil || v.(ast.Object).Get(ast.StringTerm("request")) != nil {
+	if v := policy.InputValue(&authz.Input{}); v.(ast.Object).Get(ast.StringTerm("token")) != nil || v.(ast.Object).Get(ast.StringTerm("request")) != nil {
 		t.Fatalf("empty input has token or request: %s", v)
 	}
 }

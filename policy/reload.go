@@ -52,7 +52,7 @@ const maxRetryDelay = 2 * time.Minute
 // change is tried once it has settled, reading the same on two polls in a
 // row, so files being copied into a directory one by one are not compiled
 // half old, half new. It is then compiled, its rego tests are run, and only
-// if both succeed (and it has tests, unless AllowUntested) is it swapped in
+// if both succeed (and it has tests, unless WithUntestedPolicies) is it swapped in
 // (Engine.Load). Meanwhile, and whenever a version is refused, the last
 // good policy keeps deciding.
 //

@@ -20,8 +20,9 @@ import (
 	"connectrpc.com/connect"
 	"github.com/open-policy-agent/opa/v1/ast"
 
-	"github.com/palisade-rpc/palisade/certs"
 	"github.com/palisade-rpc/palisade/certs/certstest"
+	"github.com/palisade-rpc/palisade/internal/pemfile"
+	"github.com/palisade-rpc/palisade/internal/testusers"
 	"github.com/palisade-rpc/palisade/policy"
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
 	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
@@ -106,7 +107,7 @@ func TestReloadUnderTraffic(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	engine, err := policy.NewEngine(ctx, b, policy.EngineOptions{Logger: slog.New(slog.NewTextHandler(engineLog, nil))})
+	engine, err := policy.NewEngine(ctx, b, policy.WithLogger(slog.New(slog.NewTextHandler(engineLog, nil))))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,7 +115,7 @@ func TestReloadUnderTraffic(t *testing.T) {
 	go func() { watchDone <- engine.Watch(ctx, load, 5*time.Millisecond) }()
 
 	ca := certstest.NewCA(t)
-	users := &rpctest.Users{}
+	users := &testusers.Service{}
 	srv := rpctest.Start(t, ca.Source(ca.Server("/svc/user")), engine, users.Mount)
 	client, err := rpc.NewClient(userv1connect.NewUserServiceClient, srv.URL, ca.Source(ca.Client("/client/cli")))
 	if err != nil {
@@ -256,7 +257,7 @@ func TestWatchTriesOnlySettledChanges(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	engineLog := &lineLog{}
-	engine, err := policy.NewEngine(ctx, initial, policy.EngineOptions{Logger: slog.New(slog.NewTextHandler(engineLog, nil))})
+	engine, err := policy.NewEngine(ctx, initial, policy.WithLogger(slog.New(slog.NewTextHandler(engineLog, nil))))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -332,7 +333,7 @@ func policySources(t *testing.T) map[string]policySource {
 	bundle := func(t *testing.T) policySource {
 		file := filepath.Join(t.TempDir(), "bundle.tar.gz")
 		return policySource{load: policy.BundleLoader(file, nil), publish: func(t *testing.T, files map[string]string) {
-			if err := certs.WriteFileAtomic(file, tarGz(t, files), 0o600); err != nil {
+			if err := pemfile.WriteFileAtomic(file, tarGz(t, files), 0o600); err != nil {
 				t.Fatal(err)
 			}
 		}}
@@ -380,7 +381,7 @@ lines:
 // when it reloads — the tests deleted and a rule opening bob's record to
 // every caller added, the version the watcher finds is refused and the
 // last good one keeps denying bob over real TLS. Only an engine made with
-// AllowUntested loads it, with a warning on every load.
+// WithUntestedPolicies loads it, with a warning on every load.
 func TestUntestedPolicyRefused(t *testing.T) {
 	t.Parallel()
 	for name, src := range policySources(t) {
@@ -392,7 +393,7 @@ func TestUntestedPolicyRefused(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := policy.NewEngine(ctx, b, policy.EngineOptions{Logger: slog.New(slog.DiscardHandler)}); !errors.Is(err, policy.ErrUntested) {
+			if _, err := policy.NewEngine(ctx, b, policy.WithLogger(slog.New(slog.DiscardHandler))); !errors.Is(err, policy.ErrUntested) {
 				t.Fatalf("an untested policy at start: %v, want ErrUntested", err)
 			}
 
@@ -401,17 +402,17 @@ func TestUntestedPolicyRefused(t *testing.T) {
 				t.Fatal(err)
 			}
 			strictLog, allowLog := &lineLog{}, &lineLog{}
-			strict, err := policy.NewEngine(ctx, b, policy.EngineOptions{Logger: slog.New(slog.NewTextHandler(strictLog, nil))})
+			strict, err := policy.NewEngine(ctx, b, policy.WithLogger(slog.New(slog.NewTextHandler(strictLog, nil))))
 			if err != nil {
 				t.Fatal(err)
 			}
-			permissive, err := policy.NewEngine(ctx, b, policy.EngineOptions{Logger: slog.New(slog.NewTextHandler(allowLog, nil)), AllowUntested: true})
+			permissive, err := policy.NewEngine(ctx, b, policy.WithLogger(slog.New(slog.NewTextHandler(allowLog, nil))), policy.WithUntestedPolicies())
 			if err != nil {
 				t.Fatal(err)
 			}
 			good := strict.Revision()
 			ca := certstest.NewCA(t)
-			srv := rpctest.Start(t, ca.Source(ca.Server("/svc/user")), strict, (&rpctest.Users{}).Mount)
+			srv := rpctest.Start(t, ca.Source(ca.Server("/svc/user")), strict, (&testusers.Service{}).Mount)
 			client, err := rpc.NewClient(userv1connect.NewUserServiceClient, srv.URL, ca.Source(ca.Client("/client/cli")))
 			if err != nil {
 				t.Fatal(err)
@@ -444,7 +445,7 @@ func TestUntestedPolicyRefused(t *testing.T) {
 				// The unsafe option takes it, and warns on every load.
 				d, err := permissive.Eval(ctx, ast.MustParseTerm(`{"request": {"id": "bob"}}`).Value)
 				if err != nil || !d.Allow {
-					t.Fatalf("%s: with AllowUntested, bob: %+v %v; the untested version should decide", mark, d, err)
+					t.Fatalf("%s: with WithUntestedPolicies, bob: %+v %v; the untested version should decide", mark, d, err)
 				}
 				if n := countLines(allowLog.String(), "level=WARN", "WITHOUT rego tests", "tests=0"); n != i+1 {
 					t.Fatalf("%s: %d warnings, want one per load:\n%s", mark, n, allowLog.String())
@@ -509,7 +510,7 @@ func TestWatchRetriesUnreadableSource(t *testing.T) {
 		t.Fatal(err)
 	}
 	engineLog := &lineLog{}
-	e, err := policy.NewEngine(context.Background(), b, policy.EngineOptions{Logger: slog.New(slog.NewTextHandler(engineLog, nil))})
+	e, err := policy.NewEngine(context.Background(), b, policy.WithLogger(slog.New(slog.NewTextHandler(engineLog, nil))))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -581,7 +582,7 @@ test_dependency_up if http.send({"method": "GET", "url": "` + dep.URL + `"}).sta
 		t.Fatal(err)
 	}
 	engineLog := &lineLog{}
-	e, err := policy.NewEngine(context.Background(), b, policy.EngineOptions{Logger: slog.New(slog.NewTextHandler(engineLog, nil))})
+	e, err := policy.NewEngine(context.Background(), b, policy.WithLogger(slog.New(slog.NewTextHandler(engineLog, nil))))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -643,7 +644,7 @@ test_dependency_up if http.send({"method": "GET", "url": "` + dep.URL + `"}).sta
 // never polling, or panicking in time.NewTicker.
 func TestWatchRefusesNonPositiveInterval(t *testing.T) {
 	t.Parallel()
-	e, err := policy.NewEngine(context.Background(), &policy.Bundle{Modules: alicePolicy}, policy.EngineOptions{Logger: slog.New(slog.DiscardHandler)})
+	e, err := policy.NewEngine(context.Background(), &policy.Bundle{Modules: alicePolicy}, policy.WithLogger(slog.New(slog.DiscardHandler)))
 	if err != nil {
 		t.Fatal(err)
 	}

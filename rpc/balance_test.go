@@ -633,7 +633,8 @@ func (l *lookupTable) lookup(_ context.Context, hostport string) ([]string, erro
 // TestDNSEndpoints: a host name resolving to several addresses is
 // balanced over them; a new answer takes effect at the next refresh (the
 // address no longer listed gets no call), a failed lookup keeps the last
-// addresses, and every address is verified for the name, not the address.
+// addresses, and every address is verified for the name, not the address
+// (or, with WithServerID, for the SPIFFE ID only).
 func TestDNSEndpoints(t *testing.T) {
 	t.Parallel()
 	ca := certstest.NewCA(t)
@@ -671,17 +672,30 @@ func TestDNSEndpoints(t *testing.T) {
 	calls(t, c, 20)
 
 	// The certificates are valid for localhost and 127.0.0.1: a check of
-	// the address would pass; the name's fails.
+	// the address would pass; the name's fails. With WithServerID the
+	// server is checked by its SPIFFE ID instead, and no name is checked.
 	dns.set("users.test:443", a.Addr)
 	dns.fail(nil)
-	other, _ := balanced(t, src, []string{"https://users.test"}, rpc.WithDNSEndpoints(time.Minute), rpc.WithLookup(dns.lookup))
+	hc, err := rpc.NewHTTPClient(src, rpc.WithEndpoints("https://users.test"), rpc.WithDNSEndpoints(time.Minute), rpc.WithLookup(dns.lookup))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(hc.CloseIdleConnections)
+	other, err := rpc.NewClient(userv1connect.NewUserServiceClient, "https://users.test", src, rpc.WithHTTPClient(hc))
+	if err != nil {
+		t.Fatal(err)
+	}
 	aBefore = a.users.gets.Load()
-	err := getUser(other)
+	err = getUser(other)
 	if connect.CodeOf(err) != connect.CodeUnavailable || !strings.Contains(err.Error(), "users.test") {
 		t.Fatalf("a server not valid for the name: %v, want unavailable naming users.test", err)
 	}
 	if n := a.users.gets.Load() - aBefore; n != 0 {
 		t.Fatalf("the server not valid for the name got %d calls", n)
+	}
+	byID, _ := balanced(t, src, []string{"https://users.test"}, rpc.WithDNSEndpoints(time.Minute), rpc.WithLookup(dns.lookup))
+	if err := getUser(byID); err != nil {
+		t.Fatalf("the server checked by its SPIFFE ID: %v", err)
 	}
 
 	// A name that does not resolve fails the call.

@@ -18,6 +18,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/palisade-rpc/palisade/authz"
 	"github.com/palisade-rpc/palisade/certs/certstest"
 	"github.com/palisade-rpc/palisade/policy"
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
@@ -51,7 +52,7 @@ func newChainFixture(b *testing.B) *chainFixture {
 	if err != nil {
 		b.Fatal(err)
 	}
-	iss, err := token.NewIssuer(ks, token.IssuerOptions{Issuer: benchServerID, Audience: []string{benchServerID}})
+	iss, err := token.NewIssuer(ks, benchServerID, token.WithAudience(benchServerID))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -83,7 +84,7 @@ func (f *chainFixture) verifier(b *testing.B, cacheSize int) *token.Verifier {
 	if err != nil {
 		b.Fatal(err)
 	}
-	v, err := token.NewVerifier(token.VerifierOptions{Issuer: benchServerID, Audience: benchServerID, Keys: token.NewStaticKeys(pubs), CacheSize: cacheSize})
+	v, err := token.NewVerifier(benchServerID, benchServerID, token.NewStaticKeys(pubs), token.WithCacheSize(cacheSize))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -195,8 +196,8 @@ func (benchUserService) GetUser(_ context.Context, req *userv1.GetUserRequest) (
 	return &userv1.GetUserResponse{User: &userv1.User{Id: req.GetId(), DisplayName: "Bench User", Email: "bench@example.com", Roles: []string{"customer"}, Active: true}}, nil
 }
 
-func allowEverything(context.Context, *policy.Input) (policy.Decision, error) {
-	return policy.Decision{Allow: true}, nil
+func allowEverything(context.Context, *authz.Input) (authz.Decision, error) {
+	return authz.Decision{Allow: true}, nil
 }
 
 // BenchmarkPrincipal measures the authenticate middleware alone: the
@@ -216,7 +217,7 @@ func BenchmarkPrincipal(b *testing.B) {
 	}
 	for _, c := range cases {
 		b.Run(c.name, func(b *testing.B) {
-			s, err := NewServer(f.src, policy.AuthorizerFunc(allowEverything),
+			s, err := NewServer(f.src, authz.AuthorizerFunc(allowEverything),
 				WithLogger(slog.New(slog.DiscardHandler)), WithTokenVerifier(f.verifier(b, c.cacheSize)))
 			if err != nil {
 				b.Fatal(err)
@@ -271,13 +272,13 @@ func BenchmarkChain(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	engine, err := policy.NewEngine(context.Background(), bundle, policy.EngineOptions{Logger: slog.New(slog.DiscardHandler)})
+	engine, err := policy.NewEngine(context.Background(), bundle, policy.WithLogger(slog.New(slog.DiscardHandler)))
 	if err != nil {
 		b.Fatal(err)
 	}
 	handlerOptions := []connect.HandlerOption{connect.WithReadMaxBytes(DefaultReadMaxBytes), connect.WithCompressMinBytes(DefaultCompressMinBytes)}
-	palisade := func(b *testing.B, authz policy.Authorizer, opts ...ServerOption) http.Handler {
-		s, err := NewServer(f.src, authz, append([]ServerOption{WithLogger(slog.New(slog.DiscardHandler)), WithTokenVerifier(f.verifier(b, 0))}, opts...)...)
+	palisade := func(b *testing.B, authorizer authz.Authorizer, opts ...ServerOption) http.Handler {
+		s, err := NewServer(f.src, authorizer, append([]ServerOption{WithLogger(slog.New(slog.DiscardHandler)), WithTokenVerifier(f.verifier(b, 0))}, opts...)...)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -295,8 +296,8 @@ func BenchmarkChain(b *testing.B) {
 			_, h := userv1connect.NewUserServiceHandler(benchUserService{}, handlerOptions...)
 			return h
 		}},
-		{"workload-only", false, func(b *testing.B) http.Handler { return palisade(b, policy.AuthorizerFunc(allowEverything)) }},
-		{"mtls+jwt", true, func(b *testing.B) http.Handler { return palisade(b, policy.AuthorizerFunc(allowEverything)) }},
+		{"workload-only", false, func(b *testing.B) http.Handler { return palisade(b, authz.AuthorizerFunc(allowEverything)) }},
+		{"mtls+jwt", true, func(b *testing.B) http.Handler { return palisade(b, authz.AuthorizerFunc(allowEverything)) }},
 		{"mtls+jwt+opa", true, func(b *testing.B) http.Handler { return palisade(b, engine) }},
 		{"mtls+jwt+opa+otel", true, func(b *testing.B) http.Handler {
 			return palisade(b, engine, WithTracerProvider(sdktrace.NewTracerProvider()),

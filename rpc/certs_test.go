@@ -21,6 +21,7 @@ import (
 
 	"github.com/palisade-rpc/palisade/certs"
 	"github.com/palisade-rpc/palisade/certs/certstest"
+	"github.com/palisade-rpc/palisade/internal/testusers"
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
 	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
 	"github.com/palisade-rpc/palisade/rpc"
@@ -32,8 +33,8 @@ import (
 // the server sees on the connection.
 const peerPath = "/.well-known/peer"
 
-// startWith serves rpctest.Users and the peer echo with src.
-func startWith(t *testing.T, src mtls.Source, users *rpctest.Users, opts ...rpc.ServerOption) *rpctest.Server {
+// startWith serves testusers.Service and the peer echo with src.
+func startWith(t *testing.T, src mtls.Source, users *testusers.Service, opts ...rpc.ServerOption) *rpctest.Server {
 	t.Helper()
 	return rpctest.Start(t, src, allowAll(t), func(s *rpc.Server) error {
 		if err := users.Mount(s); err != nil {
@@ -148,7 +149,7 @@ func TestRotationWithoutRestart(t *testing.T) {
 	serverCert, clientCert := ca1.Server("/svc/user"), ca1.Client("/client/cli")
 	serverSrc, serverFiles, _ := watched(t, serverCert, []*certstest.CA{ca1})
 	clientSrc, clientFiles, _ := watched(t, clientCert, []*certstest.CA{ca1})
-	srv := startWith(t, serverSrc, &rpctest.Users{})
+	srv := startWith(t, serverSrc, &testusers.Service{})
 
 	first := httpClient(t, clientSrc)
 	if got := peer(t, first, srv); got != (peerInfo{false, hex(serverCert), hex(clientCert)}) {
@@ -203,7 +204,7 @@ func TestRotationUnderLoad(t *testing.T) {
 	ca1, ca2 := certstest.NewCA(t), certstest.NewCA(t)
 	serverSrc, serverFiles, _ := watched(t, ca1.Server("/svc/user"), []*certstest.CA{ca1})
 	clientSrc, clientFiles, _ := watched(t, ca1.Client("/client/cli"), []*certstest.CA{ca1})
-	srv := startWith(t, serverSrc, &rpctest.Users{})
+	srv := startWith(t, serverSrc, &testusers.Service{})
 
 	// Four callers over long-lived connections, two that dial per call.
 	clients := make([]*http.Client, 6)
@@ -272,7 +273,7 @@ func heldBefore(t *testing.T, notAfter time.Time, arrived func() bool) {
 func TestExpiredPeerConnectionClosed(t *testing.T) {
 	t.Parallel()
 	ca := certstest.NewCA(t)
-	users := &rpctest.Users{Hold: make(chan struct{})}
+	users := &testusers.Service{Hold: make(chan struct{})}
 	srv := startWith(t, ca.Source(ca.Server("/svc/user")), users)
 	shortLived := ca.Issue(certs.Leaf{SPIFFEID: "spiffe://palisade.local/client/cli", Usage: certs.UsageClient,
 		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(shortLifetime)})
@@ -291,7 +292,7 @@ func TestExpiredPeerConnectionClosed(t *testing.T) {
 // call fails, the server logs log if any is given, and cut cannot connect
 // again) and only that one: the held call of client kept succeeds once
 // users.Hold is closed, and its connection is reused.
-func cutOnly(t *testing.T, srv *rpctest.Server, users *rpctest.Users, why string,
+func cutOnly(t *testing.T, srv *rpctest.Server, users *testusers.Service, why string,
 	cut *http.Client, cutCall chan error, kept *http.Client, keptCall chan error, log ...string) {
 	t.Helper()
 	select {
@@ -345,7 +346,7 @@ func TestExpiringServerDrained(t *testing.T) {
 	t.Parallel()
 	ca := certstest.NewCA(t)
 	clk := newClock()
-	srv := startWith(t, ca.Source(shortLivedServer(ca, rpc.ExpiryDrainWindow/2)), &rpctest.Users{}, rpc.WithServerClock(clk.Now))
+	srv := startWith(t, ca.Source(shortLivedServer(ca, rpc.ExpiryDrainWindow/2)), &testusers.Service{}, rpc.WithServerClock(clk.Now))
 	hc := httpClient(t, ca.Source(ca.Client("/client/cli")))
 	checkDrainedAfterASecond(t, hc, srv, clk)
 	if n := srv.Count("has expired"); n != 0 {
@@ -388,7 +389,7 @@ func TestExpiringConnectionNotChurned(t *testing.T) {
 	t.Parallel()
 	ca := certstest.NewCA(t)
 	clk := newClock()
-	srv := startWith(t, ca.Source(ca.Server("/svc/user")), &rpctest.Users{}, rpc.WithServerClock(clk.Now))
+	srv := startWith(t, ca.Source(ca.Server("/svc/user")), &testusers.Service{}, rpc.WithServerClock(clk.Now))
 	expiring := ca.Issue(certs.Leaf{SPIFFEID: "spiffe://palisade.local/client/cli", Usage: certs.UsageClient,
 		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(rpc.ExpiryDrainWindow / 2)})
 	hc := httpClient(t, ca.Source(expiring))
@@ -461,7 +462,7 @@ func TestExpiredServerConnectionClosed(t *testing.T) {
 	t.Run("server", func(t *testing.T) {
 		t.Parallel()
 		short := shortLivedServer(ca, shortLifetime)
-		users := &rpctest.Users{Hold: make(chan struct{})}
+		users := &testusers.Service{Hold: make(chan struct{})}
 		defer close(users.Hold)
 		srv := startWith(t, ca.Source(short), users)
 		plain := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{
@@ -526,7 +527,7 @@ func TestRevokedPeerConnectionClosed(t *testing.T) {
 	crlFile := filepath.Join(t.TempDir(), "crl.pem")
 	ca.WriteCRL(crlFile, 1)
 	serverSrc, _, _ := watched(t, ca.Server("/svc/user"), []*certstest.CA{ca}, mtls.WithCRL(crlFile))
-	users := &rpctest.Users{Hold: make(chan struct{})}
+	users := &testusers.Service{Hold: make(chan struct{})}
 	srv := startWith(t, serverSrc, users)
 	revokedClient, keptClient := httpClient(t, ca.Source(revoked)), httpClient(t, ca.Source(kept))
 	peer(t, revokedClient, srv)
@@ -547,7 +548,7 @@ func TestRevokedServerConnectionClosed(t *testing.T) {
 	t.Parallel()
 	ca := certstest.NewCA(t)
 	serverCert := ca.Server("/svc/user")
-	users := &rpctest.Users{Hold: make(chan struct{})}
+	users := &testusers.Service{Hold: make(chan struct{})}
 	srv := startWith(t, ca.Source(serverCert), users)
 	crlFile := filepath.Join(t.TempDir(), "crl.pem")
 	ca.WriteCRL(crlFile, 1)
@@ -582,7 +583,7 @@ func TestRevokedPeersRefusedAtHandshake(t *testing.T) {
 	ca.WriteCRL(crlFile, 1, revoked.Cert)
 	serverCert := ca.Server("/svc/user")
 	serverSrc, _, serverLogs := watched(t, serverCert, []*certstest.CA{ca}, mtls.WithCRL(crlFile))
-	srv := startWith(t, serverSrc, &rpctest.Users{})
+	srv := startWith(t, serverSrc, &testusers.Service{})
 
 	// Each attempt is a new client, so a new connection and handshake.
 	attempt := func(cert *certs.Issued) error {
@@ -644,7 +645,7 @@ func TestExpiringPeerDrained(t *testing.T) {
 	t.Parallel()
 	ca := certstest.NewCA(t)
 	clk := newClock()
-	srv := startWith(t, ca.Source(ca.Server("/svc/user")), &rpctest.Users{}, rpc.WithServerClock(clk.Now))
+	srv := startWith(t, ca.Source(ca.Server("/svc/user")), &testusers.Service{}, rpc.WithServerClock(clk.Now))
 	expiring := ca.Issue(certs.Leaf{SPIFFEID: "spiffe://palisade.local/client/cli", Usage: certs.UsageClient,
 		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(rpc.ExpiryDrainWindow / 2)})
 	drained, kept := httpClient(t, ca.Source(expiring)), httpClient(t, ca.Source(ca.Client("/client/other")))

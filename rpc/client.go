@@ -76,16 +76,14 @@ type clientOptionFunc func(*clientConfig)
 func (f clientOptionFunc) applyClient(c *clientConfig) { f(c) }
 
 // WithServerID makes the client accept only a server whose certificate
-// carries this SPIFFE ID. Without it, any server of the trust domain is
-// accepted (after the usual chain and host name verification).
+// carries this SPIFFE ID, and check the server by that ID instead of the
+// host name: its certificate must verify against the trust bundle but need
+// not name the host or address dialed (SPIRE's X509-SVIDs carry only the
+// SPIFFE ID; see mtls.ClientConfigForID). Without it, any server of the
+// trust domain is accepted, after the usual chain and host name
+// verification.
 func WithServerID(id string) ClientOption {
 	return clientOptionFunc(func(c *clientConfig) { c.serverID = id })
-}
-
-// WithClientTrustDomain sets the trust domain servers must belong to
-// (default "palisade.local").
-func WithClientTrustDomain(td string) ClientOption {
-	return clientOptionFunc(func(c *clientConfig) { c.trustDomain = td })
 }
 
 // WithCallTimeout bounds every unary call: its deadline is the earlier of
@@ -110,7 +108,7 @@ func WithProtocol(p Protocol) ClientOption {
 // service then share its connections, so calls made one after the other go
 // over the same connection while it lasts: a token exchanged over it is bound
 // to the certificate the next call presents. The connection settings
-// (WithServerID, WithClientTrustDomain, WithDialTimeout, WithEndpoints,
+// (WithServerID, WithTrustDomain, WithDialTimeout, WithEndpoints,
 // WithDNSEndpoints) are those c was made with; if c has endpoints, baseURL
 // must be one of them. NewHTTPClient refuses this option.
 func WithHTTPClient(c *http.Client) ClientOption {
@@ -122,8 +120,8 @@ func WithHTTPClient(c *http.Client) ClientOption {
 // requires — each given as a base URL like NewClient's, which is one of
 // them: NewClient(f, "https://a:8443", src, WithEndpoints("https://b:8443"))
 // calls a and b. Each endpoint is dialed and verified as a client of that
-// one URL would be (mTLS, the SPIFFE ID, the host name of its URL), with
-// its own pool of HTTP/2 connections.
+// one URL would be (mTLS, the SPIFFE ID; without WithServerID, the host
+// name of its URL), with its own pool of HTTP/2 connections.
 //
 // A call goes to the less busy of two endpoints drawn at random (power of
 // two choices on the unary calls in flight). An endpoint whose dial or
@@ -154,10 +152,10 @@ func WithEndpoints(urls ...string) ClientOption {
 // (see WithEndpoints), resolving the names again every refresh
 // (DefaultDNSRefresh if refresh is 0 or less), and at most once a second
 // while every address is ejected, in the background. Each address is
-// verified for the host name, as the URL alone would be: the certificate
-// must be valid for the name, not the address. A lookup that fails or
-// finds nothing keeps the addresses the name had; until the first one
-// succeeds, calls fail with unavailable. For a name with several
+// verified as the URL alone would be: without WithServerID, the
+// certificate must be valid for the name, not the address. A lookup that
+// fails or finds nothing keeps the addresses the name had; until the first
+// one succeeds, calls fail with unavailable. For a name with several
 // addresses, such as a Kubernetes headless service.
 func WithDNSEndpoints(refresh time.Duration) ClientOption {
 	return clientOptionFunc(func(c *clientConfig) {
@@ -174,12 +172,14 @@ func WithConnectOptions(opts ...connect.ClientOption) ClientOption {
 }
 
 func newClientConfig(opts []ClientOption) (clientConfig, error) {
-	cfg := clientConfig{trustDomain: DefaultTrustDomain, callTimeout: DefaultCallTimeout, dialTimeout: 5 * time.Second, logger: slog.Default()}
+	cfg := clientConfig{callTimeout: DefaultCallTimeout, dialTimeout: 5 * time.Second, logger: slog.Default()}
 	for _, o := range opts {
 		o.applyClient(&cfg)
 	}
-	if err := spiffeid.ValidateTrustDomain(cfg.trustDomain); err != nil {
-		return cfg, fmt.Errorf("rpc: client: %w", err)
+	if cfg.trustDomain != "" {
+		if err := spiffeid.ValidateTrustDomain(cfg.trustDomain); err != nil {
+			return cfg, fmt.Errorf("rpc: client: %w", err)
+		}
 	}
 	return cfg, nil
 }
@@ -263,17 +263,26 @@ func newHTTPClient(src mtls.Source, cfg clientConfig) (*http.Client, error) {
 	if src == nil {
 		return nil, errors.New("rpc: client needs an mtls.Source")
 	}
-	authorize := mtls.AuthorizeMemberOf(cfg.trustDomain)
+	var (
+		serverID  spiffeid.ID
+		authorize mtls.Authorizer // without a server ID
+	)
 	if cfg.serverID != "" {
 		id, err := spiffeid.Parse(cfg.serverID)
 		if err != nil {
 			return nil, fmt.Errorf("rpc: client: server ID: %w", err)
 		}
-		authorize = mtls.AuthorizeID(id)
+		serverID = id
+	} else {
+		if err := resolveTrustDomain(&cfg.trustDomain, src); err != nil {
+			return nil, fmt.Errorf("rpc: client: %w", err)
+		}
+		authorize = mtls.AuthorizeMemberOf(cfg.trustDomain)
 	}
 	d := &tlsDialer{
 		src:       src,
 		authorize: authorize,
+		serverID:  serverID,
 		net:       &net.Dialer{Timeout: cfg.dialTimeout, KeepAlive: 30 * time.Second},
 		guard:     newServerGuard(src, cfg.logger),
 	}
@@ -296,7 +305,8 @@ func newHTTPClient(src mtls.Source, cfg clientConfig) (*http.Client, error) {
 // close.
 type tlsDialer struct {
 	src       mtls.Source
-	authorize mtls.Authorizer
+	authorize mtls.Authorizer // without a serverID
+	serverID  spiffeid.ID     // WithServerID's: checked instead of the host name
 	net       *net.Dialer
 	guard     *serverGuard
 }
@@ -304,7 +314,7 @@ type tlsDialer struct {
 // dial connects to addr and verifies the server for serverName. presented,
 // if not nil, is told the client certificate the handshake sent.
 func (d *tlsDialer) dial(ctx context.Context, network, addr, serverName string, presented func(*tls.Certificate)) (net.Conn, error) {
-	tlsConfig, err := mtls.ClientConfig(d.src, serverName, d.authorize, "h2")
+	tlsConfig, err := d.tlsConfig(serverName)
 	if err != nil {
 		return nil, err
 	}
@@ -319,6 +329,21 @@ func (d *tlsDialer) dial(ctx context.Context, network, addr, serverName string, 
 		}
 	}
 	return d.guard.dial(ctx, d.net, network, addr, tlsConfig)
+}
+
+// tlsConfig verifies the server by WithServerID's SPIFFE ID if there is
+// one (serverName is then sent as SNI only), or else for serverName and
+// the trust domain.
+func (d *tlsDialer) tlsConfig(serverName string) (*tls.Config, error) {
+	if d.serverID.IsZero() {
+		return mtls.ClientConfig(d.src, serverName, d.authorize, "h2")
+	}
+	cfg, err := mtls.ClientConfigForID(d.src, d.serverID, "h2")
+	if err != nil {
+		return nil, err
+	}
+	cfg.ServerName = serverName
+	return cfg, nil
 }
 
 // backgroundTimeout bounds the work a balancer does in the background.

@@ -21,7 +21,9 @@ import (
 	"golang.org/x/net/http2/hpack"
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 
+	"github.com/palisade-rpc/palisade/authz"
 	"github.com/palisade-rpc/palisade/certs/certstest"
+	"github.com/palisade-rpc/palisade/internal/testusers"
 	"github.com/palisade-rpc/palisade/policy"
 	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
 	"github.com/palisade-rpc/palisade/rpc"
@@ -172,7 +174,7 @@ func defaultEngine(t testing.TB) *policy.Engine {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := policy.NewEngine(context.Background(), b, policy.EngineOptions{Logger: slog.New(slog.DiscardHandler)})
+	e, err := policy.NewEngine(context.Background(), b, policy.WithLogger(slog.New(slog.DiscardHandler)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -191,19 +193,19 @@ func defaultEngine(t testing.TB) *policy.Engine {
 func TestRefusedBodiesAreNotRead(t *testing.T) {
 	clock := &fakeClock{now: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
 	cases := []struct {
-		name      string
-		authz     func(t testing.TB) policy.Authorizer
-		opts      []rpc.ServerOption
-		procedure string
-		status    int
-		code      connect.Code
-		message   string
+		name       string
+		authorizer func(t testing.TB) authz.Authorizer
+		opts       []rpc.ServerOption
+		procedure  string
+		status     int
+		code       connect.Code
+		message    string
 	}{
-		{"no token", func(t testing.TB) policy.Authorizer { return defaultEngine(t) }, nil,
+		{"no token", func(t testing.TB) authz.Authorizer { return defaultEngine(t) }, nil,
 			userv1connect.UserServiceGetUserProcedure, http.StatusUnauthorized, connect.CodeUnauthenticated, "authentication required: call with a user token (decision "},
 		{"refused procedure", allowAll, nil,
 			userv1connect.UserServiceListUsersProcedure, http.StatusForbidden, connect.CodePermissionDenied, "permission denied (decision "},
-		{"over the rate limit", allowAll, []rpc.ServerOption{rpc.WithRateLimit(rpc.RateLimit{PerSecond: 1, Burst: 1, Now: clock.Now})},
+		{"over the rate limit", allowAll, []rpc.ServerOption{rpc.WithRateLimit(1, 1), rpc.WithRateLimitClock(clock.Now)},
 			userv1connect.UserServiceGetUserProcedure, http.StatusTooManyRequests, connect.CodeResourceExhausted, "rate limit exceeded: retry after 1 s"},
 	}
 	for _, c := range cases {
@@ -211,8 +213,8 @@ func TestRefusedBodiesAreNotRead(t *testing.T) {
 			name := c.name + map[bool]string{true: " over HTTP/2", false: " over HTTP/1.1"}[h2]
 			t.Run(name, func(t *testing.T) {
 				ca := certstest.NewCA(t)
-				users := &rpctest.Users{}
-				srv := rpctest.Start(t, ca.Source(ca.Server("/svc/user")), c.authz(t), users.Mount, c.opts...)
+				users := &testusers.Service{}
+				srv := rpctest.Start(t, ca.Source(ca.Server("/svc/user")), c.authorizer(t), users.Mount, c.opts...)
 				l := &limited{ca: ca, srv: srv, users: users, cli: ca.Client("/client/cli")}
 				if c.status == http.StatusTooManyRequests {
 					// The principal's one call: the burst is spent, and the
@@ -304,7 +306,7 @@ func TestRefusedBodiesAreNotRead(t *testing.T) {
 func TestRefusedSmallBodyKeepsTheConnection(t *testing.T) {
 	t.Parallel()
 	ca := certstest.NewCA(t)
-	srv := rpctest.Start(t, ca.Source(ca.Server("/svc/user")), defaultEngine(t), (&rpctest.Users{}).Mount)
+	srv := rpctest.Start(t, ca.Source(ca.Server("/svc/user")), defaultEngine(t), (&testusers.Service{}).Mount)
 	l := &limited{ca: ca, srv: srv, cli: ca.Client("/client/cli")}
 	client := l.httpClient(false)
 	reused := 0

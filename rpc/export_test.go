@@ -24,3 +24,9 @@ func WithClock(now func() time.Time) ClientOption {
 func WithServerClock(now func() time.Time) ServerOption {
 	return serverOptionFunc(func(c *serverConfig) { c.now = now })
 }
+
+// WithRateLimitClock makes the rate limiter (WithRateLimit) tell time with
+// now: buckets refill when the test says.
+func WithRateLimitClock(now func() time.Time) ServerOption {
+	return serverOptionFunc(func(c *serverConfig) { c.rateLimit.now = now })
+}

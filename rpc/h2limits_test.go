@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/palisade-rpc/palisade/certs/certstest"
+	"github.com/palisade-rpc/palisade/internal/testusers"
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
 	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
 	"github.com/palisade-rpc/palisade/rpc"
@@ -134,7 +135,7 @@ func TestHTTP2HeaderTrickleIsCut(t *testing.T) {
 // Over HTTP/1.1 the same 70 KiB header gets 431.
 func TestHTTP2OversizedHeaders(t *testing.T) {
 	t.Parallel()
-	users := &rpctest.Users{Hold: make(chan struct{})}
+	users := &testusers.Service{Hold: make(chan struct{})}
 	l := startLimited(t, users)
 	path := userv1connect.UserServiceGetUserProcedure
 	bigAuth := [][2]string{{"authorization", "Bearer " + strings.Repeat("A", 70<<10)}}

@@ -22,6 +22,7 @@ import (
 
 	"github.com/palisade-rpc/palisade/certs"
 	"github.com/palisade-rpc/palisade/certs/certstest"
+	"github.com/palisade-rpc/palisade/internal/testusers"
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
 	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
 	"github.com/palisade-rpc/palisade/rpc"
@@ -32,15 +33,15 @@ import (
 type limited struct {
 	ca    *certstest.CA
 	srv   *rpctest.Server
-	users *rpctest.Users
+	users *testusers.Service
 	cli   *certs.Issued
 }
 
-func startLimited(t *testing.T, users *rpctest.Users, opts ...rpc.ServerOption) *limited {
+func startLimited(t *testing.T, users *testusers.Service, opts ...rpc.ServerOption) *limited {
 	t.Helper()
 	ca := certstest.NewCA(t)
 	if users == nil {
-		users = &rpctest.Users{}
+		users = &testusers.Service{}
 	}
 	srv := rpctest.Start(t, ca.Source(ca.Server("/svc/user")), allowAll(t), users.Mount, opts...)
 	return &limited{ca: ca, srv: srv, users: users, cli: ca.Client("/client/cli")}
@@ -340,7 +341,7 @@ func TestSlowLoris(t *testing.T) {
 // normally.
 func TestMaxConcurrentStreams(t *testing.T) {
 	t.Parallel()
-	users := &rpctest.Users{Hold: make(chan struct{})}
+	users := &testusers.Service{Hold: make(chan struct{})}
 	l := startLimited(t, users, rpc.WithMaxConcurrentStreams(4))
 	h := dialH2(t, l)
 	for i := range 8 {

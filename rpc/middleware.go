@@ -124,7 +124,7 @@ const (
 // For a unary call it takes, in this order, what needs no request: the
 // rate limit (WithRateLimit; a caller over its limit costs no policy
 // evaluation, and no body read), and the decision the policy can take
-// without the request (policy.Interceptor.DecideBeforeRequest). A refusal
+// without the request (authz.Interceptor.DecideBeforeRequest). A refusal
 // is sent in the client's protocol before a byte of the body is read, with
 // the code, message and decision id the interceptors would have given, and
 // the decision logged as they would have. An allow the policy took here is
@@ -151,7 +151,7 @@ func (s *Server) gate(ctx context.Context, spec connect.Spec, peer connect.Peer,
 	if rec != nil && rec.get {
 		method = http.MethodGet
 	}
-	next, err := s.authz.DecideBeforeRequest(ctx, spec, peer, method)
+	next, err := s.authorizer.DecideBeforeRequest(ctx, spec, peer, method)
 	if err != nil {
 		return nil, s.refuseEarly(ctx, spec, header, err)
 	}

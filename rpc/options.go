@@ -1,6 +1,7 @@
 package rpc
 
 import (
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -8,7 +9,9 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/palisade-rpc/palisade/policy"
+	"github.com/palisade-rpc/palisade/authz"
+	"github.com/palisade-rpc/palisade/security/mtls"
+	"github.com/palisade-rpc/palisade/security/spiffeid"
 )
 
 // ServerOption configures a Server.
@@ -28,11 +31,11 @@ type serverConfig struct {
 	compressMinBytes     int
 	interceptors         []connect.Interceptor
 	tokens               TokenVerifier
-	authzOptions         []policy.InterceptorOption
+	authzOptions         []authz.InterceptorOption
 	tracerProvider       trace.TracerProvider
 	meterProvider        metric.MeterProvider
 	pinned               []pinnedClient
-	rateLimit            RateLimit
+	rateLimit            rateLimitConfig
 	maxStreamMessages    int
 
 	maxStreamBytes         int           // limits.go
@@ -44,7 +47,6 @@ type serverConfig struct {
 
 func defaultServerConfig() serverConfig {
 	return serverConfig{
-		trustDomain:          DefaultTrustDomain,
 		logger:               slog.Default(),
 		readMaxBytes:         DefaultReadMaxBytes,
 		maxHeaderBytes:       DefaultMaxHeaderBytes,
@@ -65,11 +67,17 @@ type serverOptionFunc func(*serverConfig)
 
 func (f serverOptionFunc) applyServer(c *serverConfig) { f(c) }
 
-// WithTrustDomain sets the trust domain whose workloads may call the server
-// (default "palisade.local"). A client certificate whose SPIFFE ID is in
-// another trust domain is refused with unauthenticated.
-func WithTrustDomain(td string) ServerOption {
-	return serverOptionFunc(func(c *serverConfig) { c.trustDomain = td })
+// WithTrustDomain sets the trust domain of a server's callers, or of a
+// client's servers. By default it is the trust domain of the workload's own
+// certificate (the SPIFFE ID of the mtls.Source's certificate when the
+// server or client is made). A server refuses a client certificate whose
+// SPIFFE ID is in another trust domain with unauthenticated; a client
+// without WithServerID refuses a server outside it in the handshake.
+func WithTrustDomain(td string) Option {
+	return sharedOption{
+		server: func(c *serverConfig) { c.trustDomain = td },
+		client: func(c *clientConfig) { c.trustDomain = td },
+	}
 }
 
 // WithLogger sets the logger (default slog.Default()) of a server, or of a
@@ -140,8 +148,8 @@ func WithInterceptors(interceptors ...connect.Interceptor) ServerOption {
 }
 
 // WithAuthorizationOptions configures the authorization interceptor, for
-// example with policy.WithPerMessage.
-func WithAuthorizationOptions(opts ...policy.InterceptorOption) ServerOption {
+// example with authz.WithPerMessage.
+func WithAuthorizationOptions(opts ...authz.InterceptorOption) ServerOption {
 	return serverOptionFunc(func(c *serverConfig) { c.authzOptions = append(c.authzOptions, opts...) })
 }
 
@@ -195,4 +203,18 @@ func WithMeterProvider(mp metric.MeterProvider) Option {
 		server: func(c *serverConfig) { c.meterProvider = mp },
 		client: func(c *clientConfig) { c.meterProvider = mp },
 	}
+}
+
+// resolveTrustDomain checks the trust domain *td that WithTrustDomain set,
+// or, when none was, sets it to the trust domain of src's certificate.
+func resolveTrustDomain(td *string, src mtls.Source) error {
+	if *td != "" {
+		return spiffeid.ValidateTrustDomain(*td)
+	}
+	id, err := mtls.IdentityOf(src)
+	if err != nil {
+		return fmt.Errorf("trust domain from the workload's certificate (or set one with WithTrustDomain): %w", err)
+	}
+	*td = id.TrustDomain()
+	return nil
 }

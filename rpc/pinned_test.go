@@ -13,9 +13,10 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/palisade-rpc/palisade/authz"
 	"github.com/palisade-rpc/palisade/certs"
 	"github.com/palisade-rpc/palisade/certs/certstest"
-	"github.com/palisade-rpc/palisade/policy"
+	"github.com/palisade-rpc/palisade/internal/testusers"
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
 	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
 	"github.com/palisade-rpc/palisade/rpc"
@@ -47,14 +48,14 @@ func TestPinnedClientCertificate(t *testing.T) {
 	src := mtls.NewStaticSource(certstest.TLSCertificate(ca.Server("/svc/user")), bundle)
 
 	// Only the pinned workload may call: a success proves the ID was assigned.
-	authz, err := policy.NewAllowList(map[string]policy.Rule{
+	authorizer, err := authz.NewAllowList(map[string]authz.Rule{
 		userv1connect.UserServiceGetUserProcedure: {Workloads: []string{pinnedID}},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	users := &rpctest.Users{}
-	srv := rpctest.Start(t, src, authz, users.Mount,
+	users := &testusers.Service{}
+	srv := rpctest.Start(t, src, authorizer, users.Mount,
 		rpc.WithPinnedClientCertificate(pinned.Leaf, pinnedID),
 		rpc.WithPinnedClientCertificate(untrusted.Leaf, "spiffe://palisade.local/client/untrusted"))
 
@@ -183,12 +184,12 @@ func TestPinnedClientCertificateMustBeWorkload(t *testing.T) {
 			const id = "spiffe://palisade.local/client/tool"
 			bundle := ca.Pool()
 			bundle.AddCert(c.cert.Leaf)
-			authz, err := policy.NewAllowList(map[string]policy.Rule{userv1connect.UserServiceGetUserProcedure: {Workloads: []string{id}}})
+			authorizer, err := authz.NewAllowList(map[string]authz.Rule{userv1connect.UserServiceGetUserProcedure: {Workloads: []string{id}}})
 			if err != nil {
 				t.Fatal(err)
 			}
-			users := &rpctest.Users{}
-			srv := rpctest.Start(t, mtls.NewStaticSource(certstest.TLSCertificate(ca.Server("/svc/user")), bundle), authz, users.Mount,
+			users := &testusers.Service{}
+			srv := rpctest.Start(t, mtls.NewStaticSource(certstest.TLSCertificate(ca.Server("/svc/user")), bundle), authorizer, users.Mount,
 				rpc.WithPinnedClientCertificate(c.cert.Leaf, id))
 			cfg := &tls.Config{RootCAs: ca.Pool(), Certificates: []tls.Certificate{c.cert}, NextProtos: []string{"h2"}}
 			hc := &http.Client{Transport: &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: true}}

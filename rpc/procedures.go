@@ -8,8 +8,3 @@ const (
 	ReflectionV1Procedure      = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
 	ReflectionV1AlphaProcedure = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
 )
-
-// BuiltinProcedures returns the health and reflection procedures.
-func BuiltinProcedures() []string {
-	return []string{HealthCheckProcedure, HealthWatchProcedure, ReflectionV1Procedure, ReflectionV1AlphaProcedure}
-}

@@ -13,42 +13,35 @@ import (
 	"github.com/palisade-rpc/palisade/security/throttle"
 )
 
-// DefaultRateLimitPrincipals is how many principals WithRateLimit tracks at
-// once unless RateLimit.MaxPrincipals says otherwise.
-const DefaultRateLimitPrincipals = 100_000
+// RateLimitPrincipals is how many principals WithRateLimit tracks at once.
+// A principal idle long enough to have its whole burst back is forgotten;
+// past the bound, the least recently seen principal is forgotten, and its
+// next call finds a full burst.
+const RateLimitPrincipals = 100_000
 
-// RateLimit configures per-principal rate limiting (WithRateLimit).
-type RateLimit struct {
-	// PerSecond is how many calls per second a principal may make on
-	// average. Zero or less turns rate limiting off.
-	PerSecond float64
-	// Burst is how many calls a principal may make at once (default:
-	// PerSecond rounded up).
-	Burst int
-	// MaxPrincipals bounds the principals tracked at once (default
-	// DefaultRateLimitPrincipals). A principal idle long enough to have its
-	// whole burst back is forgotten; past the bound, the least recently seen
-	// principal is forgotten, and its next call finds a full burst.
-	MaxPrincipals int
-	// Now returns the current time (default time.Now), for tests.
-	Now func() time.Time
+// rateLimitConfig is what WithRateLimit sets.
+type rateLimitConfig struct {
+	perSecond float64
+	burst     int
+	now       func() time.Time // tests set it through export_test.go
 }
 
 // WithRateLimit limits the calls each principal may make: the user (a
 // verified token's subject) when a token came with the call, else the
 // calling workload (its SPIFFE ID). Each principal has a token bucket of
-// Burst calls refilled at PerSecond; a unary call takes a token, a stream
-// takes one when it opens. A call over the limit fails with
-// resource_exhausted (HTTP 429 in the Connect protocol), a Retry-After header
-// (trailer in gRPC) with the whole seconds to wait, and those seconds in the
-// message; it never reaches the policy or the handler.
+// burst calls (burst ≤ 0: perSecond rounded up) refilled at perSecond; a
+// unary call takes a token, a stream takes one when it opens. A call over
+// the limit fails with resource_exhausted (HTTP 429 in the Connect
+// protocol), a Retry-After header (trailer in gRPC) with the whole seconds
+// to wait, and those seconds in the message; it never reaches the policy
+// or the handler. perSecond ≤ 0 turns rate limiting off (the default).
 //
 // The limiter runs after authentication (it needs the principal) and
 // before authorization, so a caller over its limit costs no policy
 // evaluation; a unary call is limited before its body is read. It keeps no
-// goroutine and bounded memory (see RateLimit.MaxPrincipals).
-func WithRateLimit(l RateLimit) ServerOption {
-	return serverOptionFunc(func(c *serverConfig) { c.rateLimit = l })
+// goroutine and bounded memory (see RateLimitPrincipals).
+func WithRateLimit(perSecond float64, burst int) ServerOption {
+	return serverOptionFunc(func(c *serverConfig) { c.rateLimit.perSecond, c.rateLimit.burst = perSecond, burst })
 }
 
 // rateLimiter is the interceptor WithRateLimit puts in the chain.
@@ -60,23 +53,19 @@ type rateLimiter struct {
 var _ connect.Interceptor = (*rateLimiter)(nil)
 
 // newRateLimiter returns the interceptor for l, or nil when l is off.
-func newRateLimiter(l RateLimit) *rateLimiter {
-	if !(l.PerSecond > 0) {
+func newRateLimiter(l rateLimitConfig) *rateLimiter {
+	if !(l.perSecond > 0) {
 		return nil
 	}
-	burst := l.Burst
+	burst := l.burst
 	if burst <= 0 {
-		burst = int(math.Min(math.Ceil(l.PerSecond), math.MaxInt32))
+		burst = int(math.Min(math.Ceil(l.perSecond), math.MaxInt32))
 	}
-	maxKeys := l.MaxPrincipals
-	if maxKeys <= 0 {
-		maxKeys = DefaultRateLimitPrincipals
-	}
-	now := l.Now
+	now := l.now
 	if now == nil {
 		now = time.Now
 	}
-	return &rateLimiter{buckets: throttle.NewBuckets(l.PerSecond, burst, maxKeys), now: now}
+	return &rateLimiter{buckets: throttle.NewBuckets(l.perSecond, burst, RateLimitPrincipals), now: now}
 }
 
 // rateKey is the bucket of the principal in ctx: users and workloads are

@@ -15,6 +15,7 @@ import (
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 
 	"github.com/palisade-rpc/palisade/certs/certstest"
+	"github.com/palisade-rpc/palisade/internal/testusers"
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
 	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
 	"github.com/palisade-rpc/palisade/rpc"
@@ -61,10 +62,10 @@ func TestRateLimitPerPrincipal(t *testing.T) {
 	t.Parallel()
 	ca := certstest.NewCA(t)
 	clock := &fakeClock{now: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
-	users := &rpctest.Users{}
+	users := &testusers.Service{}
 	srv := rpctest.Start(t, ca.Source(ca.Server("/svc/user")), allowAll(t), users.Mount,
 		rpc.WithTokenVerifier(subjectVerifier{}),
-		rpc.WithRateLimit(rpc.RateLimit{PerSecond: 1, Burst: 3, Now: clock.Now}))
+		rpc.WithRateLimit(1, 3), rpc.WithRateLimitClock(clock.Now))
 	cli := ca.Client("/client/cli")
 	ctx := context.Background()
 
@@ -191,8 +192,8 @@ func TestRateLimitRetryAfterRoundsUp(t *testing.T) {
 	t.Parallel()
 	ca := certstest.NewCA(t)
 	clock := &fakeClock{now: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
-	srv := rpctest.Start(t, ca.Source(ca.Server("/svc/user")), allowAll(t), (&rpctest.Users{}).Mount,
-		rpc.WithRateLimit(rpc.RateLimit{PerSecond: 0.1, Now: clock.Now}))
+	srv := rpctest.Start(t, ca.Source(ca.Server("/svc/user")), allowAll(t), (&testusers.Service{}).Mount,
+		rpc.WithRateLimit(0.1, 0), rpc.WithRateLimitClock(clock.Now))
 	client, err := rpc.NewClient(userv1connect.NewUserServiceClient, srv.URL, ca.Source(ca.Client("/client/cli")))
 	if err != nil {
 		t.Fatal(err)

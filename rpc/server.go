@@ -10,12 +10,12 @@
 //	HTTP middleware: the bound on the time the body may take (WithBodyReadTimeout)
 //	request gate, once the headers are in and before the body is read: for a
 //	  unary call, the rate limit (WithRateLimit) and the decision the policy can
-//	  take without the request (policy.Interceptor.DecideBeforeRequest)
+//	  take without the request (authz.Interceptor.DecideBeforeRequest)
 //	interceptor: tracing and RPC metrics (otelconnect), with WithTracerProvider / WithMeterProvider
 //	interceptor: rate limit per principal, for streams (WithRateLimit)
 //	interceptor: open streams per principal (WithMaxStreamsPerPrincipal)
 //	interceptor: message and byte caps on client streams (WithMaxStreamMessages, WithMaxStreamBytes)
-//	interceptor: authorization (policy.Authorizer), failing closed
+//	interceptor: authorization (authz.Authorizer), failing closed
 //	interceptor: validation of request messages (protovalidate rules in the .proto)
 //	interceptor: streams end when their token expires or the server drains (streams.go)
 //	interceptors added with WithInterceptors
@@ -32,7 +32,6 @@ package rpc
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -47,14 +46,13 @@ import (
 	"connectrpc.com/grpchealth"
 	"connectrpc.com/grpcreflect"
 
-	"github.com/palisade-rpc/palisade/policy"
+	"github.com/palisade-rpc/palisade/authz"
 	"github.com/palisade-rpc/palisade/security/mtls"
 	"github.com/palisade-rpc/palisade/security/spiffeid"
 )
 
 // Defaults for the server's limits. Each has an option to change it.
 const (
-	DefaultTrustDomain          = "palisade.local"
 	DefaultReadMaxBytes         = 4 << 20 // largest request message, after decompression
 	DefaultMaxHeaderBytes       = 64 << 10
 	DefaultReadHeaderTimeout    = 5 * time.Second
@@ -88,19 +86,19 @@ const (
 
 // Server serves mounted Connect services over mTLS.
 type Server struct {
-	cfg       serverConfig
-	src       mtls.Source
-	authz     *policy.Interceptor
-	rateLimit *rateLimiter      // nil when off
-	perCaller *principalStreams // nil when off
-	streams   *streamGuard
-	mux       *http.ServeMux
-	health    *grpchealth.StaticChecker
-	http      *http.Server
-	errWriter *connect.ErrorWriter
-	conns     *connGuard               // closes connections whose peer certificate expired or was revoked
-	pinned    map[[32]byte]spiffeid.ID // WithPinnedClientCertificate
-	workloads workloadCache            // identities of the verified client certificates
+	cfg        serverConfig
+	src        mtls.Source
+	authorizer *authz.Interceptor
+	rateLimit  *rateLimiter      // nil when off
+	perCaller  *principalStreams // nil when off
+	streams    *streamGuard
+	mux        *http.ServeMux
+	health     *grpchealth.StaticChecker
+	http       *http.Server
+	errWriter  *connect.ErrorWriter
+	conns      *connGuard               // closes connections whose peer certificate expired or was revoked
+	pinned     map[[32]byte]spiffeid.ID // WithPinnedClientCertificate
+	workloads  workloadCache            // identities of the verified client certificates
 
 	requestIDs *requestIDs
 	accessLog  *slog.Logger // the logger without LogHandler: its lines add the request id themselves
@@ -114,22 +112,22 @@ type Server struct {
 }
 
 // NewServer returns a server whose workload certificate and trust bundle come
-// from src and whose every call is decided by authz. Health
+// from src and whose every call is decided by authorizer. Health
 // (grpc.health.v1) and reflection (grpc.reflection.v1 and v1alpha) are
 // mounted through the same chain.
-func NewServer(src mtls.Source, authz policy.Authorizer, opts ...ServerOption) (*Server, error) {
+func NewServer(src mtls.Source, authorizer authz.Authorizer, opts ...ServerOption) (*Server, error) {
 	if src == nil {
 		return nil, errors.New("rpc: NewServer needs an mtls.Source")
 	}
-	if authz == nil {
-		return nil, errors.New("rpc: NewServer needs a policy.Authorizer: every call is authorized")
+	if authorizer == nil {
+		return nil, errors.New("rpc: NewServer needs an authz.Authorizer: every call is authorized")
 	}
 	cfg := defaultServerConfig()
 	for _, o := range opts {
 		o.applyServer(&cfg)
 	}
-	if err := spiffeid.ValidateTrustDomain(cfg.trustDomain); err != nil {
-		return nil, fmt.Errorf("rpc: %w", err)
+	if err := resolveTrustDomain(&cfg.trustDomain, src); err != nil {
+		return nil, fmt.Errorf("rpc: server: %w", err)
 	}
 	pinned, err := pinnedIDs(cfg.pinned, cfg.trustDomain)
 	if err != nil {
@@ -138,7 +136,7 @@ func NewServer(src mtls.Source, authz policy.Authorizer, opts ...ServerOption) (
 	// Every line the server logs for a call carries its request id.
 	accessLog := slog.New(withoutLogHandler(cfg.logger.Handler()))
 	cfg.logger = slog.New(LogHandler(cfg.logger.Handler()))
-	tel, err := newServerTelemetry(&cfg, src, authz)
+	tel, err := newServerTelemetry(&cfg, src, authorizer)
 	if err != nil {
 		return nil, err
 	}
@@ -146,11 +144,11 @@ func NewServer(src mtls.Source, authz policy.Authorizer, opts ...ServerOption) (
 	if err != nil {
 		return nil, err
 	}
-	authzOptions := append([]policy.InterceptorOption{policy.WithLogger(cfg.logger), policy.WithDecisionHook(tel.decided)}, cfg.authzOptions...)
+	authzOptions := append([]authz.InterceptorOption{authz.WithLogger(cfg.logger), authz.WithDecisionHook(tel.decided)}, cfg.authzOptions...)
 	s := &Server{
 		cfg:        cfg,
 		src:        src,
-		authz:      policy.NewInterceptor(authz, authzOptions...),
+		authorizer: authz.NewInterceptor(authorizer, authzOptions...),
 		streams:    newStreamGuard(),
 		mux:        http.NewServeMux(),
 		health:     grpchealth.NewStaticChecker(),
@@ -234,7 +232,7 @@ func (s *Server) handlerOptions() []connect.HandlerOption {
 	if s.cfg.maxStreamMessages > 0 || s.cfg.maxStreamBytes > 0 {
 		interceptors = append(interceptors, &streamLimit{maxMessages: s.cfg.maxStreamMessages, maxBytes: s.cfg.maxStreamBytes, sizes: sizes})
 	}
-	interceptors = append(interceptors, s.authz, s.validation, s.streams)
+	interceptors = append(interceptors, s.authorizer, s.validation, s.streams)
 	interceptors = append(interceptors, s.cfg.interceptors...)
 	return append(codecs(sizes),
 		connect.WithRequestGate(s.gate),
@@ -281,8 +279,8 @@ func (s *Server) HandleHTTP(path string, h http.Handler) error {
 	return nil
 }
 
-// Services returns the names of the mounted services, sorted.
-func (s *Server) Services() []string {
+// serviceNames returns the names of the mounted services, sorted.
+func (s *Server) serviceNames() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	names := make([]string, 0, len(s.services))
@@ -295,10 +293,7 @@ func (s *Server) Services() []string {
 
 type namer struct{ s *Server }
 
-func (n namer) Names() []string { return n.s.Services() }
-
-// TLSConfig returns the server's TLS configuration, for tests that dial it.
-func (s *Server) TLSConfig() *tls.Config { return s.http.TLSConfig }
+func (n namer) Names() []string { return n.s.serviceNames() }
 
 // ListenAndServe listens on addr and calls Serve.
 func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
@@ -337,7 +332,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 
 	errc := make(chan error, 1)
 	go func() { errc <- s.http.ServeTLS(slowClientListener{Listener: ln, log: s.cfg.logger}, "", "") }()
-	s.cfg.logger.Info("serving", "addr", ln.Addr().String(), "services", s.Services())
+	s.cfg.logger.Info("serving", "addr", ln.Addr().String(), "services", s.serviceNames())
 
 	select {
 	case err := <-errc:
@@ -345,7 +340,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	case <-ctx.Done():
 	}
 	s.cfg.logger.Info("draining", "grace", s.cfg.shutdownGrace.String())
-	for _, name := range s.Services() {
+	for _, name := range s.serviceNames() {
 		s.health.SetStatus(name, grpchealth.StatusNotServing)
 	}
 	s.health.SetStatus("", grpchealth.StatusNotServing)

@@ -15,9 +15,10 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
+	"github.com/palisade-rpc/palisade/authz"
 	"github.com/palisade-rpc/palisade/certs"
 	"github.com/palisade-rpc/palisade/certs/certstest"
-	"github.com/palisade-rpc/palisade/policy"
+	"github.com/palisade-rpc/palisade/internal/testusers"
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
 	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
 	"github.com/palisade-rpc/palisade/rpc"
@@ -29,37 +30,37 @@ import (
 type fixture struct {
 	ca     *certstest.CA
 	srv    *rpctest.Server
-	users  *rpctest.Users
+	users  *testusers.Service
 	client *certs.Issued
 }
 
 const clientID = "spiffe://palisade.local/client/cli"
 
-func allowAll(t testing.TB) policy.Authorizer {
+func allowAll(t testing.TB) authz.Authorizer {
 	t.Helper()
 	return allowAnyWorkload(t, userv1connect.UserServiceGetUserProcedure, rpc.HealthCheckProcedure, rpc.ReflectionV1Procedure)
 }
 
 // allowAnyWorkload is an allow-list that lets any workload of the trust
 // domain call procedures, and nothing else.
-func allowAnyWorkload(t testing.TB, procedures ...string) policy.Authorizer {
+func allowAnyWorkload(t testing.TB, procedures ...string) authz.Authorizer {
 	t.Helper()
-	rules := map[string]policy.Rule{}
+	rules := map[string]authz.Rule{}
 	for _, p := range procedures {
-		rules[p] = policy.Rule{Workloads: []string{policy.AnyWorkload}}
+		rules[p] = authz.Rule{Workloads: []string{authz.AnyWorkload}}
 	}
-	a, err := policy.NewAllowList(rules)
+	a, err := authz.NewAllowList(rules)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return a
 }
 
-func newFixture(t *testing.T, authz policy.Authorizer, opts ...rpc.ServerOption) *fixture {
+func newFixture(t *testing.T, authorizer authz.Authorizer, opts ...rpc.ServerOption) *fixture {
 	t.Helper()
 	ca := certstest.NewCA(t)
-	users := &rpctest.Users{}
-	srv := rpctest.Start(t, ca.Source(ca.Server("/svc/user")), authz, users.Mount, opts...)
+	users := &testusers.Service{}
+	srv := rpctest.Start(t, ca.Source(ca.Server("/svc/user")), authorizer, users.Mount, opts...)
 	return &fixture{ca: ca, srv: srv, users: users, client: ca.Client("/client/cli")}
 }
 
@@ -237,7 +238,7 @@ func TestRefusedPeers(t *testing.T) {
 func TestDrainFinishesInFlightCalls(t *testing.T) {
 	t.Parallel()
 	ca := certstest.NewCA(t)
-	users := &rpctest.Users{Hold: make(chan struct{})}
+	users := &testusers.Service{Hold: make(chan struct{})}
 	srv := rpctest.Start(t, ca.Source(ca.Server("/svc/user")), allowAll(t), users.Mount, rpc.WithShutdownGrace(30*time.Second))
 	client, err := rpc.NewClient(userv1connect.NewUserServiceClient, srv.URL, ca.Source(ca.Client("/client/cli")))
 	if err != nil {

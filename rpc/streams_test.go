@@ -12,6 +12,7 @@ import (
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 
 	"github.com/palisade-rpc/palisade/certs/certstest"
+	"github.com/palisade-rpc/palisade/internal/testusers"
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
 	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
 	"github.com/palisade-rpc/palisade/rpc"
@@ -20,10 +21,10 @@ import (
 	"github.com/palisade-rpc/palisade/security/mtls"
 )
 
-// feedUsers is rpctest.Users with a WatchUserChanges that sends one
+// feedUsers is testusers.Service with a WatchUserChanges that sends one
 // heartbeat and then waits for its context to end, reporting the cause.
 type feedUsers struct {
-	*rpctest.Users
+	*testusers.Service
 	causes chan error
 }
 
@@ -69,7 +70,7 @@ func startStreamFixture(t *testing.T, opts ...rpc.ServerOption) *streamFixture {
 	t.Helper()
 	authz := allowAnyWorkload(t, userv1connect.UserServiceGetUserProcedure, userv1connect.UserServiceWatchUserChangesProcedure, rpc.ReflectionV1Procedure)
 	ca := certstest.NewCA(t)
-	f := &streamFixture{ca: ca, users: &feedUsers{Users: &rpctest.Users{Hold: make(chan struct{})}, causes: make(chan error, 10)}}
+	f := &streamFixture{ca: ca, users: &feedUsers{Service: &testusers.Service{Hold: make(chan struct{})}, causes: make(chan error, 10)}}
 	f.srv = rpctest.Start(t, ca.Source(ca.Server("/svc/user")), authz, func(s *rpc.Server) error {
 		return rpc.Mount(s, userv1connect.NewUserServiceHandler, userv1connect.UserServiceHandler(f.users))
 	}, opts...)

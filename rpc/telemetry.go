@@ -17,7 +17,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	tracenoop "go.opentelemetry.io/otel/trace/noop"
 
-	"github.com/palisade-rpc/palisade/policy"
+	"github.com/palisade-rpc/palisade/authz"
 	"github.com/palisade-rpc/palisade/security"
 	"github.com/palisade-rpc/palisade/security/mtls"
 )
@@ -41,7 +41,7 @@ const (
 	AttrDecisionReason = "palisade.authz.reasons"         // the reasons the policy gave
 	AttrPolicyRevision = "palisade.authz.policy_revision" // the policy that decided
 	// AttrResourcePrefix prefixes the same decision attributes for a
-	// resource-level decision (policy.AuthorizeResource): "palisade.authz.resource.decision_id", ….
+	// resource-level decision (authz.AuthorizeResource): "palisade.authz.resource.decision_id", ….
 	AttrResourcePrefix = "palisade.authz.resource."
 )
 
@@ -69,7 +69,7 @@ type serverTelemetry struct {
 	registration  metric.Registration
 }
 
-func newServerTelemetry(cfg *serverConfig, src mtls.Source, authz policy.Authorizer) (*serverTelemetry, error) {
+func newServerTelemetry(cfg *serverConfig, src mtls.Source, authorizer authz.Authorizer) (*serverTelemetry, error) {
 	t := &serverTelemetry{byResult: map[string][]metric.AddOption{}}
 	// Incoming trace context is trusted: every caller has passed the mTLS
 	// handshake with a certificate of the trust domain before the RPC layer
@@ -94,7 +94,7 @@ func newServerTelemetry(cfg *serverConfig, src mtls.Source, authz policy.Authori
 		metric.WithUnit("{request}")); err != nil {
 		return nil, fmt.Errorf("rpc: metrics: %w", err)
 	}
-	if t.registration, err = registerObservers(meter, src, authz, cfg.tokens); err != nil {
+	if t.registration, err = registerObservers(meter, src, authorizer, cfg.tokens); err != nil {
 		return nil, fmt.Errorf("rpc: metrics: %w", err)
 	}
 	return t, nil
@@ -142,7 +142,7 @@ type revisioner interface {
 // time: the served certificate's expiry, and — when the verifier and the
 // authorizer can tell — the token cache's hits and misses and the policy
 // revision.
-func registerObservers(meter metric.Meter, src mtls.Source, authz policy.Authorizer, tokens TokenVerifier) (metric.Registration, error) {
+func registerObservers(meter metric.Meter, src mtls.Source, authorizer authz.Authorizer, tokens TokenVerifier) (metric.Registration, error) {
 	expiry, err := meter.Int64ObservableGauge("palisade.certificate.expiry_timestamp",
 		metric.WithDescription("When the certificate this server presents expires, in seconds since the Unix epoch."),
 		metric.WithUnit("s"))
@@ -161,7 +161,7 @@ func registerObservers(meter metric.Meter, src mtls.Source, authz policy.Authori
 		instruments = append(instruments, lookups)
 	}
 	var revision metric.Int64ObservableGauge
-	rev, hasRevision := authz.(revisioner)
+	rev, hasRevision := authorizer.(revisioner)
 	if hasRevision {
 		if revision, err = meter.Int64ObservableGauge("palisade.policy.revision_info",
 			metric.WithDescription("The policy in force: always 1, with its revision as a label.")); err != nil {
@@ -241,7 +241,7 @@ func (t *serverTelemetry) annotateCaller(ctx context.Context) {
 
 // decided is the authorization interceptor's DecisionHook: it counts the
 // decision and records it on the call's span.
-func (t *serverTelemetry) decided(ctx context.Context, in *policy.Input, d policy.Decision, evalErr error) {
+func (t *serverTelemetry) decided(ctx context.Context, in *authz.Input, d authz.Decision, evalErr error) {
 	result := decisionDeny
 	switch {
 	case evalErr != nil:

@@ -13,8 +13,8 @@ import (
 	"buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
 	"connectrpc.com/connect"
 
+	"github.com/palisade-rpc/palisade/authz"
 	"github.com/palisade-rpc/palisade/certs/certstest"
-	"github.com/palisade-rpc/palisade/policy"
 	orderv1 "github.com/palisade-rpc/palisade/proto/order/v1"
 	"github.com/palisade-rpc/palisade/proto/order/v1/orderv1connect"
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
@@ -77,14 +77,14 @@ func TestInvalidRequestIsRefusedBeforeTheHandler(t *testing.T) {
 // request's rules.
 func TestValidationComesAfterAuthorization(t *testing.T) {
 	t.Parallel()
-	authz, err := policy.NewAllowList(map[string]policy.Rule{
+	authorizer, err := authz.NewAllowList(map[string]authz.Rule{
 		userv1connect.UserServiceGetUserProcedure:   {Workloads: []string{"spiffe://palisade.local/svc/order"}},
-		userv1connect.UserServiceListUsersProcedure: {Workloads: []string{policy.AnyWorkload}, NeedsUser: true},
+		userv1connect.UserServiceListUsersProcedure: {Workloads: []string{authz.AnyWorkload}, NeedsUser: true},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := newFixture(t, authz)
+	f := newFixture(t, authorizer)
 	client := f.userClient(t)
 	ctx := context.Background()
 	if _, err := client.GetUser(ctx, &userv1.GetUserRequest{}); connect.CodeOf(err) != connect.CodePermissionDenied {
@@ -134,9 +134,9 @@ func (o *orders) TrackOrders(_ context.Context, stream *connect.BidiStream[order
 func TestEveryStreamMessageIsValidated(t *testing.T) {
 	t.Parallel()
 	ca := certstest.NewCA(t)
-	authz := allowAnyWorkload(t, orderv1connect.OrderServiceImportOrdersProcedure, orderv1connect.OrderServiceTrackOrdersProcedure)
+	authorizer := allowAnyWorkload(t, orderv1connect.OrderServiceImportOrdersProcedure, orderv1connect.OrderServiceTrackOrdersProcedure)
 	svc := &orders{}
-	srv := rpctest.Start(t, ca.Source(ca.Server("/svc/order")), authz, func(s *rpc.Server) error {
+	srv := rpctest.Start(t, ca.Source(ca.Server("/svc/order")), authorizer, func(s *rpc.Server) error {
 		return rpc.Mount(s, orderv1connect.NewOrderServiceHandler, orderv1connect.OrderServiceHandler(svc))
 	})
 	client, err := rpc.NewClient(orderv1connect.NewOrderServiceClient, srv.URL, ca.Source(ca.Client("/client/cli")))

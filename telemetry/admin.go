@@ -26,8 +26,9 @@ type Admin struct {
 
 // ListenAdmin listens on addr, which must be a loopback address with a
 // port ("127.0.0.1:9464", "[::1]:9464", "localhost:9464"; port 0 picks
-// one), and serves t's metrics there once Serve is called.
-func ListenAdmin(ctx context.Context, addr string, t *Telemetry, logger *slog.Logger) (*Admin, error) {
+// one), and serves t's metrics there once Serve is called. It logs to t's
+// logger (WithLogger).
+func ListenAdmin(ctx context.Context, addr string, t *Telemetry) (*Admin, error) {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, fmt.Errorf("telemetry: admin address %q: %w", addr, err)
@@ -44,9 +45,7 @@ func ListenAdmin(ctx context.Context, addr string, t *Telemetry, logger *slog.Lo
 		_ = ln.Close()
 		return nil, fmt.Errorf("telemetry: admin address %q resolved to %s, not a loopback address", addr, ln.Addr())
 	}
-	if logger == nil {
-		logger = slog.Default()
-	}
+	logger := t.logger
 	mux := http.NewServeMux()
 	mux.Handle("GET "+MetricsPath, t.MetricsHandler())
 	return &Admin{

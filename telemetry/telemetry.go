@@ -6,9 +6,9 @@
 // serves them.
 //
 // Both providers are off unless asked for: a service without
-// Options.TraceWriter gets a no-op tracer provider, and one without
-// Options.Metrics a no-op meter provider, so the RPC chain costs nothing
-// extra.
+// WithTraceWriter (or WithSpanExporter) gets a no-op tracer provider, and
+// one without WithMetrics a no-op meter provider, so the RPC chain costs
+// nothing extra.
 //
 // Metrics are exported through go.opentelemetry.io/otel/exporters/prometheus
 // into a registry of their own (never prometheus's global one), so the
@@ -22,6 +22,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -40,36 +41,72 @@ import (
 	"github.com/palisade-rpc/palisade/rpc"
 )
 
-// Options configures New.
-type Options struct {
-	// ServiceName is the service.name resource attribute of every span and
-	// the target_info metric ("usersvc").
-	ServiceName string
-	// TraceWriter, when set, receives every finished span as one JSON object
-	// per line (the OpenTelemetry stdout exporter), as each span ends.
-	TraceWriter io.Writer
-	// SpanExporter, when set, receives the spans instead, synchronously as
-	// each ends: for tests (tracetest.NewInMemoryExporter) and other exporters.
-	SpanExporter sdktrace.SpanExporter
-	// Metrics turns on the metrics pipeline; MetricsHandler serves it.
-	Metrics bool
+// Option configures New.
+type Option interface {
+	apply(*config)
+}
+
+type config struct {
+	traceWriter  io.Writer
+	spanExporter sdktrace.SpanExporter
+	metrics      bool
+	logger       *slog.Logger
+}
+
+type optionFunc func(*config)
+
+func (f optionFunc) apply(c *config) { f(c) }
+
+// WithTraceWriter writes every finished span to w as one JSON object per
+// line (the OpenTelemetry stdout exporter), as each span ends.
+func WithTraceWriter(w io.Writer) Option {
+	return optionFunc(func(c *config) { c.traceWriter = w })
+}
+
+// WithSpanExporter hands every span to exp, synchronously as each ends:
+// for tests (tracetest.NewInMemoryExporter) and other exporters.
+func WithSpanExporter(exp sdktrace.SpanExporter) Option {
+	return optionFunc(func(c *config) { c.spanExporter = exp })
+}
+
+// WithMetrics turns on the metrics pipeline; MetricsHandler (and the admin
+// listener) serves it.
+func WithMetrics() Option {
+	return optionFunc(func(c *config) { c.metrics = true })
+}
+
+// WithLogger sets the logger (default slog.Default()) of the admin
+// listener.
+func WithLogger(l *slog.Logger) Option {
+	return optionFunc(func(c *config) {
+		if l != nil {
+			c.logger = l
+		}
+	})
 }
 
 // Telemetry holds a service's providers. Shutdown flushes and stops them.
 type Telemetry struct {
+	logger         *slog.Logger
 	tracerProvider trace.TracerProvider
 	meterProvider  metric.MeterProvider
 	shutdown       []func(context.Context) error
 	registry       *prometheus.Registry
 }
 
-// New builds the providers opts asks for.
-func New(opts Options) (*Telemetry, error) {
-	res := resource.NewSchemaless(semconv.ServiceName(opts.ServiceName))
-	t := &Telemetry{tracerProvider: tracenoop.NewTracerProvider(), meterProvider: metricnoop.NewMeterProvider()}
+// New builds the providers opts asks for, for the service named service
+// (the service.name resource attribute of every span and the target_info
+// metric: "usersvc").
+func New(service string, opts ...Option) (*Telemetry, error) {
+	cfg := config{logger: slog.Default()}
+	for _, o := range opts {
+		o.apply(&cfg)
+	}
+	res := resource.NewSchemaless(semconv.ServiceName(service))
+	t := &Telemetry{logger: cfg.logger, tracerProvider: tracenoop.NewTracerProvider(), meterProvider: metricnoop.NewMeterProvider()}
 	var spanOpts []sdktrace.TracerProviderOption
-	if opts.TraceWriter != nil {
-		exp, err := stdouttrace.New(stdouttrace.WithWriter(opts.TraceWriter))
+	if cfg.traceWriter != nil {
+		exp, err := stdouttrace.New(stdouttrace.WithWriter(cfg.traceWriter))
 		if err != nil {
 			return nil, fmt.Errorf("telemetry: stdout trace exporter: %w", err)
 		}
@@ -78,15 +115,15 @@ func New(opts Options) (*Telemetry, error) {
 		// This is a development exporter; production would batch to a collector.
 		spanOpts = append(spanOpts, sdktrace.WithSyncer(exp))
 	}
-	if opts.SpanExporter != nil {
-		spanOpts = append(spanOpts, sdktrace.WithSyncer(opts.SpanExporter))
+	if cfg.spanExporter != nil {
+		spanOpts = append(spanOpts, sdktrace.WithSyncer(cfg.spanExporter))
 	}
 	if len(spanOpts) > 0 {
 		tp := sdktrace.NewTracerProvider(append(spanOpts, sdktrace.WithResource(res))...)
 		t.tracerProvider = tp
 		t.shutdown = append(t.shutdown, tp.Shutdown)
 	}
-	if opts.Metrics {
+	if cfg.metrics {
 		t.registry = prometheus.NewRegistry()
 		exp, err := otelprom.New(otelprom.WithRegisterer(t.registry), otelprom.WithoutScopeInfo())
 		if err != nil {
@@ -104,17 +141,11 @@ func New(opts Options) (*Telemetry, error) {
 func (t *Telemetry) TracerProvider() trace.TracerProvider { return t.tracerProvider }
 
 // MeterProvider returns the meter provider: a no-op one unless
-// Options.Metrics is set.
+// WithMetrics.
 func (t *Telemetry) MeterProvider() metric.MeterProvider { return t.meterProvider }
 
-// Tracing reports whether spans are exported.
-func (t *Telemetry) Tracing() bool {
-	_, noop := t.tracerProvider.(tracenoop.TracerProvider)
-	return !noop
-}
-
 // MetricsHandler serves the metrics in the Prometheus text format (or
-// OpenMetrics, when the scraper asks for it). Without Options.Metrics it
+// OpenMetrics, when the scraper asks for it). Without WithMetrics it
 // answers 404.
 func (t *Telemetry) MetricsHandler() http.Handler {
 	if t.registry == nil {

@@ -16,12 +16,12 @@ import (
 // address that is not loopback is refused before anything listens.
 func TestAdminListensOnLoopbackOnly(t *testing.T) {
 	t.Parallel()
-	tel, err := telemetry.New(telemetry.Options{Metrics: true})
+	tel, err := telemetry.New("testsvc", telemetry.WithMetrics())
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, addr := range []string{"0.0.0.0:0", ":0", "[::]:0", "192.0.2.1:0", "example.com:0", "127.0.0.1", ""} {
-		if a, err := telemetry.ListenAdmin(context.Background(), addr, tel, nil); err == nil {
+		if a, err := telemetry.ListenAdmin(context.Background(), addr, tel); err == nil {
 			_ = a.Serve(canceled())
 			t.Errorf("ListenAdmin(%q) listened on %s", addr, a.Addr())
 		}
@@ -39,12 +39,12 @@ func canceled() context.Context {
 // and the port is closed.
 func TestAdminServesMetricsUntilCanceled(t *testing.T) {
 	t.Parallel()
-	tel, err := telemetry.New(telemetry.Options{ServiceName: "testsvc", Metrics: true})
+	tel, err := telemetry.New("testsvc", telemetry.WithMetrics())
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	a, err := telemetry.ListenAdmin(ctx, "127.0.0.1:0", tel, nil)
+	a, err := telemetry.ListenAdmin(ctx, "127.0.0.1:0", tel)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,12 +89,9 @@ func TestAdminServesMetricsUntilCanceled(t *testing.T) {
 // no metrics to serve.
 func TestOffByDefault(t *testing.T) {
 	t.Parallel()
-	tel, err := telemetry.New(telemetry.Options{})
+	tel, err := telemetry.New("testsvc")
 	if err != nil {
 		t.Fatal(err)
-	}
-	if tel.Tracing() {
-		t.Fatal("tracing is on without an exporter")
 	}
 	if _, span := tel.TracerProvider().Tracer("t").Start(context.Background(), "s"); span.IsRecording() {
 		t.Fatal("a span records without an exporter")

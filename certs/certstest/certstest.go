@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/palisade-rpc/palisade/certs"
+	"github.com/palisade-rpc/palisade/internal/pemfile"
 	"github.com/palisade-rpc/palisade/security/mtls"
 )
 
@@ -86,7 +87,7 @@ type Files struct {
 
 // WriteFiles writes issued and the CA as PEM files into dir under name and
 // returns their paths. Each file is replaced atomically
-// (certs.WriteFileAtomic), so a watcher never reads half a file.
+// (pemfile.WriteFileAtomic), so a watcher never reads half a file.
 func (ca *CA) WriteFiles(dir, name string, issued *certs.Issued) Files {
 	ca.tb.Helper()
 	key, err := issued.KeyPEM()
@@ -99,7 +100,7 @@ func (ca *CA) WriteFiles(dir, name string, issued *certs.Issued) Files {
 		CA:   filepath.Join(dir, "ca.pem"),
 	}
 	for path, data := range map[string][]byte{f.Cert: issued.CertPEM(), f.Key: key, f.CA: ca.CertPEM()} {
-		if err := certs.WriteFileAtomic(path, data, 0o600); err != nil {
+		if err := pemfile.WriteFileAtomic(path, data, 0o600); err != nil {
 			ca.tb.Fatal(err)
 		}
 	}
@@ -114,10 +115,10 @@ func (ca *CA) WritePair(f Files, issued *certs.Issued) {
 	if err != nil {
 		ca.tb.Fatal(err)
 	}
-	if err := certs.WriteFileAtomic(f.Key, key, 0o600); err != nil {
+	if err := pemfile.WriteFileAtomic(f.Key, key, 0o600); err != nil {
 		ca.tb.Fatal(err)
 	}
-	if err := certs.WriteFileAtomic(f.Cert, issued.CertPEM(), 0o600); err != nil {
+	if err := pemfile.WriteFileAtomic(f.Cert, issued.CertPEM(), 0o600); err != nil {
 		ca.tb.Fatal(err)
 	}
 }
@@ -129,7 +130,7 @@ func WriteBundle(tb testing.TB, path string, cas ...*CA) {
 	for _, ca := range cas {
 		pemData = append(pemData, ca.CertPEM()...)
 	}
-	if err := certs.WriteFileAtomic(path, pemData, 0o600); err != nil {
+	if err := pemfile.WriteFileAtomic(path, pemData, 0o600); err != nil {
 		tb.Fatal(err)
 	}
 }
@@ -146,7 +147,7 @@ func (ca *CA) WriteCRL(path string, number int64, revoked ...*x509.Certificate) 
 	if err != nil {
 		ca.tb.Fatal(err)
 	}
-	if err := certs.WriteFileAtomic(path, data, 0o600); err != nil {
+	if err := pemfile.WriteFileAtomic(path, data, 0o600); err != nil {
 		ca.tb.Fatal(err)
 	}
 }

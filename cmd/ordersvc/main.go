@@ -18,9 +18,9 @@ import (
 
 const description = `ordersvc serves order.v1.OrderService on one TLS port (Connect, gRPC, gRPC-Web).
 Every call needs a client certificate signed by --ca whose SPIFFE ID is in
---trust-domain; a bearer token, when present, must verify against the
-issuer's keys (fetched from --jwks-url over mTLS); then the OPA policy decides
-(embedded defaults, --policy-dir or --policy-bundle).
+--trust-domain (by default --cert's); a bearer token, when present, must
+verify against the issuer's keys (fetched from --jwks-url over mTLS); then
+the OPA policy decides (embedded defaults, --policy-dir or --policy-bundle).
 
 CreateOrder calls the user service (--user-service) with this service's own
 certificate and, for the user of the call, a delegated token: the caller's
@@ -87,7 +87,7 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	tel, err := common.Telemetry("ordersvc")
+	tel, err := common.Telemetry("ordersvc", logger)
 	if err != nil {
 		return err
 	}

@@ -9,7 +9,7 @@ import (
 	"runtime/pprof"
 	"strings"
 
-	"github.com/palisade-rpc/palisade/internal/bench"
+	"github.com/palisade-rpc/palisade/cmd/palisade/internal/bench"
 )
 
 // benchServerProcess is the argument `palisade bench` re-executes itself

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/palisade-rpc/palisade/certs"
+	"github.com/palisade-rpc/palisade/internal/pemfile"
 	"github.com/palisade-rpc/palisade/security/spiffeid"
 )
 
@@ -33,7 +34,7 @@ Existing files are never overwritten without --force.`)
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments: %v", fs.Args())
 	}
-	written, err := certs.InitDev(*dir, certs.DevOptions{TrustDomain: *td, Force: *force})
+	written, err := certs.InitDev(*dir, devOptions(*td, *force)...)
 	if err != nil {
 		return err
 	}
@@ -115,7 +116,7 @@ func serialToRevoke(dir, certFile, serialHex string) (*big.Int, error) {
 	if err != nil {
 		return nil, err
 	}
-	parsed, err := certs.ParseCertificates(data)
+	parsed, err := pemfile.ParseCertificates(data)
 	if err != nil {
 		return nil, fmt.Errorf("--cert %s: %w", certFile, err)
 	}
@@ -127,4 +128,13 @@ func serialToRevoke(dir, certFile, serialHex string) (*big.Int, error) {
 		return nil, fmt.Errorf("--cert %s was not issued by the CA in %s: %w", certFile, dir, err)
 	}
 	return parsed[0].SerialNumber, nil
+}
+
+// devOptions turns `palisade certs init`'s flags into InitDev's options.
+func devOptions(trustDomain string, force bool) []certs.DevOption {
+	opts := []certs.DevOption{certs.WithTrustDomain(trustDomain)}
+	if force {
+		opts = append(opts, certs.WithOverwrite())
+	}
+	return opts
 }

@@ -19,7 +19,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/palisade-rpc/palisade/internal/loadgen"
+	"github.com/palisade-rpc/palisade/cmd/palisade/internal/loadgen"
 	orderv1 "github.com/palisade-rpc/palisade/proto/order/v1"
 	"github.com/palisade-rpc/palisade/proto/order/v1/orderv1connect"
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"

@@ -67,7 +67,7 @@ its own tests, as it would to be loaded by a service.`)
 		return err
 	}
 	ctx := context.Background()
-	engine, err := policy.NewEngine(ctx, b, policy.EngineOptions{Logger: slog.New(slog.DiscardHandler)})
+	engine, err := policy.NewEngine(ctx, b, policy.WithLogger(slog.New(slog.DiscardHandler)))
 	if err != nil {
 		return err
 	}

@@ -21,9 +21,9 @@ import (
 const description = `usersvc serves user.v1.UserService and user.v1.AuthService on one TLS port
 (Connect, gRPC, gRPC-Web), and the token issuer's public keys at
 /.well-known/jwks.json. Every call needs a client certificate signed by --ca
-whose SPIFFE ID is in --trust-domain; a bearer token, when present, must
-verify; then the OPA policy decides (embedded defaults, --policy-dir or
---policy-bundle).
+whose SPIFFE ID is in --trust-domain (by default --cert's); a bearer token,
+when present, must verify; then the OPA policy decides (embedded defaults,
+--policy-dir or --policy-bundle).
 
 Every change to a user is recorded with a sequence number and streamed to
 the workloads that cache users (the order service) by WatchUserChanges;
@@ -102,7 +102,7 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	tel, err := common.Telemetry("usersvc")
+	tel, err := common.Telemetry("usersvc", logger)
 	if err != nil {
 		return err
 	}

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/palisade-rpc/palisade/policy"
+	"github.com/palisade-rpc/palisade/authz"
 	"github.com/palisade-rpc/palisade/rpc"
 	"github.com/palisade-rpc/palisade/security/mtls"
 )
@@ -31,10 +31,10 @@ type Server struct {
 // Start builds a server with rpc.NewServer (logging to a NewLogger), lets
 // mount add services, and serves it on 127.0.0.1 on a free port until the
 // test ends.
-func Start(tb testing.TB, src mtls.Source, authz policy.Authorizer, mount func(*rpc.Server) error, opts ...rpc.ServerOption) *Server {
+func Start(tb testing.TB, src mtls.Source, authorizer authz.Authorizer, mount func(*rpc.Server) error, opts ...rpc.ServerOption) *Server {
 	tb.Helper()
 	logger, logs := NewLogger(tb)
-	srv, err := rpc.NewServer(src, authz, append([]rpc.ServerOption{rpc.WithLogger(logger)}, opts...)...)
+	srv, err := rpc.NewServer(src, authorizer, append([]rpc.ServerOption{rpc.WithLogger(logger)}, opts...)...)
 	if err != nil {
 		tb.Fatalf("rpctest: new server: %v", err)
 	}

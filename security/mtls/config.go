@@ -170,6 +170,13 @@ func ClientConfig(src Source, serverName string, authorize Authorizer, nextProto
 	if serverName == "" {
 		return nil, errors.New("mtls: client config needs the server's name")
 	}
+	return clientConfig(src, serverName, authorize, nextProtos), nil
+}
+
+// clientConfig is ClientConfig's configuration; with an empty serverName
+// the server's certificate is not checked for a name (ClientConfigForID:
+// its SPIFFE ID is the check).
+func clientConfig(src Source, serverName string, authorize Authorizer, nextProtos []string) *tls.Config {
 	notRevoked := verifyNotRevoked(src)
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
@@ -201,13 +208,13 @@ func ClientConfig(src Source, serverName string, authorize Authorizer, nextProto
 			}
 			return authorize(id, chain)
 		},
-	}, nil
+	}
 }
 
 // verifyServer does what crypto/tls does for a client with RootCAs and
 // ServerName set, with the trust bundle src holds now: it verifies the
 // server's chain for the serverAuth usage, at the current time, and the
-// leaf for serverName (a DNS name or an IP address).
+// leaf for serverName (a DNS name or an IP address) unless it is empty.
 func verifyServer(src Source, serverName string, peer []*x509.Certificate) ([][]*x509.Certificate, error) {
 	if len(peer) == 0 {
 		return nil, errors.New("mtls: server sent no certificate")

@@ -16,7 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/palisade-rpc/palisade/certs"
+	"github.com/palisade-rpc/palisade/internal/pemfile"
 	"github.com/palisade-rpc/palisade/security/spiffeid"
 
 	"github.com/palisade-rpc/palisade/internal/poll"
@@ -85,16 +85,10 @@ type fileSourceOptionFunc func(*FileSource)
 
 func (f fileSourceOptionFunc) applyFileSource(s *FileSource) { f(s) }
 
-// WithLogger sets the logger that records reloads and refused files
-// (default slog.Default()). Log lines name files and reasons, never key
-// material.
-func WithLogger(l *slog.Logger) FileSourceOption {
-	return fileSourceOptionFunc(func(s *FileSource) {
-		if l != nil {
-			s.log = l
-		}
-	})
-}
+// WithLogger sets the logger of a source (default slog.Default()), which
+// records reloads and refused material. Log lines name files and reasons,
+// never key material.
+func WithLogger(l *slog.Logger) Option { return loggerOption{l} }
 
 // WithCRL makes the source read a certificate revocation list from file
 // (PEM "X509 CRL" blocks, or one DER CRL). Every CRL in it must be signed by
@@ -130,10 +124,6 @@ func NewFileSource(certFile, keyFile, caFile string, opts ...FileSourceOption) (
 	}
 	return s, nil
 }
-
-// ID returns the source's SPIFFE ID: the identity every certificate it
-// serves carries.
-func (s *FileSource) ID() spiffeid.ID { return s.id }
 
 // Certificate implements Source.
 func (s *FileSource) Certificate() (*tls.Certificate, error) { return s.current.Load().cert, nil }
@@ -333,7 +323,7 @@ func (s *FileSource) loadMaterialIfChanged(unchanged [32]byte, force bool) (*mat
 			return nil, fmt.Errorf("mtls: %s: %w", s.certFile, err)
 		}
 	}
-	cas, err := certs.ParseCertificates(caPEM)
+	cas, err := pemfile.ParseCertificates(caPEM)
 	if err != nil {
 		return nil, fmt.Errorf("mtls: CA bundle %s: %w", s.caFile, err)
 	}
@@ -379,7 +369,7 @@ func (s *FileSource) loadCRL(m *material) (*revocations, error) {
 // parseRevocations parses the CRLs in data and checks that each is signed
 // by a CA of m's bundle.
 func parseRevocations(data []byte, m *material) (*revocations, error) {
-	crls, err := certs.ParseCRLs(data)
+	crls, err := pemfile.ParseCRLs(data)
 	if err != nil {
 		return nil, err
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/palisade-rpc/palisade/certs"
 	"github.com/palisade-rpc/palisade/certs/certstest"
+	"github.com/palisade-rpc/palisade/internal/pemfile"
 	"github.com/palisade-rpc/palisade/rpc/rpctest"
 	"github.com/palisade-rpc/palisade/security/mtls"
 )
@@ -50,7 +51,7 @@ func serial(t *testing.T, src mtls.Source) string {
 
 func write(t *testing.T, path string, data []byte) {
 	t.Helper()
-	if err := certs.WriteFileAtomic(path, data, 0o600); err != nil {
+	if err := pemfile.WriteFileAtomic(path, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -252,8 +253,8 @@ func TestNewFileSourceValidates(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if src.ID().String() != "spiffe://palisade.local/svc/user" {
-		t.Fatalf("ID = %s", src.ID())
+	if id, err := mtls.IdentityOf(src); err != nil || id.String() != "spiffe://palisade.local/svc/user" {
+		t.Fatalf("IdentityOf = %s, %v", id, err)
 	}
 }
 

@@ -15,7 +15,9 @@
 // is refused and logged and the last good material keeps serving. Open
 // connections are not disturbed: TLS material only matters at the handshake.
 // A source with a CRL (WithCRL) makes ServerConfig and ClientConfig refuse
-// revoked peers in VerifyConnection.
+// revoked peers in VerifyConnection. WorkloadAPISource takes the SVIDs and
+// bundles a SPIRE agent pushes over the SPIFFE Workload API, validated the
+// same way; under SPIRE a certificate is revoked by letting it expire.
 //
 // # Protocol versions
 //
@@ -30,7 +32,6 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/palisade-rpc/palisade/certs"
 	"github.com/palisade-rpc/palisade/security/spiffeid"
 )
 
@@ -60,23 +61,6 @@ func (s *StaticSource) Certificate() (*tls.Certificate, error) { return s.cert, 
 
 // TrustBundle implements Source.
 func (s *StaticSource) TrustBundle() (*x509.CertPool, error) { return s.bundle, nil }
-
-// PoolFromPEM parses every certificate in pemData into a pool. Each must be a
-// CA certificate.
-func PoolFromPEM(pemData []byte) (*x509.CertPool, error) {
-	cas, err := certs.ParseCertificates(pemData)
-	if err != nil {
-		return nil, err
-	}
-	pool := x509.NewCertPool()
-	for _, ca := range cas {
-		if !ca.IsCA {
-			return nil, errors.New("mtls: bundle holds a certificate that is not a CA")
-		}
-		pool.AddCert(ca)
-	}
-	return pool, nil
-}
 
 // IdentityOf returns the SPIFFE ID of src's current certificate: the
 // workload's own identity, used for example as its token audience.

@@ -19,9 +19,10 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/palisade-rpc/palisade/authz"
 	"github.com/palisade-rpc/palisade/certs"
 	"github.com/palisade-rpc/palisade/certs/certstest"
-	"github.com/palisade-rpc/palisade/policy"
+	"github.com/palisade-rpc/palisade/internal/testusers"
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
 	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
 	"github.com/palisade-rpc/palisade/rpc"
@@ -44,7 +45,7 @@ var b64 = base64.RawURLEncoding.EncodeToString
 type attackFixture struct {
 	ca       *certstest.CA
 	srv      *rpctest.Server
-	users    *rpctest.Users
+	users    *testusers.Service
 	issuer   *token.Issuer
 	active   *token.SigningKey
 	cli      *certs.Issued
@@ -64,11 +65,11 @@ func newAttackFixture(t *testing.T) *attackFixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.issuer, err = token.NewIssuer(ks, token.IssuerOptions{Issuer: issuerName, Audience: []string{audience}})
+	f.issuer, err = token.NewIssuer(ks, issuerName, token.WithAudience(audience))
 	if err != nil {
 		t.Fatal(err)
 	}
-	cliHash := certs.Fingerprint(f.cli.Cert)
+	cliHash := sha256.Sum256(f.cli.Cert.Raw)
 	issue := func() string {
 		tok, _, err := f.issuer.Issue(token.Grant{Subject: "alice", Roles: []string{"customer"}, CertSHA256: &cliHash})
 		if err != nil {
@@ -93,18 +94,18 @@ func newAttackFixture(t *testing.T) *attackFixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.verifier, err = token.NewVerifier(token.VerifierOptions{Issuer: issuerName, Audience: audience, Keys: token.NewStaticKeys(pubs)})
+	f.verifier, err = token.NewVerifier(issuerName, audience, token.NewStaticKeys(pubs))
 	if err != nil {
 		t.Fatal(err)
 	}
-	authz, err := policy.NewAllowList(map[string]policy.Rule{
-		userv1connect.UserServiceGetUserProcedure: {Workloads: []string{policy.AnyWorkload}, NeedsUser: true},
+	authorizer, err := authz.NewAllowList(map[string]authz.Rule{
+		userv1connect.UserServiceGetUserProcedure: {Workloads: []string{authz.AnyWorkload}, NeedsUser: true},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.users = &rpctest.Users{}
-	f.srv = rpctest.Start(t, ca.Source(ca.Server("/svc/user")), authz, f.users.Mount, rpc.WithTokenVerifier(f.verifier))
+	f.users = &testusers.Service{}
+	f.srv = rpctest.Start(t, ca.Source(ca.Server("/svc/user")), authorizer, f.users.Mount, rpc.WithTokenVerifier(f.verifier))
 	return f
 }
 
@@ -159,8 +160,8 @@ func TestAttackMatrix(t *testing.T) {
 		return m.Sum(nil)
 	}
 
-	cliHash := certs.Fingerprint(f.cli.Cert)
-	orderHash := certs.Fingerprint(f.order.Cert)
+	cliHash := sha256.Sum256(f.cli.Cert.Raw)
+	orderHash := sha256.Sum256(f.order.Cert.Raw)
 	boundToCli, _, err := f.issuer.Issue(token.Grant{Subject: "alice", CertSHA256: &cliHash})
 	if err != nil {
 		t.Fatal(err)

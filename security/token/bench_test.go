@@ -16,13 +16,13 @@ func BenchmarkVerify(b *testing.B) {
 			}
 			b.Run(name, func(b *testing.B) {
 				ks, _ := NewKeySet(alg)
-				iss, _ := NewIssuer(ks, IssuerOptions{Issuer: testIssuer, Audience: []string{testAudience}})
+				iss, _ := NewIssuer(ks, testIssuer, WithAudience(testAudience))
 				pubs, _ := ks.PublicKeys()
-				opts := VerifierOptions{Issuer: testIssuer, Audience: testAudience, Keys: NewStaticKeys(pubs)}
+				size := DefaultCacheSize
 				if !cached {
-					opts.CacheSize = -1
+					size = 0
 				}
-				v, _ := NewVerifier(opts)
+				v, _ := NewVerifier(testIssuer, testAudience, NewStaticKeys(pubs), WithCacheSize(size))
 				w := workload(b, "spiffe://palisade.local/client/cli", []byte("cli cert"))
 				tok, _, err := iss.Issue(Grant{Subject: "alice", Roles: []string{"customer"}, CertSHA256: &w.CertSHA256})
 				if err != nil {

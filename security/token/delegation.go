@@ -31,29 +31,13 @@ type delegated struct {
 	expires time.Time
 }
 
-// DelegatorOptions configures NewDelegator.
-type DelegatorOptions struct {
-	// Margin: a cached token is not reused within Margin of its expiry
-	// (default 30s), so it does not expire in flight.
-	Margin time.Duration
-	// CacheSize bounds the cache (default 10000).
-	CacheSize int
-	// Now replaces time.Now in tests.
-	Now func() time.Time
-}
-
 // NewDelegator returns a Delegator that exchanges with exchange.
-func NewDelegator(exchange ExchangeFunc, opts DelegatorOptions) *Delegator {
-	if opts.Margin <= 0 {
-		opts.Margin = 30 * time.Second
+func NewDelegator(exchange ExchangeFunc, opts ...DelegatorOption) *Delegator {
+	cfg := delegatorConfig{margin: 30 * time.Second, cacheSize: DefaultCacheSize, now: time.Now}
+	for _, o := range opts {
+		o.applyDelegator(&cfg)
 	}
-	if opts.CacheSize <= 0 {
-		opts.CacheSize = DefaultCacheSize
-	}
-	if opts.Now == nil {
-		opts.Now = time.Now
-	}
-	return &Delegator{exchange: exchange, margin: opts.Margin, max: opts.CacheSize, now: opts.Now, entries: map[[32]byte]delegated{}}
+	return &Delegator{exchange: exchange, margin: cfg.margin, max: cfg.cacheSize, now: cfg.now, entries: map[[32]byte]delegated{}}
 }
 
 // Token returns the delegated token for the call in ctx, or "" when the call
@@ -75,6 +59,9 @@ func (d *Delegator) Token(ctx context.Context) (string, error) {
 	tok, exp, err := d.exchange(ctx, subject)
 	if err != nil {
 		return "", err
+	}
+	if d.max <= 0 {
+		return tok, nil // the cache is off (WithCacheSize)
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()

@@ -19,7 +19,7 @@ func TestDelegatorCachesUntilMargin(t *testing.T) {
 			return "", time.Time{}, errors.New("refused")
 		}
 		return "delegated-" + subject, now.Add(5 * time.Minute), nil
-	}, DelegatorOptions{Margin: 30 * time.Second, Now: func() time.Time { return now }})
+	}, WithMargin(30*time.Second), withClock(func() time.Time { return now }))
 	call := func(tok string) context.Context {
 		return security.NewContext(context.Background(), &security.Principal{Token: security.NewSecret(tok)})
 	}
@@ -50,7 +50,7 @@ func TestDelegatorForget(t *testing.T) {
 	d := NewDelegator(func(_ context.Context, subject string) (string, time.Time, error) {
 		calls++
 		return "delegated-" + subject, time.Now().Add(5 * time.Minute), nil
-	}, DelegatorOptions{})
+	})
 	call := func(tok string) context.Context {
 		return security.NewContext(context.Background(), &security.Principal{Token: security.NewSecret(tok)})
 	}

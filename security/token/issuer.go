@@ -11,44 +11,31 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 )
 
-// Defaults of IssuerOptions.
+// Defaults of the Issuer's options, and the longest lifetime of a
+// delegated token.
 const (
 	DefaultTTL        = 15 * time.Minute
 	MaxDelegatedTTL   = 5 * time.Minute
 	DefaultSigningAlg = AlgEdDSA
 )
 
-// IssuerOptions configures an Issuer.
-type IssuerOptions struct {
-	// Issuer is the iss of every token.
-	Issuer string
-	// Audience is the default aud of access tokens: every service that
-	// accepts them.
-	Audience []string
-	// TTL is the default lifetime of access tokens (default 15 minutes).
-	TTL time.Duration
-	// Now replaces time.Now in tests.
-	Now func() time.Time
-}
-
 // Issuer signs access tokens with the active key of its key set.
 type Issuer struct {
-	opts IssuerOptions
+	opts issuerConfig
 	keys atomic.Pointer[KeySet]
 }
 
-// NewIssuer returns an Issuer signing with ks.
-func NewIssuer(ks *KeySet, opts IssuerOptions) (*Issuer, error) {
-	if opts.Issuer == "" || len(opts.Audience) == 0 {
-		return nil, errors.New("token: issuer needs an issuer name and an audience")
+// NewIssuer returns an Issuer signing with ks, whose tokens carry issuer
+// as their iss.
+func NewIssuer(ks *KeySet, issuer string, opts ...IssuerOption) (*Issuer, error) {
+	if issuer == "" {
+		return nil, errors.New("token: issuer needs an issuer name")
 	}
-	if opts.TTL <= 0 {
-		opts.TTL = DefaultTTL
+	cfg := issuerConfig{issuer: issuer, ttl: DefaultTTL, now: time.Now}
+	for _, o := range opts {
+		o.applyIssuer(&cfg)
 	}
-	if opts.Now == nil {
-		opts.Now = time.Now
-	}
-	i := &Issuer{opts: opts}
+	i := &Issuer{opts: cfg}
 	if err := i.SetKeys(ks); err != nil {
 		return nil, err
 	}
@@ -68,17 +55,17 @@ func (i *Issuer) SetKeys(ks *KeySet) error {
 func (i *Issuer) Keys() *KeySet { return i.keys.Load() }
 
 // TTL returns the default lifetime of access tokens.
-func (i *Issuer) TTL() time.Duration { return i.opts.TTL }
+func (i *Issuer) TTL() time.Duration { return i.opts.ttl }
 
 // Name returns the issuer name (iss).
-func (i *Issuer) Name() string { return i.opts.Issuer }
+func (i *Issuer) Name() string { return i.opts.issuer }
 
 // Grant describes a token to issue.
 type Grant struct {
 	Subject string
 	Roles   []string
 	Scope   string
-	// Audience defaults to the issuer's.
+	// Audience defaults to the issuer's (WithAudience).
 	Audience []string
 	// TTL defaults to the issuer's.
 	TTL time.Duration
@@ -100,19 +87,22 @@ func (i *Issuer) Issue(g Grant) (string, time.Time, error) {
 	}
 	ttl := g.TTL
 	if ttl <= 0 {
-		ttl = i.opts.TTL
+		ttl = i.opts.ttl
 	}
 	aud := g.Audience
 	if len(aud) == 0 {
-		aud = i.opts.Audience
+		aud = i.opts.audience
+	}
+	if len(aud) == 0 {
+		return "", time.Time{}, errors.New("token: issue: no audience (the grant names none, and the issuer has no WithAudience)")
 	}
 	var jti [16]byte
 	_, _ = rand.Read(jti[:]) // crypto/rand.Read never fails
-	now := i.opts.Now().Truncate(time.Second)
+	now := i.opts.now().Truncate(time.Second)
 	exp := now.Add(ttl)
 	claims := Claims{
 		RegisteredClaims: jwt.RegisteredClaims{
-			Issuer:    i.opts.Issuer,
+			Issuer:    i.opts.issuer,
 			Subject:   g.Subject,
 			Audience:  aud,
 			ExpiresAt: jwt.NewNumericDate(exp),

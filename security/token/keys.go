@@ -15,7 +15,7 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/palisade-rpc/palisade/certs"
+	"github.com/palisade-rpc/palisade/internal/pemfile"
 )
 
 // Signing algorithms. The key, never the token, decides which one applies.
@@ -186,7 +186,7 @@ func LoadKeySet(path string) (*KeySet, error) {
 func (ks *KeySet) Save(path string) error {
 	f := keySetFile{Active: ks.Active}
 	for _, k := range ks.Keys {
-		pemKey, err := certs.EncodeKey(k.Private)
+		pemKey, err := pemfile.EncodeKey(k.Private)
 		if err != nil {
 			return fmt.Errorf("token: save key set: %w", err)
 		}
@@ -199,7 +199,7 @@ func (ks *KeySet) Save(path string) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("token: save key set: %w", err)
 	}
-	return certs.WriteFileAtomic(path, data, 0o600)
+	return pemfile.WriteFileAtomic(path, data, 0o600)
 }
 
 // LoadOrCreateKeySet loads the key set at path, or creates one with a fresh

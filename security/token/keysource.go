@@ -96,28 +96,15 @@ func LoadJWKSFile(path string) (*StaticKeys, error) {
 	return NewStaticKeys(keys), nil
 }
 
-// RemoteKeysOptions configures NewRemoteKeys.
-type RemoteKeysOptions struct {
-	// MinRefreshInterval is the shortest time between two fetches caused by
-	// tokens with unknown key IDs (default 30s), so a flood of forged kids
-	// costs at most one fetch per interval.
-	MinRefreshInterval time.Duration
-	// RefreshInterval is how often Run refetches the set (default 5m), so
-	// retired keys stop verifying.
-	RefreshInterval time.Duration
-	// Timeout bounds one fetch (default 5s).
-	Timeout time.Duration
-	Logger  *slog.Logger
-}
-
 // RemoteKeys is a KeySource fetched from a JWKS URL with an HTTP client (a
 // Palisade mTLS client, so the key set comes from the authenticated issuer).
 // Keys are cached; an unknown kid triggers a refetch at most once per
-// MinRefreshInterval; a failed fetch keeps the last good set.
+// minimum refresh interval (WithMinRefreshInterval); a failed fetch keeps
+// the last good set.
 type RemoteKeys struct {
 	url    string
 	client *http.Client
-	opts   RemoteKeysOptions
+	opts   remoteKeysConfig
 
 	keys atomic.Pointer[keyMap]
 	gen  atomic.Uint64
@@ -128,30 +115,28 @@ type RemoteKeys struct {
 }
 
 // After a failed fetch, a lookup may refetch after retryAfterFailure rather
-// than MinRefreshInterval (an issuer that was down when the verifier started
-// must not leave it keyless for a whole interval); Run retries from
-// runRetryAfterFailure, backing off.
+// than the minimum refresh interval (an issuer that was down when the
+// verifier started must not leave it keyless for a whole interval); Run
+// retries from runRetryAfterFailure, backing off.
 const (
 	retryAfterFailure    = 100 * time.Millisecond
 	runRetryAfterFailure = time.Second
 )
 
-// NewRemoteKeys returns a RemoteKeys for url. It does not fetch: the first
-// lookup (or Run) does, so a service can start before its issuer.
-func NewRemoteKeys(url string, client *http.Client, opts RemoteKeysOptions) *RemoteKeys {
-	if opts.MinRefreshInterval <= 0 {
-		opts.MinRefreshInterval = 30 * time.Second
+// NewRemoteKeys returns a RemoteKeys for url, fetched with client. It does
+// not fetch: the first lookup (or Run) does, so a service can start before
+// its issuer.
+func NewRemoteKeys(url string, client *http.Client, opts ...RemoteKeysOption) *RemoteKeys {
+	cfg := remoteKeysConfig{
+		minRefreshInterval: 30 * time.Second,
+		refreshInterval:    5 * time.Minute,
+		timeout:            5 * time.Second,
+		logger:             slog.Default(),
 	}
-	if opts.RefreshInterval <= 0 {
-		opts.RefreshInterval = 5 * time.Minute
+	for _, o := range opts {
+		o.applyRemoteKeys(&cfg)
 	}
-	if opts.Timeout <= 0 {
-		opts.Timeout = 5 * time.Second
-	}
-	if opts.Logger == nil {
-		opts.Logger = slog.Default()
-	}
-	r := &RemoteKeys{url: url, client: client, opts: opts}
+	r := &RemoteKeys{url: url, client: client, opts: cfg}
 	empty := keyMap{}
 	r.keys.Store(&empty)
 	return r
@@ -182,11 +167,11 @@ func (r *RemoteKeys) Refresh(ctx context.Context) error {
 	return r.fetchLocked(ctx)
 }
 
-// refresh fetches unless one happened within MinRefreshInterval.
+// refresh fetches unless one happened within the minimum refresh interval.
 func (r *RemoteKeys) refresh(ctx context.Context) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	interval := r.opts.MinRefreshInterval
+	interval := r.opts.minRefreshInterval
 	if r.failing {
 		interval = min(interval, retryAfterFailure)
 	}
@@ -201,7 +186,7 @@ func (r *RemoteKeys) fetchLocked(ctx context.Context) error {
 	keys, err := r.fetch(ctx)
 	r.failing = err != nil
 	if err != nil {
-		r.opts.Logger.WarnContext(ctx, "JWKS fetch failed; keeping the last good key set", "url", r.url, "error", err)
+		r.opts.logger.WarnContext(ctx, "JWKS fetch failed; keeping the last good key set", "url", r.url, "error", err)
 		return err
 	}
 	m := newKeyMap(keys)
@@ -212,13 +197,13 @@ func (r *RemoteKeys) fetchLocked(ctx context.Context) error {
 			ids = append(ids, id)
 		}
 		slices.Sort(ids)
-		r.opts.Logger.InfoContext(ctx, "JWKS key set changed", "url", r.url, "kids", ids)
+		r.opts.logger.InfoContext(ctx, "JWKS key set changed", "url", r.url, "kids", ids)
 	}
 	return nil
 }
 
 func (r *RemoteKeys) fetch(ctx context.Context) ([]*PublicKey, error) {
-	ctx, cancel := context.WithTimeout(ctx, r.opts.Timeout)
+	ctx, cancel := context.WithTimeout(ctx, r.opts.timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.url, nil)
 	if err != nil {
@@ -240,14 +225,15 @@ func (r *RemoteKeys) fetch(ctx context.Context) ([]*PublicKey, error) {
 	return ParseJWKS(body)
 }
 
-// Run fetches the key set now and then every RefreshInterval until ctx is
-// done; after a failed fetch it retries sooner, backing off from one second.
+// Run fetches the key set now and then every refresh interval
+// (WithRefreshInterval) until ctx is done; after a failed fetch it retries
+// sooner, backing off from one second.
 func (r *RemoteKeys) Run(ctx context.Context) error {
 	backoff := runRetryAfterFailure
 	for {
-		wait := r.opts.RefreshInterval
+		wait := r.opts.refreshInterval
 		if err := r.Refresh(ctx); err != nil {
-			wait = min(backoff, r.opts.RefreshInterval)
+			wait = min(backoff, r.opts.refreshInterval)
 			backoff *= 2
 		} else {
 			backoff = runRetryAfterFailure

@@ -14,8 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/palisade-rpc/palisade/authz"
 	"github.com/palisade-rpc/palisade/certs/certstest"
-	"github.com/palisade-rpc/palisade/policy"
 	"github.com/palisade-rpc/palisade/rpc"
 	"github.com/palisade-rpc/palisade/rpc/rpctest"
 	"github.com/palisade-rpc/palisade/security/token"
@@ -35,7 +35,7 @@ type jwksServer struct {
 func newJWKSServer(t *testing.T, ca *certstest.CA) *jwksServer {
 	t.Helper()
 	j := &jwksServer{}
-	none, err := policy.NewAllowList(nil)
+	none, err := authz.NewAllowList(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,7 +76,7 @@ func TestRemoteKeys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	keys := token.NewRemoteKeys(j.srv.URL+token.JWKSPath, client, token.RemoteKeysOptions{MinRefreshInterval: time.Hour, Logger: slog.New(slog.DiscardHandler)})
+	keys := token.NewRemoteKeys(j.srv.URL+token.JWKSPath, client, token.WithMinRefreshInterval(time.Hour), token.WithLogger(slog.New(slog.DiscardHandler)))
 	ctx := context.Background()
 
 	first := ks.Active
@@ -137,7 +137,7 @@ func TestRemoteKeysLookupDuringAFetch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	keys := token.NewRemoteKeys(j.srv.URL+token.JWKSPath, client, token.RemoteKeysOptions{MinRefreshInterval: time.Hour, Logger: slog.New(slog.DiscardHandler)})
+	keys := token.NewRemoteKeys(j.srv.URL+token.JWKSPath, client, token.WithMinRefreshInterval(time.Hour), token.WithLogger(slog.New(slog.DiscardHandler)))
 	ctx := context.Background()
 
 	// The first fetch is held at the issuer until the lookup waits for it.
@@ -195,7 +195,7 @@ func TestRemoteKeysRunStops(t *testing.T) {
 	ks, _ := token.NewKeySet(token.AlgEdDSA)
 	_ = j.jwks.Set(publicKeys(t, ks))
 	client, _ := rpc.NewHTTPClient(ca.Source(ca.Server("/svc/order")))
-	keys := token.NewRemoteKeys(j.srv.URL+token.JWKSPath, client, token.RemoteKeysOptions{RefreshInterval: 20 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
+	keys := token.NewRemoteKeys(j.srv.URL+token.JWKSPath, client, token.WithRefreshInterval(20*time.Millisecond), token.WithLogger(slog.New(slog.DiscardHandler)))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- keys.Run(ctx) }()
@@ -220,22 +220,48 @@ func TestWatchKeySet(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	applied := make(chan *token.KeySet, 4)
+	type change struct {
+		ks  *token.KeySet
+		err error
+	}
+	applied := make(chan change, 4)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- token.WatchKeySet(ctx, path, 5*time.Millisecond, slog.New(slog.DiscardHandler), func(ks *token.KeySet) { applied <- ks })
+		done <- token.WatchKeySet(ctx, path, 5*time.Millisecond, func(ks *token.KeySet, err error) { applied <- change{ks, err} })
 	}()
-
-	// A broken file is ignored...
-	if err := os.WriteFile(path, []byte("{not json"), 0o600); err != nil {
-		t.Fatal(err)
+	next := func(what string) change {
+		t.Helper()
+		select {
+		case c := <-applied:
+			return c
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s not picked up", what)
+		}
+		return change{}
 	}
-	time.Sleep(30 * time.Millisecond)
-	select {
-	case got := <-applied:
-		t.Fatalf("a broken file was applied: %+v", got)
-	default:
+
+	// A broken file is reported, not applied. It is written again, each
+	// time different, until the watcher (which may not have read the file
+	// yet when the first is written) reports it.
+	var broken change
+	deadline := time.Now().Add(5 * time.Second)
+	for i := 0; ; i++ {
+		if err := os.WriteFile(path, []byte(fmt.Sprintf("{not json %d", i)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case broken = <-applied:
+		case <-time.After(20 * time.Millisecond):
+			if time.Now().Before(deadline) {
+				continue
+			}
+			t.Fatal("the broken file not picked up")
+		}
+		break
+	}
+	if broken.ks != nil || broken.err == nil {
+		t.Fatalf("a broken file gave set %+v, error %v", broken.ks, broken.err)
 	}
 	// ...and a rotation is picked up.
 	newID, _, err := ks.Rotate(token.AlgEdDSA, 1)
@@ -245,13 +271,12 @@ func TestWatchKeySet(t *testing.T) {
 	if err := ks.Save(path); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case got := <-applied:
-		if got.Active != newID {
-			t.Fatalf("applied active %s, want %s", got.Active, newID)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("rotation not picked up")
+	got := next("the rotation")
+	for got.err != nil { // a late report of one of the broken files
+		got = next("the rotation")
+	}
+	if got.ks.Active != newID {
+		t.Fatalf("applied active %s, want %s", got.ks.Active, newID)
 	}
 	cancel()
 	if err := <-done; !errors.Is(err, context.Canceled) {

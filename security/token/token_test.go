@@ -22,7 +22,7 @@ func newPair(t testing.TB, alg string) (*Issuer, *Verifier, *StaticKeys) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	iss, err := NewIssuer(ks, IssuerOptions{Issuer: testIssuer, Audience: []string{testAudience}})
+	iss, err := NewIssuer(ks, testIssuer, WithAudience(testAudience))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -31,7 +31,7 @@ func newPair(t testing.TB, alg string) (*Issuer, *Verifier, *StaticKeys) {
 		t.Fatal(err)
 	}
 	keys := NewStaticKeys(pubs)
-	v, err := NewVerifier(VerifierOptions{Issuer: testIssuer, Audience: testAudience, Keys: keys})
+	v, err := NewVerifier(testIssuer, testAudience, keys)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,9 +89,9 @@ func TestCacheNeverOutlivesExpiry(t *testing.T) {
 	now := time.Now()
 	clock := func() time.Time { return now }
 	ks, _ := NewKeySet(AlgEdDSA)
-	iss, _ := NewIssuer(ks, IssuerOptions{Issuer: testIssuer, Audience: []string{testAudience}, Now: clock})
+	iss, _ := NewIssuer(ks, testIssuer, WithAudience(testAudience), withClock(clock))
 	pubs, _ := ks.PublicKeys()
-	v, _ := NewVerifier(VerifierOptions{Issuer: testIssuer, Audience: testAudience, Keys: NewStaticKeys(pubs), Now: clock, Leeway: time.Second})
+	v, _ := NewVerifier(testIssuer, testAudience, NewStaticKeys(pubs), withClock(clock), WithLeeway(time.Second))
 	w := workload(t, "spiffe://palisade.local/client/cli", []byte("c"))
 	tok, _, err := iss.Issue(Grant{Subject: "alice", TTL: time.Minute})
 	if err != nil {

@@ -17,35 +17,16 @@ import (
 	"github.com/palisade-rpc/palisade/security"
 )
 
-// Defaults of VerifierOptions.
+// Defaults of the Verifier's options.
 const (
 	DefaultLeeway       = 30 * time.Second
 	DefaultCacheSize    = 10000
 	DefaultMaxTokenSize = 8 << 10
 )
 
-// VerifierOptions configures a Verifier. Issuer, Audience and Keys are required.
-type VerifierOptions struct {
-	// Issuer is the only accepted iss.
-	Issuer string
-	// Audience is this service's name; aud must contain it.
-	Audience string
-	// Keys supplies the verification keys.
-	Keys KeySource
-	// Leeway absorbs clock skew for exp, nbf and iat (default 30s).
-	Leeway time.Duration
-	// CacheSize bounds the cache of verified tokens (default 10000; negative
-	// disables the cache).
-	CacheSize int
-	// MaxTokenSize refuses longer tokens before any parsing (default 8 KiB).
-	MaxTokenSize int
-	// Now replaces time.Now in tests.
-	Now func() time.Time
-}
-
 // Verifier verifies access tokens. It is safe for concurrent use.
 type Verifier struct {
-	opts   VerifierOptions
+	opts   verifierConfig
 	parser *jwt.Parser
 	cache  *cache
 	// hits and misses count Verify's cache lookups, for metrics.
@@ -59,25 +40,22 @@ func (v *Verifier) CacheStats() (hits, misses uint64) {
 	return v.hits.Load(), v.misses.Load()
 }
 
-// NewVerifier returns a Verifier.
-func NewVerifier(opts VerifierOptions) (*Verifier, error) {
-	if opts.Issuer == "" || opts.Audience == "" || opts.Keys == nil {
+// NewVerifier returns a Verifier of the access tokens issuer signs for
+// audience (this service's name: a token's aud must contain it), with the
+// keys of keys.
+func NewVerifier(issuer, audience string, keys KeySource, opts ...VerifierOption) (*Verifier, error) {
+	if issuer == "" || audience == "" || keys == nil {
 		return nil, errors.New("token: verifier needs an issuer, an audience and a key source")
 	}
-	if opts.Leeway == 0 {
-		opts.Leeway = DefaultLeeway
+	cfg := verifierConfig{
+		issuer: issuer, audience: audience, keys: keys,
+		leeway: DefaultLeeway, cacheSize: DefaultCacheSize, maxTokenSize: DefaultMaxTokenSize, now: time.Now,
 	}
-	if opts.CacheSize == 0 {
-		opts.CacheSize = DefaultCacheSize
+	for _, o := range opts {
+		o.applyVerifier(&cfg)
 	}
-	if opts.MaxTokenSize <= 0 {
-		opts.MaxTokenSize = DefaultMaxTokenSize
-	}
-	if opts.Now == nil {
-		opts.Now = time.Now
-	}
-	v := &Verifier{opts: opts, cache: newCache(opts.CacheSize)}
-	v.parser = v.newParser(opts.Audience)
+	v := &Verifier{opts: cfg, cache: newCache(cfg.cacheSize)}
+	v.parser = v.newParser(cfg.audience)
 	return v, nil
 }
 
@@ -85,12 +63,12 @@ func (v *Verifier) newParser(audience string) *jwt.Parser {
 	return jwt.NewParser(
 		jwt.WithValidMethods([]string{AlgEdDSA, AlgES256}),
 		jwt.WithStrictDecoding(),
-		jwt.WithIssuer(v.opts.Issuer),
+		jwt.WithIssuer(v.opts.issuer),
 		jwt.WithAudience(audience),
 		jwt.WithExpirationRequired(),
 		jwt.WithIssuedAt(),
-		jwt.WithLeeway(v.opts.Leeway),
-		jwt.WithTimeFunc(v.opts.Now),
+		jwt.WithLeeway(v.opts.leeway),
+		jwt.WithTimeFunc(v.opts.now),
 	)
 }
 
@@ -102,8 +80,8 @@ func (v *Verifier) newParser(audience string) *jwt.Parser {
 // issued for it. A token that is itself delegated (has act) is refused, so
 // delegation does not chain. The cache is not used.
 func (v *Verifier) VerifySubjectToken(ctx context.Context, raw, audience string) (*security.User, error) {
-	if len(raw) > v.opts.MaxTokenSize {
-		return nil, fail(ReasonTooLarge, fmt.Sprintf("token longer than %d bytes", v.opts.MaxTokenSize))
+	if len(raw) > v.opts.maxTokenSize {
+		return nil, fail(ReasonTooLarge, fmt.Sprintf("token longer than %d bytes", v.opts.maxTokenSize))
 	}
 	e, err := v.verify(ctx, raw, v.newParser(audience))
 	if err != nil {
@@ -120,11 +98,11 @@ func (v *Verifier) VerifySubjectToken(ctx context.Context, raw, audience string)
 // with that client certificate; a token with act must be presented by the
 // workload it names. Errors are *Error values that never include the token.
 func (v *Verifier) Verify(ctx context.Context, raw string, workload security.Workload) (*security.User, error) {
-	if len(raw) > v.opts.MaxTokenSize {
-		return nil, fail(ReasonTooLarge, fmt.Sprintf("token longer than %d bytes", v.opts.MaxTokenSize))
+	if len(raw) > v.opts.maxTokenSize {
+		return nil, fail(ReasonTooLarge, fmt.Sprintf("token longer than %d bytes", v.opts.maxTokenSize))
 	}
-	now := v.opts.Now()
-	gen := v.opts.Keys.Generation()
+	now := v.opts.now()
+	gen := v.opts.keys.Generation()
 	// Hash the string's bytes in place: converting to []byte would copy the
 	// whole token on every call, and Sum256 only reads.
 	key := sha256.Sum256(unsafe.Slice(unsafe.StringData(raw), len(raw)))
@@ -164,7 +142,7 @@ func (v *Verifier) verify(ctx context.Context, raw string, parser *jwt.Parser) (
 	if _, err := strictB64.DecodeString(segs[2]); err != nil {
 		return nil, fail(ReasonMalformed, "signature is not canonical base64url")
 	}
-	pub, err := v.opts.Keys.Key(ctx, h.Kid)
+	pub, err := v.opts.keys.Key(ctx, h.Kid)
 	if err != nil {
 		return nil, fail(ReasonUnknownKey, "kid not in the key set")
 	}

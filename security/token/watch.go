@@ -3,18 +3,18 @@ package token
 import (
 	"context"
 	"crypto/sha256"
-	"log/slog"
 	"os"
 	"time"
 
 	"github.com/palisade-rpc/palisade/internal/poll"
 )
 
-// WatchKeySet polls the key set file at path every interval and calls apply
-// with the new set whenever its content changes and it loads cleanly. A file
-// that fails to load is logged and ignored: the last good set stays in force.
-// It returns when ctx is done.
-func WatchKeySet(ctx context.Context, path string, interval time.Duration, logger *slog.Logger, apply func(*KeySet)) error {
+// WatchKeySet polls the key set file at path every interval and, whenever
+// its content changes, loads it and calls apply: with the new set when it
+// loads cleanly, and with the error (and a nil set) when it does not — the
+// caller then keeps the set in force, and says so in its log. It returns
+// when ctx is done.
+func WatchKeySet(ctx context.Context, path string, interval time.Duration, apply func(*KeySet, error)) error {
 	last := fileDigest(path)
 	return poll.Every(ctx, interval, func() {
 		d := fileDigest(path)
@@ -24,11 +24,10 @@ func WatchKeySet(ctx context.Context, path string, interval time.Duration, logge
 		last = d
 		ks, err := LoadKeySet(path)
 		if err != nil {
-			logger.ErrorContext(ctx, "signing key set changed but does not load; keeping the previous one", "path", path, "error", err)
+			apply(nil, err)
 			return
 		}
-		logger.InfoContext(ctx, "signing key set reloaded", "path", path, "active", ks.Active, "keys", len(ks.Keys))
-		apply(ks)
+		apply(ks, nil)
 	})
 }
 

@@ -61,7 +61,7 @@ func Start(t *testing.T) *System {
 	}, Spans: tracetest.NewInMemoryExporter()}
 	var err error
 	for name, tel := range map[string]**telemetry.Telemetry{"usersvc": &s.UserTelemetry, "ordersvc": &s.OrderTelemetry} {
-		if *tel, err = telemetry.New(telemetry.Options{ServiceName: name, SpanExporter: s.Spans, Metrics: true}); err != nil {
+		if *tel, err = telemetry.New(name, telemetry.WithSpanExporter(s.Spans), telemetry.WithMetrics()); err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = (*tel).Shutdown(context.Background()) })
@@ -124,7 +124,7 @@ func engine(t *testing.T, logger *slog.Logger) *policy.Engine {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := policy.NewEngine(context.Background(), b, policy.EngineOptions{Logger: logger})
+	e, err := policy.NewEngine(context.Background(), b, policy.WithLogger(logger))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -31,7 +31,7 @@ var fleetEngine = sync.OnceValues(func() (*policy.Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	return policy.NewEngine(context.Background(), b, policy.EngineOptions{Logger: slog.New(slog.DiscardHandler)})
+	return policy.NewEngine(context.Background(), b, policy.WithLogger(slog.New(slog.DiscardHandler)))
 })
 
 // Fleet is one user service and several replicas of the order service (the

@@ -174,7 +174,7 @@ next:
 // the calls should have moved them.
 func metricsMove(t *testing.T, s *System) {
 	ctx, cancel := context.WithCancel(context.Background())
-	admin, err := telemetry.ListenAdmin(ctx, "127.0.0.1:0", s.UserTelemetry, nil)
+	admin, err := telemetry.ListenAdmin(ctx, "127.0.0.1:0", s.UserTelemetry)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,8 +13,8 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/palisade-rpc/palisade/authz"
 	"github.com/palisade-rpc/palisade/certs/certstest"
-	"github.com/palisade-rpc/palisade/policy"
 	orderv1 "github.com/palisade-rpc/palisade/proto/order/v1"
 	"github.com/palisade-rpc/palisade/proto/order/v1/orderv1connect"
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
@@ -50,9 +50,9 @@ type systemOptions struct {
 	userURL string
 }
 
-func allowList(t *testing.T, rules map[string]policy.Rule) policy.Authorizer {
+func allowList(t *testing.T, rules map[string]authz.Rule) authz.Authorizer {
 	t.Helper()
-	a, err := policy.NewAllowList(rules)
+	a, err := authz.NewAllowList(rules)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +84,7 @@ func startSystem(t *testing.T, opts systemOptions) *system {
 	}
 	userSvc := user.NewService(sys.userStore, userLogger)
 	sys.userSrv = rpctest.Start(t, ca.Source(ca.Server("/svc/user")),
-		allowList(t, map[string]policy.Rule{userv1connect.UserServiceGetUserProcedure: {Workloads: userAllow}}),
+		allowList(t, map[string]authz.Rule{userv1connect.UserServiceGetUserProcedure: {Workloads: userAllow}}),
 		func(s *rpc.Server) error {
 			return rpc.Mount(s, userv1connect.NewUserServiceHandler, userv1connect.UserServiceHandler(userSvc))
 		},
@@ -106,7 +106,7 @@ func startSystem(t *testing.T, opts systemOptions) *system {
 	t.Cleanup(func() { _ = sys.orderStore.Close() })
 	orderSvc := order.NewService(sys.orderStore, users, slog.New(logrecorder.New(slog.LevelDebug)))
 	orderSrv := rpctest.Start(t, ca.Source(orderCert),
-		allowList(t, map[string]policy.Rule{
+		allowList(t, map[string]authz.Rule{
 			orderv1connect.OrderServiceCreateOrderProcedure: {Workloads: []string{cliID}},
 			orderv1connect.OrderServiceGetOrderProcedure:    {Workloads: []string{cliID}},
 			orderv1connect.OrderServiceListOrdersProcedure:  {Workloads: []string{cliID}},

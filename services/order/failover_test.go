@@ -13,8 +13,8 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/palisade-rpc/palisade/authz"
 	"github.com/palisade-rpc/palisade/certs/certstest"
-	"github.com/palisade-rpc/palisade/policy"
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
 	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
 	"github.com/palisade-rpc/palisade/rpc"
@@ -67,7 +67,7 @@ func TestFeedFailsOverToAnotherUserReplica(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	authz := allowList(t, map[string]policy.Rule{
+	authorizer := allowList(t, map[string]authz.Rule{
 		userv1connect.UserServiceWatchUserChangesProcedure: {Workloads: []string{orderSvcID}},
 	})
 	fast := password.Params{Memory: 64, Iterations: 1, Parallelism: 1, SaltLength: 16, KeyLength: 32}
@@ -82,7 +82,7 @@ func TestFeedFailsOverToAnotherUserReplica(t *testing.T) {
 		logger, logs := rpctest.NewLogger(t)
 		feeds := &openFeeds{}
 		srv, err := user.NewServer(ctx, user.Config{
-			Source: ca.Source(ca.Server("/svc/user")), Store: store, Authorizer: authz, Keys: keys,
+			Source: ca.Source(ca.Server("/svc/user")), Store: store, Authorizer: authorizer, Keys: keys,
 			PasswordParams: &fast, Logger: logger, ServerOptions: []rpc.ServerOption{rpc.WithInterceptors(feeds)},
 		})
 		if err != nil {

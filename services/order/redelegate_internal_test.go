@@ -56,7 +56,7 @@ func TestRedelegatingExchangesAgainWhenRefused(t *testing.T) {
 			d := token.NewDelegator(func(_ context.Context, subject string) (string, time.Time, error) {
 				exchanges++
 				return subject + "-delegated-" + string(rune('0'+exchanges)), time.Now().Add(5 * time.Minute), nil
-			}, token.DelegatorOptions{})
+			})
 			dir := &refusingDirectory{refusals: tc.refusals, delegator: d}
 			ctx := security.NewContext(context.Background(), &security.Principal{Token: security.NewSecret(tc.token)})
 			_, err := redelegating{users: dir, delegator: d}.GetUser(ctx, &userv1.GetUserRequest{Id: "alice"})

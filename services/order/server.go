@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/palisade-rpc/palisade/policy"
+	"github.com/palisade-rpc/palisade/authz"
 	"github.com/palisade-rpc/palisade/proto/order/v1/orderv1connect"
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
 	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
@@ -26,7 +26,7 @@ type Config struct {
 	// Store holds the orders. Required.
 	Store *Store
 	// Authorizer decides every call. Required.
-	Authorizer policy.Authorizer
+	Authorizer authz.Authorizer
 	// UserURL is the user service's base URL, or the base URLs of its
 	// replicas separated by commas ("https://a:8443,https://b:8443"), over
 	// which the calls are then spread (see rpc.WithEndpoints). Required.
@@ -102,7 +102,6 @@ func NewServer(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	upstream := []rpc.ClientOption{
 		rpc.WithServerID(cfg.UserID),
-		rpc.WithClientTrustDomain(td),
 		rpc.WithCallTimeout(cfg.UpstreamTimeout),
 		rpc.WithLogger(cfg.Logger),
 	}
@@ -130,9 +129,9 @@ func NewServer(ctx context.Context, cfg Config) (*Server, error) {
 
 	// Tokens are verified with the issuer's keys, fetched over mTLS from the
 	// user service and refreshed in the background until ctx is done.
-	keys := token.NewRemoteKeys(cfg.JWKSURL, upstreamHTTP, token.RemoteKeysOptions{MinRefreshInterval: cfg.JWKSMinRefresh, Logger: cfg.Logger})
+	keys := token.NewRemoteKeys(cfg.JWKSURL, upstreamHTTP, token.WithMinRefreshInterval(cfg.JWKSMinRefresh), token.WithLogger(cfg.Logger))
 	go func() { _ = keys.Run(ctx) }()
-	verifier, err := token.NewVerifier(token.VerifierOptions{Issuer: cfg.TokenIssuer, Audience: self.String(), Keys: keys})
+	verifier, err := token.NewVerifier(cfg.TokenIssuer, self.String(), keys)
 	if err != nil {
 		return nil, err
 	}
@@ -149,7 +148,7 @@ func NewServer(ctx context.Context, cfg Config) (*Server, error) {
 			return "", time.Time{}, err
 		}
 		return res.GetAccessToken(), time.Now().Add(time.Duration(res.GetExpiresIn()) * time.Second), nil
-	}, token.DelegatorOptions{})
+	})
 	users, err := rpc.NewClient(userv1connect.NewUserServiceClient, userURL, cfg.Source, append(upstream, rpc.WithTokenSource(delegator.Token))...)
 	if err != nil {
 		return nil, err
@@ -173,10 +172,9 @@ func NewServer(ctx context.Context, cfg Config) (*Server, error) {
 
 	opts := append([]rpc.ServerOption{
 		rpc.WithLogger(cfg.Logger),
-		rpc.WithTrustDomain(td),
 		rpc.WithTokenVerifier(verifier),
 		// Every order of an import is authorized, not just the stream.
-		rpc.WithAuthorizationOptions(policy.WithPerMessage(orderv1connect.OrderServiceImportOrdersProcedure)),
+		rpc.WithAuthorizationOptions(authz.WithPerMessage(orderv1connect.OrderServiceImportOrdersProcedure)),
 	}, cfg.ServerOptions...)
 	srv, err := rpc.NewServer(cfg.Source, cfg.Authorizer, opts...)
 	if err != nil {

@@ -28,7 +28,7 @@
 //     milliseconds of its commit. A cache hit does not call the user
 //     service, so it does not appear in that service's "user read" log.
 //   - ImportOrders (client stream) stores all of its orders or none; every
-//     message is authorized (policy.WithPerMessage) and validated.
+//     message is authorized (authz.WithPerMessage) and validated.
 //   - TrackOrders (bidi stream) answers each order id with its status and
 //     again on every change (Store.SetStatus); an id the caller may not see
 //     ends the stream with permission_denied.
@@ -43,7 +43,7 @@ import (
 
 	"connectrpc.com/connect"
 
-	"github.com/palisade-rpc/palisade/policy"
+	"github.com/palisade-rpc/palisade/authz"
 	orderv1 "github.com/palisade-rpc/palisade/proto/order/v1"
 	"github.com/palisade-rpc/palisade/proto/order/v1/orderv1connect"
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
@@ -219,7 +219,7 @@ func (s *Service) GetOrder(ctx context.Context, req *orderv1.GetOrderRequest) (*
 	}
 	// Whether the caller may read this order depends on its owner, which the
 	// call-level decision could not see: ask again with the resource.
-	if err := policy.AuthorizeResource(ctx, policy.Resource{Kind: "order", ID: o.GetId(), Owner: o.GetUserId()}); err != nil {
+	if err := authz.AuthorizeResource(ctx, authz.Resource{Kind: "order", ID: o.GetId(), Owner: o.GetUserId()}); err != nil {
 		return nil, err
 	}
 	return &orderv1.GetOrderResponse{Order: o}, nil

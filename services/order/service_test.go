@@ -11,7 +11,7 @@ import (
 
 	"connectrpc.com/connect"
 
-	"github.com/palisade-rpc/palisade/policy"
+	"github.com/palisade-rpc/palisade/authz"
 	orderv1 "github.com/palisade-rpc/palisade/proto/order/v1"
 	"github.com/palisade-rpc/palisade/proto/order/v1/orderv1connect"
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
@@ -255,12 +255,12 @@ func TestGetAndListOrders(t *testing.T) {
 	}
 	// GetOrder asks a resource-level decision with the order's owner; this
 	// authorizer lets only the owner read.
-	ownerOnly := policy.AuthorizerFunc(func(_ context.Context, in *policy.Input) (policy.Decision, error) {
-		return policy.Decision{Allow: in.Resource != nil && in.Resource.Owner == in.Principal.User.Subject}, nil
+	ownerOnly := authz.AuthorizerFunc(func(_ context.Context, in *authz.Input) (authz.Decision, error) {
+		return authz.Decision{Allow: in.Resource != nil && in.Resource.Owner == in.Principal.User.Subject}, nil
 	})
 	as := func(sub string) context.Context {
 		p := &security.Principal{User: &security.User{Subject: sub}}
-		return policy.NewCallContext(security.NewContext(ctx, p), ownerOnly, orderv1connect.OrderServiceGetOrderProcedure, policy.WithLogger(slog.New(slog.DiscardHandler)))
+		return authz.NewCallContext(security.NewContext(ctx, p), ownerOnly, orderv1connect.OrderServiceGetOrderProcedure, authz.WithLogger(slog.New(slog.DiscardHandler)))
 	}
 	t.Run("get", func(t *testing.T) {
 		t.Parallel()

@@ -12,7 +12,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/palisade-rpc/palisade/policy"
+	"github.com/palisade-rpc/palisade/authz"
 	orderv1 "github.com/palisade-rpc/palisade/proto/order/v1"
 	"github.com/palisade-rpc/palisade/rpc"
 	"github.com/palisade-rpc/palisade/security"
@@ -30,7 +30,7 @@ const (
 
 // ImportOrders stores every order the client sends, or none. Each message
 // is authorized as it arrives (the server is built with
-// policy.WithPerMessage for this procedure: a customer imports orders for
+// authz.WithPerMessage for this procedure: a customer imports orders for
 // themselves only) and validated like a CreateOrder request; the orders are
 // kept in memory until the client closes its side. Then each distinct user
 // is checked with the user service (exists, active), and only if every
@@ -202,7 +202,7 @@ func (t *tracker) track(ctx context.Context, id string) error {
 	if !ok {
 		return t.s.storeError(ctx, "TrackOrders", id, ErrNotFound)
 	}
-	if err := policy.AuthorizeResource(ctx, policy.Resource{Kind: "order", ID: id, Owner: st.UserID}); err != nil {
+	if err := authz.AuthorizeResource(ctx, authz.Resource{Kind: "order", ID: id, Owner: st.UserID}); err != nil {
 		return err
 	}
 	t.mu.Lock()

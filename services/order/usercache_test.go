@@ -10,8 +10,8 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/palisade-rpc/palisade/authz"
 	"github.com/palisade-rpc/palisade/certs/certstest"
-	"github.com/palisade-rpc/palisade/policy"
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
 	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
 	"github.com/palisade-rpc/palisade/rpc"
@@ -215,13 +215,13 @@ func TestSilentFeedStopsTheCacheAndReconnects(t *testing.T) {
 	t.Parallel()
 	ca := certstest.NewCA(t)
 	feedSvc := &silentFeed{}
-	authz, err := policy.NewAllowList(map[string]policy.Rule{
+	authorizer, err := authz.NewAllowList(map[string]authz.Rule{
 		userv1connect.UserServiceWatchUserChangesProcedure: {Workloads: []string{"spiffe://palisade.local/svc/order"}},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := rpctest.Start(t, ca.Source(ca.Server("/svc/user")), authz, func(s *rpc.Server) error {
+	srv := rpctest.Start(t, ca.Source(ca.Server("/svc/user")), authorizer, func(s *rpc.Server) error {
 		return rpc.Mount(s, userv1connect.NewUserServiceHandler, userv1connect.UserServiceHandler(feedSvc))
 	})
 	feed, err := rpc.NewClient(userv1connect.NewUserServiceClient, srv.URL, ca.Source(ca.Server("/svc/order")))

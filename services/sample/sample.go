@@ -195,7 +195,7 @@ func defaultEngine(ctx context.Context, logger *slog.Logger) (*policy.Engine, er
 	if err != nil {
 		return nil, err
 	}
-	return policy.NewEngine(ctx, b, policy.EngineOptions{Logger: logger})
+	return policy.NewEngine(ctx, b, policy.WithLogger(logger))
 }
 
 func (s *System) createUsers(ctx context.Context, n int) error {

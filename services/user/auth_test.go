@@ -2,6 +2,7 @@ package user_test
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -15,9 +16,9 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/palisade-rpc/palisade/authz"
 	"github.com/palisade-rpc/palisade/certs"
 	"github.com/palisade-rpc/palisade/certs/certstest"
-	"github.com/palisade-rpc/palisade/policy"
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
 	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
 	"github.com/palisade-rpc/palisade/rpc"
@@ -92,12 +93,12 @@ func newAuthFixtureWith(t *testing.T, fo fixtureOptions) *authFixture {
 		t.Fatal(err)
 	}
 	audiences := []string{userID, orderID}
-	issuer, err := token.NewIssuer(ks, token.IssuerOptions{Issuer: userID, Audience: audiences})
+	issuer, err := token.NewIssuer(ks, userID, token.WithAudience(audiences...))
 	if err != nil {
 		t.Fatal(err)
 	}
 	pubs, _ := ks.PublicKeys()
-	f.verifier, err = token.NewVerifier(token.VerifierOptions{Issuer: userID, Audience: userID, Keys: token.NewStaticKeys(pubs)})
+	f.verifier, err = token.NewVerifier(userID, userID, token.NewStaticKeys(pubs))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,15 +115,15 @@ func newAuthFixtureWith(t *testing.T, fo fixtureOptions) *authFixture {
 	if fo.admitted != nil {
 		auth.SetAdmitted(fo.admitted)
 	}
-	authz, err := policy.NewAllowList(map[string]policy.Rule{
-		userv1connect.AuthServiceLoginProcedure:         {Workloads: []string{policy.AnyWorkload}},
+	authorizer, err := authz.NewAllowList(map[string]authz.Rule{
+		userv1connect.AuthServiceLoginProcedure:         {Workloads: []string{authz.AnyWorkload}},
 		userv1connect.AuthServiceExchangeTokenProcedure: {Workloads: []string{orderID}},
-		userv1connect.UserServiceGetUserProcedure:       {Workloads: []string{policy.AnyWorkload}, NeedsUser: true},
+		userv1connect.UserServiceGetUserProcedure:       {Workloads: []string{authz.AnyWorkload}, NeedsUser: true},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.srv = rpctest.Start(t, ca.Source(ca.Server("/svc/user")), authz, func(s *rpc.Server) error {
+	f.srv = rpctest.Start(t, ca.Source(ca.Server("/svc/user")), authorizer, func(s *rpc.Server) error {
 		if err := rpc.Mount(s, userv1connect.NewAuthServiceHandler, userv1connect.AuthServiceHandler(auth)); err != nil {
 			return err
 		}
@@ -276,7 +277,7 @@ func TestExchangeToken(t *testing.T) {
 
 	// A delegated token cannot be exchanged again, and a token not meant for
 	// the presenting workload cannot be exchanged at all.
-	cliHash := certs.Fingerprint(f.cli.Cert)
+	cliHash := sha256.Sum256(f.cli.Cert.Raw)
 	userOnly, _, err := f.issuer.Issue(token.Grant{Subject: "alice", Audience: []string{userID}, CertSHA256: &cliHash})
 	if err != nil {
 		t.Fatal(err)

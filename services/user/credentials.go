@@ -11,7 +11,7 @@ import (
 	"io/fs"
 	"os"
 
-	"github.com/palisade-rpc/palisade/certs"
+	"github.com/palisade-rpc/palisade/internal/pemfile"
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
 	"github.com/palisade-rpc/palisade/security/password"
 )
@@ -79,7 +79,7 @@ func EnsureDemoPasswords(ctx context.Context, store *Store, path string, params 
 	if err != nil {
 		return false, fmt.Errorf("demo passwords: %w", err)
 	}
-	if err := certs.WriteFileAtomic(path, append(data, '\n'), 0o600); err != nil {
+	if err := pemfile.WriteFileAtomic(path, append(data, '\n'), 0o600); err != nil {
 		return false, fmt.Errorf("demo passwords: %w", err)
 	}
 	return true, nil

@@ -6,7 +6,7 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/palisade-rpc/palisade/policy"
+	"github.com/palisade-rpc/palisade/authz"
 	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
 	"github.com/palisade-rpc/palisade/rpc"
 	"github.com/palisade-rpc/palisade/security/mtls"
@@ -23,7 +23,7 @@ type Config struct {
 	// Store holds the users. Required.
 	Store *Store
 	// Authorizer decides every call. Required.
-	Authorizer policy.Authorizer
+	Authorizer authz.Authorizer
 	// KeysFile is the signing key set file, created (with a SigningAlg key)
 	// when missing and watched for rotations every KeyReloadInterval (default
 	// 2s). Without it, Keys is used as given.
@@ -105,7 +105,7 @@ func NewServer(ctx context.Context, cfg Config) (*Server, error) {
 	if ks == nil {
 		return nil, errors.New("user: server needs a KeysFile or Keys")
 	}
-	issuer, err := token.NewIssuer(ks, token.IssuerOptions{Issuer: cfg.Issuer, Audience: cfg.Audiences, TTL: cfg.TokenTTL})
+	issuer, err := token.NewIssuer(ks, cfg.Issuer, token.WithAudience(cfg.Audiences...), token.WithTTL(cfg.TokenTTL))
 	if err != nil {
 		return nil, err
 	}
@@ -114,7 +114,7 @@ func NewServer(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	keys := token.NewStaticKeys(pubs)
-	verifier, err := token.NewVerifier(token.VerifierOptions{Issuer: cfg.Issuer, Audience: self.String(), Keys: keys})
+	verifier, err := token.NewVerifier(cfg.Issuer, self.String(), keys)
 	if err != nil {
 		return nil, err
 	}
@@ -128,7 +128,11 @@ func NewServer(ctx context.Context, cfg Config) (*Server, error) {
 			interval = 2 * time.Second
 		}
 		go func() {
-			_ = token.WatchKeySet(ctx, cfg.KeysFile, interval, cfg.Logger, func(ks *token.KeySet) {
+			_ = token.WatchKeySet(ctx, cfg.KeysFile, interval, func(ks *token.KeySet, err error) {
+				if err != nil {
+					cfg.Logger.Error("signing key set changed but does not load; keeping the previous one", "path", cfg.KeysFile, "error", err)
+					return
+				}
 				pubs, err := ks.PublicKeys()
 				if err == nil {
 					err = issuer.SetKeys(ks)
@@ -141,6 +145,7 @@ func NewServer(ctx context.Context, cfg Config) (*Server, error) {
 					return
 				}
 				keys.Set(pubs)
+				cfg.Logger.Info("signing key set reloaded", "path", cfg.KeysFile, "active", ks.Active, "keys", len(ks.Keys))
 			})
 		}()
 	}
@@ -163,7 +168,6 @@ func NewServer(ctx context.Context, cfg Config) (*Server, error) {
 
 	opts := append([]rpc.ServerOption{
 		rpc.WithLogger(cfg.Logger),
-		rpc.WithTrustDomain(self.TrustDomain()),
 		rpc.WithTokenVerifier(verifier),
 	}, cfg.ServerOptions...)
 	srv, err := rpc.NewServer(cfg.Source, cfg.Authorizer, opts...)

@@ -75,7 +75,7 @@ func NewService(store *Store, logger *slog.Logger, opts ...ServiceOption) *Servi
 	}
 	s := &Service{store: store, log: logger, heartbeat: DefaultHeartbeatInterval}
 	for _, o := range opts {
-		o(s)
+		o.applyService(s)
 	}
 	return s
 }

@@ -22,18 +22,24 @@ const DefaultHeartbeatInterval = time.Second
 const watchPageSize = 256
 
 // ServiceOption configures a Service.
-type ServiceOption func(*Service)
+type ServiceOption interface {
+	applyService(*Service)
+}
+
+type serviceOptionFunc func(*Service)
+
+func (f serviceOptionFunc) applyService(s *Service) { f(s) }
 
 // WithHeartbeatInterval sets how often a caught-up WatchUserChanges stream
 // sends a heartbeat (default DefaultHeartbeatInterval). Subscribers use
 // heartbeats to bound how stale their caches can get, so keep it well below
 // their tolerance.
 func WithHeartbeatInterval(d time.Duration) ServiceOption {
-	return func(s *Service) {
+	return serviceOptionFunc(func(s *Service) {
 		if d > 0 {
 			s.heartbeat = d
 		}
-	}
+	})
 }
 
 // WatchUserChanges streams the change history from after_sequence on: the

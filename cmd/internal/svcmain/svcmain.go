@@ -40,7 +40,7 @@ type Flags struct {
 	PolicyBundle   string
 	PolicyInterval time.Duration
 	// PolicyAllowUntested loads policy versions without rego tests
-	// (policy.EngineOptions.AllowUntested), each logged as a warning.
+	// (policy.WithUntestedPolicies), each logged as a warning.
 	PolicyAllowUntested bool
 	// CRL is an optional certificate revocation list; CertReloadInterval is
 	// how often the certificate, key, CA bundle and CRL files are checked.
@@ -63,7 +63,7 @@ func (f *Flags) Register(fs *flag.FlagSet, name, defaultAddr string) {
 	fs.StringVar(&f.CA, "ca", filepath.Join(certs, "ca.pem"), "PEM `file` of the CA bundle that signs client and server certificates")
 	fs.StringVar(&f.Cert, "cert", filepath.Join(certs, name+".pem"), "PEM `file` of this service's certificate (its SPIFFE ID is the URI SAN)")
 	fs.StringVar(&f.Key, "key", filepath.Join(certs, name+"-key.pem"), "PEM `file` of this service's private key")
-	fs.StringVar(&f.TrustDomain, "trust-domain", rpc.DefaultTrustDomain, "SPIFFE trust `domain` whose workloads may call this service")
+	fs.StringVar(&f.TrustDomain, "trust-domain", "", "SPIFFE trust `domain` whose workloads may call this service, and whose servers it calls (default: the trust domain of --cert)")
 	fs.StringVar(&f.LogLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	fs.StringVar(&f.LogFormat, "log-format", "json", "log `format`: json or text")
 	fs.DurationVar(&f.ShutdownGrace, "shutdown-grace", rpc.DefaultShutdownGrace, "on SIGINT/SIGTERM, the `duration` in-flight calls may still run before they are cut off")
@@ -81,13 +81,16 @@ func (f *Flags) Register(fs *flag.FlagSet, name, defaultAddr string) {
 
 // Telemetry returns the tracing and metrics the flags ask for: spans to
 // stdout with --trace-stdout, metrics with --admin-addr. Without either,
-// the providers are no-ops.
-func (f *Flags) Telemetry(service string) (*telemetry.Telemetry, error) {
-	opts := telemetry.Options{ServiceName: service, Metrics: f.AdminAddr != ""}
-	if f.TraceStdout {
-		opts.TraceWriter = os.Stdout
+// the providers are no-ops. The admin listener logs to logger.
+func (f *Flags) Telemetry(service string, logger *slog.Logger) (*telemetry.Telemetry, error) {
+	opts := []telemetry.Option{telemetry.WithLogger(logger)}
+	if f.AdminAddr != "" {
+		opts = append(opts, telemetry.WithMetrics())
 	}
-	return telemetry.New(opts)
+	if f.TraceStdout {
+		opts = append(opts, telemetry.WithTraceWriter(os.Stdout))
+	}
+	return telemetry.New(service, opts...)
 }
 
 // Serve serves srv on --addr and, with --admin-addr, the admin listener,
@@ -103,7 +106,7 @@ func (f *Flags) Serve(ctx context.Context, srv *rpc.Server, tel *telemetry.Telem
 	if f.AdminAddr == "" {
 		return srv.ListenAndServe(ctx, f.Addr)
 	}
-	admin, err := telemetry.ListenAdmin(ctx, f.AdminAddr, tel, logger)
+	admin, err := telemetry.ListenAdmin(ctx, f.AdminAddr, tel)
 	if err != nil {
 		return fmt.Errorf("--admin-addr: %w", err)
 	}
@@ -162,12 +165,15 @@ func (f *Flags) WatchSource(ctx context.Context, src *mtls.FileSource) {
 
 // ServerOptions returns the rpc options the common flags set.
 func (f *Flags) ServerOptions(logger *slog.Logger) []rpc.ServerOption {
-	return []rpc.ServerOption{
+	opts := []rpc.ServerOption{
 		rpc.WithLogger(logger),
-		rpc.WithTrustDomain(f.TrustDomain),
 		rpc.WithShutdownGrace(f.ShutdownGrace),
-		rpc.WithRateLimit(rpc.RateLimit{PerSecond: f.RateLimit, Burst: f.RateBurst}),
+		rpc.WithRateLimit(f.RateLimit, f.RateBurst),
 	}
+	if f.TrustDomain != "" {
+		opts = append(opts, rpc.WithTrustDomain(f.TrustDomain))
+	}
+	return opts
 }
 
 // Authorizer returns the OPA policy engine the flags ask for — the embedded
@@ -183,7 +189,11 @@ func (f *Flags) Authorizer(ctx context.Context, logger *slog.Logger, src mtls.So
 	case f.PolicyDir != "":
 		load = policy.DirLoader(f.PolicyDir)
 	case f.PolicyBundle != "":
-		client, err := rpc.NewHTTPClient(src, rpc.WithClientTrustDomain(f.TrustDomain))
+		var opts []rpc.ClientOption
+		if f.TrustDomain != "" {
+			opts = append(opts, rpc.WithTrustDomain(f.TrustDomain))
+		}
+		client, err := rpc.NewHTTPClient(src, opts...)
 		if err != nil {
 			return nil, err
 		}
@@ -195,7 +205,11 @@ func (f *Flags) Authorizer(ctx context.Context, logger *slog.Logger, src mtls.So
 	if err != nil {
 		return nil, err
 	}
-	engine, err := policy.NewEngine(ctx, b, policy.EngineOptions{Logger: logger, AllowUntested: f.PolicyAllowUntested})
+	opts := []policy.EngineOption{policy.WithLogger(logger)}
+	if f.PolicyAllowUntested {
+		opts = append(opts, policy.WithUntestedPolicies())
+	}
+	engine, err := policy.NewEngine(ctx, b, opts...)
 	if errors.Is(err, policy.ErrUntested) {
 		return nil, fmt.Errorf("%s: %w (add *_test.rego tests, or start with --policy-allow-untested)", b.Origin, err)
 	}

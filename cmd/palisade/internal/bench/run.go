@@ -28,7 +28,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/palisade-rpc/palisade/internal/histogram"
+	"github.com/palisade-rpc/palisade/cmd/palisade/internal/histogram"
 	"github.com/palisade-rpc/palisade/security/token"
 )
 

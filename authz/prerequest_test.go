@@ -1,4 +1,4 @@
-package policy_test
+package authz_test
 
 import (
 	"context"
@@ -8,8 +8,9 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/palisade-rpc/palisade/authz"
 	"github.com/palisade-rpc/palisade/certs/certstest"
-	"github.com/palisade-rpc/palisade/policy"
+	"github.com/palisade-rpc/palisade/internal/testusers"
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
 	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
 	"github.com/palisade-rpc/palisade/rpc"
@@ -20,12 +21,12 @@ import (
 // with decide.
 type recording struct {
 	early  bool
-	decide func(in *policy.Input) policy.Decision
+	decide func(in *authz.Input) authz.Decision
 	mu     sync.Mutex
-	asked  []policy.Input
+	asked  []authz.Input
 }
 
-func (r *recording) Decide(_ context.Context, in *policy.Input) (policy.Decision, error) {
+func (r *recording) Decide(_ context.Context, in *authz.Input) (authz.Decision, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	cp := *in
@@ -33,13 +34,13 @@ func (r *recording) Decide(_ context.Context, in *policy.Input) (policy.Decision
 	return r.decide(in), nil
 }
 
-func (r *recording) inputs() []policy.Input {
+func (r *recording) inputs() []authz.Input {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return append([]policy.Input(nil), r.asked...)
+	return append([]authz.Input(nil), r.asked...)
 }
 
-// preRequest is a recording that implements policy.PreRequestAuthorizer.
+// preRequest is a recording that implements authz.PreRequestAuthorizer.
 type preRequest struct{ *recording }
 
 func (p preRequest) DecidesBeforeRequest() bool { return p.early }
@@ -55,61 +56,61 @@ func (p preRequest) DecidesBeforeRequest() bool { return p.early }
 // once, with the request.
 func TestDecideBeforeRequest(t *testing.T) {
 	t.Parallel()
-	allowIf := func(ignores bool, allow func(*policy.Input) bool) func(*policy.Input) policy.Decision {
-		return func(in *policy.Input) policy.Decision {
-			d := policy.Decision{Allow: allow(in), IgnoresRequest: ignores && in.Request == nil}
+	allowIf := func(ignores bool, allow func(*authz.Input) bool) func(*authz.Input) authz.Decision {
+		return func(in *authz.Input) authz.Decision {
+			d := authz.Decision{Allow: allow(in), IgnoresRequest: ignores && in.Request == nil}
 			if !d.Allow {
 				d.Reasons = []string{"no"}
 			}
 			return d
 		}
 	}
-	always := func(*policy.Input) bool { return true }
-	never := func(*policy.Input) bool { return false }
-	ownID := func(in *policy.Input) bool {
+	always := func(*authz.Input) bool { return true }
+	never := func(*authz.Input) bool { return false }
+	ownID := func(in *authz.Input) bool {
 		req, ok := in.Request.(*userv1.GetUserRequest)
 		return ok && req.GetId() == "x"
 	}
 	cases := []struct {
-		name      string
-		authz     func() (policy.Authorizer, *recording)
-		code      connect.Code
-		asked     int  // times Decide was asked
-		early     bool // the first time, before the request
-		handlerOK bool
+		name       string
+		authorizer func() (authz.Authorizer, *recording)
+		code       connect.Code
+		asked      int  // times Decide was asked
+		early      bool // the first time, before the request
+		handlerOK  bool
 	}{
-		{"final allow", func() (policy.Authorizer, *recording) {
+		{"final allow", func() (authz.Authorizer, *recording) {
 			r := &recording{early: true, decide: allowIf(true, always)}
 			return preRequest{r}, r
 		}, 0, 1, true, true},
-		{"final deny", func() (policy.Authorizer, *recording) {
+		{"final deny", func() (authz.Authorizer, *recording) {
 			r := &recording{early: true, decide: allowIf(true, never)}
 			return preRequest{r}, r
 		}, connect.CodePermissionDenied, 1, true, false},
-		{"request needed, allowed", func() (policy.Authorizer, *recording) {
+		{"request needed, allowed", func() (authz.Authorizer, *recording) {
 			r := &recording{early: true, decide: allowIf(false, ownID)}
 			return preRequest{r}, r
 		}, 0, 2, true, true},
-		{"request needed, denied", func() (policy.Authorizer, *recording) {
+		{"request needed, denied", func() (authz.Authorizer, *recording) {
 			r := &recording{early: true, decide: allowIf(false, never)}
 			return preRequest{r}, r
 		}, connect.CodePermissionDenied, 2, true, false},
-		{"does not decide early", func() (policy.Authorizer, *recording) {
+		{"does not decide early", func() (authz.Authorizer, *recording) {
 			r := &recording{early: false, decide: allowIf(true, always)}
 			return preRequest{r}, r
 		}, 0, 1, false, true},
-		{"a plain Authorizer", func() (policy.Authorizer, *recording) {
+		{"a plain Authorizer", func() (authz.Authorizer, *recording) {
 			r := &recording{decide: allowIf(true, always)}
-			return policy.AuthorizerFunc(r.Decide), r
+			return authz.AuthorizerFunc(r.Decide), r
 		}, 0, 1, false, true},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
-			authz, rec := c.authz()
+			authorizer, rec := c.authorizer()
 			ca := certstest.NewCA(t)
-			users := &rpctest.Users{}
-			srv := rpctest.Start(t, ca.Source(ca.Server("/svc/user")), authz, users.Mount)
+			users := &testusers.Service{}
+			srv := rpctest.Start(t, ca.Source(ca.Server("/svc/user")), authorizer, users.Mount)
 			client, err := rpc.NewClient(userv1connect.NewUserServiceClient, srv.URL, ca.Source(ca.Client("/client/cli")))
 			if err != nil {
 				t.Fatal(err)

@@ -10,7 +10,7 @@ import (
 
 	"connectrpc.com/connect"
 
-	"github.com/palisade-rpc/palisade/internal/loadgen"
+	"github.com/palisade-rpc/palisade/cmd/palisade/internal/loadgen"
 )
 
 func TestRunCountsCallsAndCodes(t *testing.T) {

@@ -25,6 +25,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/palisade-rpc/palisade/authz"
 	"github.com/palisade-rpc/palisade/policy"
 )
 
@@ -162,7 +163,7 @@ func checkBinding(t *tokenInfo, p callPeer) error {
 // decide builds the policy input as a Go map and evaluates the policy:
 // whether the call is allowed, and the policy's reasons when it is not.
 func (c *opaChain) decide(ctx context.Context, procedure string, p callPeer, t *tokenInfo, req any) (bool, string, error) {
-	service, method := policy.SplitProcedure(procedure)
+	service, method := authz.SplitProcedure(procedure)
 	input := map[string]any{
 		"procedure":   procedure,
 		"service":     service,

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/palisade-rpc/palisade/authz"
 	"github.com/palisade-rpc/palisade/policy"
 	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
 	"github.com/palisade-rpc/palisade/rpc"
@@ -137,21 +138,21 @@ func startPalisade(s *server, sf *serverFixture, ln net.Listener, serverLog stri
 	if err != nil {
 		return err
 	}
-	var authz policy.Authorizer = policy.AuthorizerFunc(func(context.Context, *policy.Input) (policy.Decision, error) {
-		return policy.Decision{Allow: true, Revision: "allow-all"}, nil
+	var authorizer authz.Authorizer = authz.AuthorizerFunc(func(context.Context, *authz.Input) (authz.Decision, error) {
+		return authz.Decision{Allow: true, Revision: "allow-all"}, nil
 	})
 	if s.config == ConfigFull {
 		bundle, err := policy.DefaultBundle()
 		if err != nil {
 			return fmt.Errorf("bench: %w", err)
 		}
-		engine, err := policy.NewEngine(context.Background(), bundle, policy.EngineOptions{Logger: slog.New(slog.DiscardHandler)})
+		engine, err := policy.NewEngine(context.Background(), bundle, policy.WithLogger(slog.New(slog.DiscardHandler)))
 		if err != nil {
 			return fmt.Errorf("bench: %w", err)
 		}
-		authz = engine
+		authorizer = engine
 	}
-	srv, err := rpc.NewServer(sf.src, authz,
+	srv, err := rpc.NewServer(sf.src, authorizer,
 		rpc.WithLogger(logger), rpc.WithTokenVerifier(verifier), rpc.WithShutdownGrace(time.Second))
 	if err != nil {
 		return fmt.Errorf("bench: %w", err)

@@ -1,4 +1,4 @@
-package policy
+package authz
 
 import (
 	"context"
@@ -26,7 +26,7 @@ import (
 //
 // Anything but a decision with Allow set denies the call (fail closed).
 type Interceptor struct {
-	authz      Authorizer
+	authorizer Authorizer
 	log        *slog.Logger
 	decisions  *slog.Logger
 	perMessage map[string]bool
@@ -85,9 +85,9 @@ func WithDecisionHook(h DecisionHook) InterceptorOption {
 	})
 }
 
-// NewInterceptor returns an Interceptor deciding with authz.
-func NewInterceptor(authz Authorizer, opts ...InterceptorOption) *Interceptor {
-	i := &Interceptor{authz: authz, log: slog.Default(), perMessage: map[string]bool{}, ids: newIDSource()}
+// NewInterceptor returns an Interceptor deciding with authorizer.
+func NewInterceptor(authorizer Authorizer, opts ...InterceptorOption) *Interceptor {
+	i := &Interceptor{authorizer: authorizer, log: slog.Default(), perMessage: map[string]bool{}, ids: newIDSource()}
 	for _, o := range opts {
 		o.apply(i)
 	}
@@ -144,7 +144,7 @@ func (i *Interceptor) DecideBeforeRequest(ctx context.Context, spec connect.Spec
 	if spec.IsClient || spec.StreamType != connect.StreamTypeUnary {
 		return ctx, nil
 	}
-	early, ok := i.authz.(PreRequestAuthorizer)
+	early, ok := i.authorizer.(PreRequestAuthorizer)
 	if !ok || !early.DecidesBeforeRequest() {
 		return ctx, nil
 	}
@@ -209,11 +209,11 @@ func (i *Interceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) co
 }
 
 // NewCallContext returns ctx carrying a call of procedure (unary) decided by
-// authz, for code that calls a handler directly — tests, in-process
+// authorizer, for code that calls a handler directly — tests, in-process
 // composition — so that the handler's AuthorizeResource works. The caller
 // is the Principal in ctx.
-func NewCallContext(ctx context.Context, authz Authorizer, procedure string, opts ...InterceptorOption) context.Context {
-	return NewInterceptor(authz, opts...).withCall(ctx, connect.Spec{Procedure: procedure, StreamType: connect.StreamTypeUnary}, connect.Peer{}, "POST")
+func NewCallContext(ctx context.Context, authorizer Authorizer, procedure string, opts ...InterceptorOption) context.Context {
+	return NewInterceptor(authorizer, opts...).withCall(ctx, connect.Spec{Procedure: procedure, StreamType: connect.StreamTypeUnary}, connect.Peer{}, "POST")
 }
 
 // open takes the call-level decision of a call (with its request message,
@@ -305,7 +305,7 @@ func (i *Interceptor) decide(ctx context.Context, in *Input) error {
 // evaluate asks the authorizer about in, and times it.
 func (i *Interceptor) evaluate(ctx context.Context, in *Input) (Decision, time.Duration, error) {
 	start := time.Now()
-	d, err := i.authz.Decide(ctx, in)
+	d, err := i.authorizer.Decide(ctx, in)
 	return d, time.Since(start), err
 }
 

@@ -95,7 +95,7 @@ func newFixture(users int, ttl time.Duration) (*fixture, error) {
 	}
 	fx.clientSrc = mtls.NewStaticSource(fx.clientCert, sf.pool)
 
-	issuer, err := token.NewIssuer(keys, token.IssuerOptions{Issuer: serverID, Audience: []string{serverID, orderID}, TTL: ttl})
+	issuer, err := token.NewIssuer(keys, serverID, token.WithAudience(serverID, orderID), token.WithTTL(ttl))
 	if err != nil {
 		return nil, fmt.Errorf("bench: %w", err)
 	}
@@ -171,7 +171,7 @@ func (m fixtureMessage) serverFixture() (*serverFixture, error) {
 // verifier returns a new Palisade token verifier for the fixture's tokens,
 // with its own (empty) verified-token cache.
 func (sf *serverFixture) verifier() (*token.Verifier, error) {
-	v, err := token.NewVerifier(token.VerifierOptions{Issuer: serverID, Audience: serverID, Keys: token.NewStaticKeys(sf.keys)})
+	v, err := token.NewVerifier(serverID, serverID, token.NewStaticKeys(sf.keys))
 	if err != nil {
 		return nil, fmt.Errorf("bench: %w", err)
 	}

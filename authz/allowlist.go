@@ -1,9 +1,8 @@
-package policy
+package authz
 
 import (
 	"context"
 	"fmt"
-	"sort"
 
 	"github.com/palisade-rpc/palisade/security/spiffeid"
 )
@@ -43,7 +42,7 @@ func NewAllowList(rules map[string]Rule) (*AllowList, error) {
 		for _, id := range r.Workloads {
 			if id != AnyWorkload {
 				if _, err := spiffeid.Parse(id); err != nil {
-					return nil, fmt.Errorf("policy: allow-list entry for %s: %w", proc, err)
+					return nil, fmt.Errorf("authz: allow-list entry for %s: %w", proc, err)
 				}
 			}
 			set[id] = true
@@ -56,7 +55,7 @@ func NewAllowList(rules map[string]Rule) (*AllowList, error) {
 // Decide implements Authorizer. An AllowList never reads the request, so
 // every decision it takes ignores it.
 func (a *AllowList) Decide(_ context.Context, in *Input) (Decision, error) {
-	d := Decision{ID: in.DecisionID, IgnoresRequest: true}
+	d := Decision{IgnoresRequest: true}
 	r, ok := a.rules[in.Procedure]
 	switch {
 	case !ok:
@@ -75,13 +74,3 @@ func (a *AllowList) Decide(_ context.Context, in *Input) (Decision, error) {
 // DecidesBeforeRequest implements PreRequestAuthorizer: an AllowList
 // decides every unary call before its request is read.
 func (a *AllowList) DecidesBeforeRequest() bool { return true }
-
-// Procedures returns the procedures the list names, sorted.
-func (a *AllowList) Procedures() []string {
-	out := make([]string, 0, len(a.rules))
-	for p := range a.rules {
-		out = append(out, p)
-	}
-	sort.Strings(out)
-	return out
-}

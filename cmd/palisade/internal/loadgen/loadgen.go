@@ -17,7 +17,7 @@ import (
 
 	"connectrpc.com/connect"
 
-	"github.com/palisade-rpc/palisade/internal/histogram"
+	"github.com/palisade-rpc/palisade/cmd/palisade/internal/histogram"
 )
 
 // Call makes call number i (counting from 0 across all workers) on worker

@@ -1,4 +1,9 @@
-package rpctest
+// Package testusers is a user.v1.UserService for the tests of the chain
+// (rpc, authz, policy, security/token): a handler that answers with what
+// the chain told it of the caller. It is a helper of this repository's
+// tests, not of a service's: rpc/rpctest, which adopters use, stays free of
+// the sample services' protos.
+package testusers
 
 import (
 	"context"
@@ -13,12 +18,12 @@ import (
 	"github.com/palisade-rpc/palisade/security"
 )
 
-// Users is a user.v1.UserService for tests of the chain. GetUser answers with
+// Service is a user.v1.UserService for tests of the chain. GetUser answers with
 // a user whose DisplayName is the calling workload's SPIFFE ID and whose
 // Email is the calling user's subject (or "" without a token), with the
 // user's roles; it counts the calls that reached it. The other methods are
 // unimplemented.
-type Users struct {
+type Service struct {
 	userv1connect.UnimplementedUserServiceHandler
 	// Hold, when set, makes GetUser wait until it is closed (or the call's
 	// context ends) before answering, to keep a call in flight.
@@ -27,10 +32,10 @@ type Users struct {
 }
 
 // Calls returns how many calls reached the handler.
-func (u *Users) Calls() int64 { return u.calls.Load() }
+func (u *Service) Calls() int64 { return u.calls.Load() }
 
 // GetUser implements userv1connect.UserServiceHandler.
-func (u *Users) GetUser(ctx context.Context, req *userv1.GetUserRequest) (*userv1.GetUserResponse, error) {
+func (u *Service) GetUser(ctx context.Context, req *userv1.GetUserRequest) (*userv1.GetUserResponse, error) {
 	u.calls.Add(1)
 	if u.Hold != nil {
 		select {
@@ -55,6 +60,6 @@ func (u *Users) GetUser(ctx context.Context, req *userv1.GetUserRequest) (*userv
 }
 
 // Mount mounts u on s.
-func (u *Users) Mount(s *rpc.Server) error {
+func (u *Service) Mount(s *rpc.Server) error {
 	return rpc.Mount(s, userv1connect.NewUserServiceHandler, userv1connect.UserServiceHandler(u))
 }

@@ -1,4 +1,4 @@
-package policy_test
+package authz_test
 
 import (
 	"context"
@@ -9,7 +9,7 @@ import (
 
 	"connectrpc.com/connect"
 
-	"github.com/palisade-rpc/palisade/policy"
+	"github.com/palisade-rpc/palisade/authz"
 	"github.com/palisade-rpc/palisade/security"
 	"github.com/palisade-rpc/palisade/security/spiffeid"
 )
@@ -30,26 +30,26 @@ func TestDecisionHookSeesEveryDecision(t *testing.T) {
 		err      error
 	}
 	var got []seen
-	hook := policy.WithDecisionHook(func(_ context.Context, in *policy.Input, d policy.Decision, err error) {
+	hook := authz.WithDecisionHook(func(_ context.Context, in *authz.Input, d authz.Decision, err error) {
 		got = append(got, seen{id: in.DecisionID, allow: d.Allow, resource: in.Resource != nil, err: err})
 	})
-	quiet := policy.WithLogger(slog.New(slog.DiscardHandler))
+	quiet := authz.WithLogger(slog.New(slog.DiscardHandler))
 	broken := errors.New("policy exploded")
-	authz := policy.AuthorizerFunc(func(_ context.Context, in *policy.Input) (policy.Decision, error) {
+	authorizer := authz.AuthorizerFunc(func(_ context.Context, in *authz.Input) (authz.Decision, error) {
 		switch in.Resource.ID {
 		case "mine":
-			return policy.Decision{Allow: true}, nil
+			return authz.Decision{Allow: true}, nil
 		case "broken":
-			return policy.Decision{}, broken
+			return authz.Decision{}, broken
 		}
-		return policy.Decision{Reasons: []string{"not yours"}}, nil
+		return authz.Decision{Reasons: []string{"not yours"}}, nil
 	})
-	call := policy.NewCallContext(ctx, authz, "/order.v1.OrderService/GetOrder", quiet, hook)
-	if err := policy.AuthorizeResource(call, policy.Resource{Kind: "order", ID: "mine"}); err != nil {
+	call := authz.NewCallContext(ctx, authorizer, "/order.v1.OrderService/GetOrder", quiet, hook)
+	if err := authz.AuthorizeResource(call, authz.Resource{Kind: "order", ID: "mine"}); err != nil {
 		t.Fatalf("allowed resource: %v", err)
 	}
-	denied := policy.AuthorizeResource(call, policy.Resource{Kind: "order", ID: "theirs"})
-	failed := policy.AuthorizeResource(call, policy.Resource{Kind: "order", ID: "broken"})
+	denied := authz.AuthorizeResource(call, authz.Resource{Kind: "order", ID: "theirs"})
+	failed := authz.AuthorizeResource(call, authz.Resource{Kind: "order", ID: "broken"})
 	if connect.CodeOf(denied) != connect.CodePermissionDenied || connect.CodeOf(failed) != connect.CodePermissionDenied {
 		t.Fatalf("denied %v, failed %v", denied, failed)
 	}

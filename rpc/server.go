@@ -153,7 +153,7 @@ func NewServer(src mtls.Source, authorizer authz.Authorizer, opts ...ServerOptio
 		mux:        http.NewServeMux(),
 		health:     grpchealth.NewStaticChecker(),
 		errWriter:  connect.NewErrorWriter(),
-		conns:      newConnGuard(cfg.logger, src),
+		conns:      newConnGuard(cfg.logger, src, cfg.now),
 		services:   map[string]bool{},
 		pinned:     pinned,
 		requestIDs: newRequestIDs(),

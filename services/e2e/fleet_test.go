@@ -230,14 +230,27 @@ func (f *Fleet) WaitLive(t testing.TB) {
 	}
 }
 
-// WaitSequence waits until every replica has applied seq.
+// WaitSequence waits until every replica has applied seq, and its record
+// (Applied) holds it: the cache's LastSequence moves as a change is
+// applied, before Observe is called with it.
 func (f *Fleet) WaitSequence(t testing.TB, seq int64) {
 	t.Helper()
 	for i, r := range f.Replicas {
 		rpctest.WaitFor(t, fmt.Sprintf("replica %d applied sequence %d", i, seq), func() bool {
-			return r.Srv.UserCache.Stats().LastSequence >= seq
+			return r.Srv.UserCache.Stats().LastSequence >= seq && r.lastApplied() >= seq
 		})
 	}
+}
+
+// lastApplied is the sequence of the last change the replica's record
+// holds (0 if none).
+func (r *Replica) lastApplied() int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.applied) == 0 {
+		return 0
+	}
+	return r.applied[len(r.applied)-1]
 }
 
 // Latest returns the newest sequence in the user store.

@@ -148,12 +148,22 @@ func TestFeedFailsOverToAnotherUserReplica(t *testing.T) {
 			}
 		}
 	}
+	// LastSequence moves as a change is applied, before Observe is called
+	// with it: wait for the record too.
+	observed := func() int64 {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(applied) == 0 {
+			return 0
+		}
+		return applied[len(applied)-1]
+	}
 	caughtUp := func(what string, on *userReplica) {
 		t.Helper()
 		want := latest()
 		rpctest.WaitFor(t, what, func() bool {
 			s := cache.Stats()
-			return s.Live && s.LastSequence == want && on.feeds.n.Load() == 1
+			return s.Live && s.LastSequence == want && observed() == want && on.feeds.n.Load() == 1
 		})
 	}
 

@@ -35,7 +35,7 @@ var layers = map[string]layer{
 	"security/token":     {imports: []string{"security", "security/spiffeid", "internal/pemfile", "internal/poll", "proto/palisade/..."}},
 	"authz":              {imports: []string{"security", "security/spiffeid"}},
 	"policy":             {imports: []string{"authz", "security", "security/spiffeid", "internal/poll"}, opa: true},
-	"rpc":                {imports: []string{"authz", "security", "security/spiffeid", "security/mtls", "security/token", "security/throttle"}},
+	"rpc":                {imports: []string{"authz", "security", "security/spiffeid", "security/mtls", "security/token", "security/throttle", "proto/palisade/..."}}, // proto/palisade: WithDelegation calls the TokenService
 	"rpc/rpctest":        {imports: []string{"rpc", "authz", "security/mtls"}},
 	"telemetry":          {imports: []string{"rpc"}},
 	"certs":              {imports: []string{"security/spiffeid", "internal/pemfile"}},

@@ -34,10 +34,11 @@ var layers = map[string]layer{
 	"security/mtls":      {imports: []string{"security/spiffeid", "internal/pemfile", "internal/poll"}},
 	"security/token":     {imports: []string{"security", "security/spiffeid", "internal/pemfile", "internal/poll", "proto/palisade/..."}},
 	"authz":              {imports: []string{"security", "security/spiffeid"}},
+	"authz/decisionlog":  {imports: []string{"authz", "rpc", "security/mtls"}},
 	"policy":             {imports: []string{"authz", "security", "security/spiffeid", "internal/poll"}, opa: true},
 	"rpc":                {imports: []string{"authz", "security", "security/spiffeid", "security/mtls", "security/token", "security/throttle", "proto/palisade/..."}}, // proto/palisade: WithDelegation calls the TokenService
 	"rpc/rpctest":        {imports: []string{"rpc", "authz", "security/mtls"}},
-	"telemetry":          {imports: []string{"rpc"}},
+	"telemetry":          {imports: []string{"rpc", "security/mtls", "security/spiffeid"}},
 	"certs":              {imports: []string{"security/spiffeid", "internal/pemfile"}},
 	"certs/certstest":    {imports: []string{"certs", "internal/pemfile", "security/mtls", "security/spiffeid"}},
 	"internal/fakeagent": {imports: []string{"certs"}},

@@ -24,7 +24,9 @@ const (
 
 type ExchangeTokenRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// subject_token is the user's access token (at most 8 KiB, like any token).
+	// subject_token is the user's access token (at most 8 KiB, like any
+	// token). It is marked debug_redact: decision logs leave it out
+	// (authz.InputMask).
 	SubjectToken string `protobuf:"bytes,1,opt,name=subject_token,json=subjectToken,proto3" json:"subject_token,omitempty"`
 	// audience is the service the new token is for; empty means the issuer's
 	// default audience.
@@ -143,12 +145,12 @@ var File_palisade_token_v1_token_proto protoreflect.FileDescriptor
 
 const file_palisade_token_v1_token_proto_rawDesc = "" +
 	"\n" +
-	"\x1dpalisade/token/v1/token.proto\x12\x11palisade.token.v1\x1a\x1bbuf/validate/validate.proto\"n\n" +
-	"\x14ExchangeTokenRequest\x120\n" +
-	"\rsubject_token\x18\x01 \x01(\tB\v\xbaH\b\xc8\x01\x01r\x03(\x80@R\fsubjectToken\x12$\n" +
-	"\baudience\x18\x02 \x01(\tB\b\xbaH\x05r\x03(\x80\x10R\baudience\"x\n" +
-	"\x15ExchangeTokenResponse\x12!\n" +
-	"\faccess_token\x18\x01 \x01(\tR\vaccessToken\x12\x1d\n" +
+	"\x1dpalisade/token/v1/token.proto\x12\x11palisade.token.v1\x1a\x1bbuf/validate/validate.proto\"q\n" +
+	"\x14ExchangeTokenRequest\x123\n" +
+	"\rsubject_token\x18\x01 \x01(\tB\x0e\xbaH\b\xc8\x01\x01r\x03(\x80@\x80\x01\x01R\fsubjectToken\x12$\n" +
+	"\baudience\x18\x02 \x01(\tB\b\xbaH\x05r\x03(\x80\x10R\baudience\"}\n" +
+	"\x15ExchangeTokenResponse\x12&\n" +
+	"\faccess_token\x18\x01 \x01(\tB\x03\x80\x01\x01R\vaccessToken\x12\x1d\n" +
 	"\n" +
 	"expires_in\x18\x02 \x01(\x03R\texpiresIn\x12\x1d\n" +
 	"\n" +

@@ -36,7 +36,7 @@ var layers = map[string]layer{
 	"authz":              {imports: []string{"security", "security/spiffeid"}},
 	"authz/decisionlog":  {imports: []string{"authz", "rpc", "security/mtls"}},
 	"policy":             {imports: []string{"authz", "security", "security/spiffeid", "internal/poll"}, opa: true},
-	"rpc":                {imports: []string{"authz", "security", "security/spiffeid", "security/mtls", "security/token", "security/throttle"}},
+	"rpc":                {imports: []string{"authz", "security", "security/spiffeid", "security/mtls", "security/token", "security/throttle", "proto/palisade/..."}}, // proto/palisade: WithDelegation calls the TokenService
 	"rpc/rpctest":        {imports: []string{"rpc", "authz", "security/mtls"}},
 	"telemetry":          {imports: []string{"rpc", "security/mtls", "security/spiffeid"}},
 	"certs":              {imports: []string{"security/spiffeid", "internal/pemfile"}},

@@ -20,11 +20,12 @@ const description = `ordersvc serves order.v1.OrderService on one TLS port (Conn
 Every call needs a client certificate signed by --ca whose SPIFFE ID is in
 --trust-domain (by default --cert's); a bearer token, when present, must
 verify against the issuer's keys (fetched from --jwks-url over mTLS); then
-the OPA policy decides (embedded defaults, --policy-dir or --policy-bundle).
+the OPA policy decides (Palisade's base policy and this service's layer:
+the embedded one, --policy-dir or --policy-bundle; --policy-data).
 
 CreateOrder calls the user service (--user-service) with this service's own
 certificate and, for the user of the call, a delegated token: the caller's
-token exchanged at the user service's AuthService.ExchangeToken (sub = the
+token exchanged at the user service's TokenService.ExchangeToken (sub = the
 user, act = this service). Given several user service replicas
 (--user-service https://a:8443,https://b:8443, or a host name with several
 addresses and --user-service-dns-refresh), it spreads its calls over them,

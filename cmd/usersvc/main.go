@@ -1,6 +1,6 @@
 // Command usersvc serves the sample user service (user.v1.UserService) and
-// the token issuer (user.v1.AuthService, and the JWKS at
-// /.well-known/jwks.json) over mTLS: Connect, gRPC and gRPC-Web on one port.
+// the token issuer (user.v1.AuthService, palisade.token.v1.TokenService and
+// the JWKS at /.well-known/jwks.json) over mTLS: Connect, gRPC and gRPC-Web on one port.
 package main
 
 import (
@@ -18,12 +18,14 @@ import (
 	"github.com/palisade-rpc/palisade/services/user"
 )
 
-const description = `usersvc serves user.v1.UserService and user.v1.AuthService on one TLS port
+const description = `usersvc serves user.v1.UserService, user.v1.AuthService and
+palisade.token.v1.TokenService (the token exchange) on one TLS port
 (Connect, gRPC, gRPC-Web), and the token issuer's public keys at
 /.well-known/jwks.json. Every call needs a client certificate signed by --ca
 whose SPIFFE ID is in --trust-domain (by default --cert's); a bearer token,
-when present, must verify; then the OPA policy decides (embedded defaults,
---policy-dir or --policy-bundle).
+when present, must verify; then the OPA policy decides (Palisade's base
+policy and this service's layer: the embedded one, --policy-dir or
+--policy-bundle; --policy-data).
 
 Every change to a user is recorded with a sequence number and streamed to
 the workloads that cache users (the order service) by WatchUserChanges;

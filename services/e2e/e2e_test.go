@@ -18,6 +18,8 @@ import (
 	"github.com/palisade-rpc/palisade/certs/certstest"
 	"github.com/palisade-rpc/palisade/policy"
 	"github.com/palisade-rpc/palisade/proto/order/v1/orderv1connect"
+	tokenv1 "github.com/palisade-rpc/palisade/proto/palisade/token/v1"
+	"github.com/palisade-rpc/palisade/proto/palisade/token/v1/tokenv1connect"
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
 	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
 	"github.com/palisade-rpc/palisade/rpc"
@@ -179,6 +181,17 @@ func (c Caller) Auth(t *testing.T) userv1connect.AuthServiceClient {
 	return cl
 }
 
+// Tokens returns a client of the user service's TokenService (the token
+// exchange) for c.
+func (c Caller) Tokens(t *testing.T) tokenv1connect.TokenServiceClient {
+	t.Helper()
+	cl, err := rpc.NewClient(tokenv1connect.NewTokenServiceClient, c.s.Users.URL, c.s.CA.Source(c.Cert), c.opts()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cl
+}
+
 // Orders returns an OrderService client for c.
 func (c Caller) Orders(t *testing.T) orderv1connect.OrderServiceClient {
 	t.Helper()
@@ -218,7 +231,7 @@ func (s *System) Workload(name string) Caller {
 // ActingFor returns the order workload holding a token delegated by user.
 func (s *System) ActingFor(t *testing.T, u Caller) Caller {
 	t.Helper()
-	res, err := s.Workload("order").Auth(t).ExchangeToken(context.Background(), &userv1.ExchangeTokenRequest{SubjectToken: u.Token})
+	res, err := s.Workload("order").Tokens(t).ExchangeToken(context.Background(), &tokenv1.ExchangeTokenRequest{SubjectToken: u.Token})
 	if err != nil {
 		t.Fatalf("exchange %s: %v", u.Name, err)
 	}

@@ -10,7 +10,6 @@ import (
 
 	"github.com/palisade-rpc/palisade/authz"
 	"github.com/palisade-rpc/palisade/proto/order/v1/orderv1connect"
-	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
 	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
 	"github.com/palisade-rpc/palisade/rpc"
 	"github.com/palisade-rpc/palisade/security/mtls"
@@ -110,7 +109,7 @@ func NewServer(ctx context.Context, cfg Config) (*Server, error) {
 	// Every call to the user service goes over one HTTP client, so its
 	// connections are shared: a delegated token is exchanged over the
 	// connections the call it is for will take, and is bound to the
-	// certificate they present (see redelegating). With several replicas,
+	// certificate they present (see rpc.WithDelegation). With several replicas,
 	// the client spreads the calls over them and fails over, and it moves
 	// to new connections when this service's certificate changes, so that
 	// every replica is reached with the certificate tokens are bound to.
@@ -137,19 +136,9 @@ func NewServer(ctx context.Context, cfg Config) (*Server, error) {
 	}
 
 	// The user service is called for the user of the incoming call, with
-	// that user's token exchanged for a delegated one.
-	auth, err := rpc.NewClient(userv1connect.NewAuthServiceClient, userURL, cfg.Source, upstream...)
-	if err != nil {
-		return nil, err
-	}
-	delegator := token.NewDelegator(func(ctx context.Context, subject string) (string, time.Time, error) {
-		res, err := auth.ExchangeToken(ctx, &userv1.ExchangeTokenRequest{SubjectToken: subject, Audience: cfg.UserID})
-		if err != nil {
-			return "", time.Time{}, err
-		}
-		return res.GetAccessToken(), time.Now().Add(time.Duration(res.GetExpiresIn()) * time.Second), nil
-	})
-	users, err := rpc.NewClient(userv1connect.NewUserServiceClient, userURL, cfg.Source, append(upstream, rpc.WithTokenSource(delegator.Token))...)
+	// that user's token exchanged for a delegated one at the user service's
+	// TokenService, over the same connections (rpc.WithDelegation).
+	users, err := rpc.NewClient(userv1connect.NewUserServiceClient, userURL, cfg.Source, append(upstream, rpc.WithDelegation(userURL))...)
 	if err != nil {
 		return nil, err
 	}
@@ -180,7 +169,7 @@ func NewServer(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := rpc.Mount(srv, orderv1connect.NewOrderServiceHandler, orderv1connect.OrderServiceHandler(NewService(cfg.Store, cache.Directory(redelegating{users, delegator}), cfg.Logger))); err != nil {
+	if err := rpc.Mount(srv, orderv1connect.NewOrderServiceHandler, orderv1connect.OrderServiceHandler(NewService(cfg.Store, cache.Directory(users), cfg.Logger))); err != nil {
 		return nil, err
 	}
 	go func() {

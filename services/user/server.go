@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/palisade-rpc/palisade/authz"
+	"github.com/palisade-rpc/palisade/proto/palisade/token/v1/tokenv1connect"
 	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
 	"github.com/palisade-rpc/palisade/rpc"
 	"github.com/palisade-rpc/palisade/security/mtls"
@@ -14,9 +15,9 @@ import (
 	"github.com/palisade-rpc/palisade/security/token"
 )
 
-// Config assembles a user service server: UserService and AuthService on a
-// Palisade server, with the token issuer, its verification keys and the
-// JWKS at token.JWKSPath.
+// Config assembles a user service server: UserService, AuthService and
+// Palisade's TokenService (the token exchange) on a Palisade server, with
+// the token issuer, its verification keys and the JWKS at token.JWKSPath.
 type Config struct {
 	// Source is the service's certificate and trust bundle. Required.
 	Source mtls.Source
@@ -36,14 +37,15 @@ type Config struct {
 	// Issuer is the iss of tokens (default the service's SPIFFE ID).
 	Issuer string
 	// Audiences of Login tokens (default the service's SPIFFE ID and
-	// spiffe://<trust domain>/svc/order); the first is ExchangeToken's default.
+	// spiffe://<trust domain>/svc/order), and those the token exchange
+	// issues for; the first is the exchange's default.
 	Audiences []string
 	// PasswordParams are the argon2id parameters of the password checker's
 	// dummy hash (default password.DefaultParams()); keep them those of the
 	// stored hashes so unknown users cost the same.
 	PasswordParams *password.Params
-	// Auth tunes login throttling (its Issuer, Verifier, Passwords,
-	// Audiences and Logger are filled in).
+	// Auth tunes login throttling (its Issuer, Passwords and Logger are
+	// filled in).
 	Auth AuthOptions
 	// ChangeRetention bounds the change history WatchUserChanges serves
 	// (default DefaultRetention()); it is set on Store.
@@ -159,9 +161,14 @@ func NewServer(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	authOpts := cfg.Auth
-	authOpts.Issuer, authOpts.Verifier, authOpts.Passwords, authOpts.Audiences, authOpts.Logger =
-		issuer, verifier, checker, cfg.Audiences, cfg.Logger
+	authOpts.Issuer, authOpts.Passwords, authOpts.Logger = issuer, checker, cfg.Logger
 	auth, err := NewAuthService(cfg.Store, authOpts)
+	if err != nil {
+		return nil, err
+	}
+	// The token exchange: the workloads the policy allows (the delegates)
+	// trade a user's token for one that lets them act for the user.
+	exchange, err := token.NewExchangeHandler(issuer, verifier, cfg.Audiences, token.WithLogger(cfg.Logger))
 	if err != nil {
 		return nil, err
 	}
@@ -178,6 +185,9 @@ func NewServer(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	if err := rpc.Mount(srv, userv1connect.NewAuthServiceHandler, userv1connect.AuthServiceHandler(auth)); err != nil {
+		return nil, err
+	}
+	if err := rpc.Mount(srv, tokenv1connect.NewTokenServiceHandler, tokenv1connect.TokenServiceHandler(exchange)); err != nil {
 		return nil, err
 	}
 	if err := srv.HandleHTTP(token.JWKSPath, jwks); err != nil {

@@ -333,7 +333,7 @@ allow if {
 #   1. the call-level decision (no input.resource), taken by the interceptor
 #      before the handler runs, lets customers and admins ask for an order;
 #   2. the handler then loads the order and asks a resource-level decision
-#      (policy.AuthorizeResource) with input.resource = {"kind": "order",
+#      (authz.AuthorizeResource) with input.resource = {"kind": "order",
 #      "id": ..., "owner": <user id>}, allowed for the order's owner and for
 #      admins.
 allow if {

@@ -1,0 +1,317 @@
+package kit_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"github.com/palisade-rpc/palisade/kit"
+	"github.com/palisade-rpc/palisade/rpc/rpctest"
+)
+
+// TestLoopFailureStopsTheService: a loop started with Service.Go that
+// fails while the service serves is logged at ERROR with its name, the
+// server drains (a call in flight completes), every other loop is told to
+// stop and joined, and Run returns the loop's error.
+func TestLoopFailureStopsTheService(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	boom := errors.New("the feed is gone")
+	fail := make(chan struct{})
+	var otherReturned atomic.Bool
+	hold := make(chan struct{})
+	r := start(t, f.args(), func(s *kit.Service) error {
+		s.Go("feed", func(ctx context.Context) error {
+			select {
+			case <-fail:
+				return boom
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		})
+		s.Go("patient", func(ctx context.Context) error {
+			<-ctx.Done()
+			time.Sleep(50 * time.Millisecond) // joined means waited for
+			otherReturned.Store(true)
+			return ctx.Err()
+		})
+		return nil
+	})
+	r.users.Hold = hold
+	client := f.client(t, r.URL, "/client/reader")
+	inFlight := make(chan error, 1)
+	go func() {
+		_, _, err := getUser(context.Background(), client)
+		inFlight <- err
+	}()
+	rpctest.WaitFor(t, "a call in the handler", func() bool { return r.users.Calls() == 1 })
+
+	close(fail)
+	r.logs.WaitForLog(t, "level=ERROR", "background loop failed", "loop=feed", "the feed is gone")
+	r.logs.WaitForLog(t, "draining")
+	close(hold)
+	if err := <-inFlight; err != nil {
+		t.Fatalf("the call in flight when the loop failed: %v", err)
+	}
+	err := r.wait(t)
+	if !errors.Is(err, boom) || !strings.Contains(err.Error(), "feed") {
+		t.Fatalf("Run returned %v, want the loop's error, named", err)
+	}
+	if !otherReturned.Load() {
+		t.Fatal("Run returned before the other loop did")
+	}
+}
+
+// TestLoopFailureDuringSetup: a loop that fails before the server serves
+// stops the service: nothing is served and Run returns its error.
+func TestLoopFailureDuringSetup(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	boom := errors.New("cannot start")
+	r := launch(t, f.args(), func(s *kit.Service) error {
+		s.Go("starter", func(context.Context) error { return boom })
+		<-s.Context().Done() // the failure stops the service
+		return nil
+	})
+	if err := r.wait(t); !errors.Is(err, boom) {
+		t.Fatalf("Run returned %v, want the loop's error", err)
+	}
+	if r.svc.Server.Addr() != nil {
+		t.Fatalf("the server listened on %s after a loop failed during setup", r.svc.Server.Addr())
+	}
+}
+
+// TestSetupErrorStopsLoops: when setup fails, the loops it started are
+// stopped and joined, nothing is served, Run returns setup's error, and
+// the cleanups run after the loops.
+func TestSetupErrorStopsLoops(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	bad := errors.New("no database")
+	var stopped, cleaned atomic.Bool
+	r := launch(t, f.args(), func(s *kit.Service) error {
+		s.Go("waiter", func(ctx context.Context) error {
+			<-ctx.Done()
+			stopped.Store(true)
+			return ctx.Err()
+		})
+		s.Cleanup(func() error { cleaned.Store(stopped.Load()); return nil })
+		return bad
+	})
+	if err := r.wait(t); !errors.Is(err, bad) {
+		t.Fatalf("Run returned %v, want setup's error", err)
+	}
+	if !stopped.Load() || !cleaned.Load() {
+		t.Fatalf("loop stopped %v, cleanup ran after it %v", stopped.Load(), cleaned.Load())
+	}
+}
+
+// TestGoAfterStop: a loop started after Run returned is not run, and that
+// is logged at ERROR rather than dropped in silence.
+func TestGoAfterStop(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	r := start(t, f.args(), nil)
+	if err := r.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	var ran atomic.Bool
+	r.svc.Go("late", func(context.Context) error { ran.Store(true); return nil })
+	r.logs.WaitForLog(t, "level=ERROR", "started after the service stopped", "loop=late")
+	time.Sleep(20 * time.Millisecond)
+	if ran.Load() {
+		t.Fatal("a loop started after Run returned ran")
+	}
+}
+
+// TestCleanupsRunAfterTheDrain: cleanups run once the server has drained
+// and stopped, last registered first, and a failing one is logged and
+// returned.
+func TestCleanupsRunAfterTheDrain(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	var order []string
+	var r *running
+	stoppedFirst := true
+	r = start(t, f.args(), func(s *kit.Service) error {
+		s.Cleanup(func() error { order = append(order, "first"); return errors.New("close failed") })
+		s.Cleanup(func() error {
+			order = append(order, "second")
+			stoppedFirst = r.logs.Count("msg=stopped") == 1
+			return nil
+		})
+		return nil
+	})
+	err := r.stop(t)
+	if err == nil || !strings.Contains(err.Error(), "close failed") {
+		t.Fatalf("Run returned %v, want the cleanup's error", err)
+	}
+	if strings.Join(order, ",") != "second,first" || !stoppedFirst {
+		t.Fatalf("cleanups ran %v; after the server stopped: %v", order, stoppedFirst)
+	}
+	r.logs.WaitForLog(t, "level=ERROR", "cleanup failed", "close failed")
+}
+
+// TestHealthz: the admin listener's /healthz answers 503 while setup runs
+// (the server does not serve yet), 200 while serving, and 503 from the
+// start of the drain while a call is still in flight; /metrics is served
+// beside it.
+func TestHealthz(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	release := make(chan struct{})
+	r := launch(t, f.args("--admin-addr", "127.0.0.1:0"), func(s *kit.Service) error {
+		<-release
+		return nil
+	})
+	// The admin listener serves before setup returns.
+	line := r.logs.WaitForLog(t, "admin listener serving")
+	_, rest, ok := strings.Cut(line, " addr=")
+	if !ok {
+		t.Fatalf("no address in %q", line)
+	}
+	health := "http://" + strings.Fields(rest)[0] + "/healthz"
+	if code := httpGet(t, health); code != http.StatusServiceUnavailable {
+		t.Fatalf("/healthz during setup: %d, want 503", code)
+	}
+	close(release)
+	r.waitServing(t)
+	if code := httpGet(t, health); code != http.StatusOK {
+		t.Fatalf("/healthz while serving: %d, want 200", code)
+	}
+	if code := httpGet(t, strings.TrimSuffix(health, "/healthz")+"/metrics"); code != http.StatusOK {
+		t.Fatalf("/metrics: %d, want 200", code)
+	}
+
+	hold := make(chan struct{})
+	r.users.Hold = hold
+	inFlight := make(chan error, 1)
+	go func() {
+		_, _, err := getUser(context.Background(), f.client(t, r.URL, "/client/reader"))
+		inFlight <- err
+	}()
+	rpctest.WaitFor(t, "a call in the handler", func() bool { return r.users.Calls() == 1 })
+	r.cancel()
+	r.logs.WaitForLog(t, "draining")
+	rpctest.WaitFor(t, "/healthz 503 while draining", func() bool { return httpGet(t, health) == http.StatusServiceUnavailable })
+	select {
+	case err := <-inFlight:
+		t.Fatalf("the call ended before the probe: %v", err)
+	default:
+	}
+	close(hold)
+	if err := <-inFlight; err != nil {
+		t.Fatal(err)
+	}
+	if err := r.wait(t); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestFlagErrors: flags that contradict each other stop Run before
+// anything is built, with an error naming them.
+func TestFlagErrors(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	cases := map[string]struct {
+		args []string
+		want string
+	}{
+		"socket and cert":          {f.args("--spiffe-socket", "unix:///nonexistent/agent.sock"), "--cert, --key, --ca cannot be used with it"},
+		"socket and crl":           {[]string{"--spiffe-socket", "unix:///nonexistent/agent.sock", "--crl", "crl.pem"}, "--crl cannot be used with it"},
+		"socket and reload":        {[]string{"--spiffe-socket", "unix:///nonexistent/agent.sock", "--cert-reload-interval", "1s"}, "--cert-reload-interval cannot be used"},
+		"issuer without jwks":      {f.args("--token-issuer", "spiffe://palisade.local/svc/user"), "--token-issuer and --jwks-url go together"},
+		"jwks without issuer":      {f.args("--jwks-url", "https://127.0.0.1:1/.well-known/jwks.json"), "--token-issuer and --jwks-url go together"},
+		"audience alone":           {f.args("--token-audience", "spiffe://palisade.local/svc/kit"), "--token-audience needs"},
+		"remote without admin":     {f.args("--admin-allow-remote"), "--admin-allow-remote needs --admin-addr"},
+		"admin off loopback":       {f.args("--admin-addr", "192.0.2.1:0"), "binds a loopback address only"},
+		"dir and bundle":           {f.args("--policy-dir", "d", "--policy-bundle", "b.tar.gz"), "exclusive"},
+		"bad log level":            {f.args("--log-level", "loud"), "--log-level"},
+		"stray argument":           {f.args("serve"), "unexpected arguments"},
+		"unknown flag":             {f.args("--no-such-flag"), "flag provided but not defined"},
+		"issuer not a SPIFFE ID":   {f.args("--token-issuer", "spiffe://Palisade.local/svc/user", "--jwks-url", "https://127.0.0.1:1/jwks"), "--token-issuer"},
+		"missing certificate file": {[]string{"--cert", "/nonexistent/kit.pem"}, "palisade certs init"},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			var out bytes.Buffer
+			called := false
+			err := kit.Run(context.Background(), "kit", c.args, func(*kit.Service) error { called = true; return nil },
+				kit.WithPolicy(testLayer()), kit.WithLogOutput(&syncWriter{w: &out}))
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("Run(%q): %v, want an error with %q", c.args, err, c.want)
+			}
+			if called {
+				t.Fatal("setup was called")
+			}
+		})
+	}
+	// With remote access the admin listener tries the address (and fails
+	// to bind it: no interface has 192.0.2.1).
+	err := kit.Run(context.Background(), "kit", f.args("--admin-addr", "192.0.2.1:0", "--admin-allow-remote"),
+		func(*kit.Service) error { return nil }, kit.WithPolicy(testLayer()), kit.WithLogOutput(&syncWriter{w: new(bytes.Buffer)}))
+	if !errors.Is(err, syscall.EADDRNOTAVAIL) {
+		t.Fatalf("--admin-allow-remote: %v, want the bind tried", err)
+	}
+}
+
+// TestHelp: --help prints the description and the flags, including the
+// service's own, and Run returns nil without calling setup.
+func TestHelp(t *testing.T) {
+	t.Parallel()
+	var out syncWriter
+	out.w = new(bytes.Buffer)
+	var db string
+	err := kit.Run(context.Background(), "kit", []string{"--help"}, func(*kit.Service) error {
+		t.Error("setup called for --help")
+		return nil
+	}, kit.WithLogOutput(&out), kit.WithDescription("kit serves tests."),
+		kit.WithFlags(func(fs *flagSet) { fs.StringVar(&db, "db", "kit.db", "the `file`") }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	help := out.String()
+	for _, want := range []string{"kit serves tests.", "Usage: kit [flags]", "-spiffe-socket socket", "-admin-allow-remote", "-token-issuer issuer", "-policy-data file", "-db file"} {
+		if !strings.Contains(help, want) {
+			t.Errorf("--help lacks %q:\n%s", want, help)
+		}
+	}
+}
+
+// TestOwnVerifierReplacesTokenFlags: with WithTokenVerifier the kit's token
+// flags are not defined (the service may define its own of those names),
+// and the verifier it returns decides: a token it accepts reaches the
+// handler as the user.
+func TestOwnVerifierReplacesTokenFlags(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	var issuer string
+	r := start(t, f.args("--token-issuer", "mine"), nil,
+		kit.WithFlags(func(fs *flagSet) { fs.StringVar(&issuer, "token-issuer", "", "the service's own") }),
+		kit.WithTokenVerifier(func(s *kit.Service) (rpcTokenVerifier, error) {
+			if s.Server != nil || s.ID.String() != serviceID {
+				t.Errorf("the verifier's constructor saw Server %v, ID %s", s.Server, s.ID)
+			}
+			return fixedVerifier{subject: "alice"}, nil
+		}))
+	if issuer != "mine" {
+		t.Fatalf("the service's --token-issuer is %q", issuer)
+	}
+	u, _, err := getUser(context.Background(), f.client(t, r.URL, "/client/reader", withToken("anything")))
+	if err != nil || u.GetEmail() != "alice" {
+		t.Fatalf("GetUser with a token the verifier accepts: %v %v", u, err)
+	}
+	_, code, _ := getUser(context.Background(), f.client(t, r.URL, "/client/reader", withToken("refuse")))
+	if code != connect.CodeUnauthenticated {
+		t.Fatalf("GetUser with a token the verifier refuses: %v, want unauthenticated", code)
+	}
+}

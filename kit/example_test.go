@@ -12,9 +12,9 @@ import (
 	"connectrpc.com/connect"
 
 	"github.com/palisade-rpc/palisade/certs"
+	"github.com/palisade-rpc/palisade/kit"
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
 	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
-	"github.com/palisade-rpc/palisade/kit"
 	"github.com/palisade-rpc/palisade/rpc"
 )
 

@@ -13,7 +13,11 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/palisade-rpc/palisade/certs/certstest"
+	"github.com/palisade-rpc/palisade/internal/fakeagent"
 	"github.com/palisade-rpc/palisade/kit"
+	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
+	"github.com/palisade-rpc/palisade/rpc"
 	"github.com/palisade-rpc/palisade/rpc/rpctest"
 )
 
@@ -313,5 +317,31 @@ func TestOwnVerifierReplacesTokenFlags(t *testing.T) {
 	_, code, _ := getUser(context.Background(), f.client(t, r.URL, "/client/reader", withToken("refuse")))
 	if code != connect.CodeUnauthenticated {
 		t.Fatalf("GetUser with a token the verifier refuses: %v, want unauthenticated", code)
+	}
+}
+
+// TestSpiffeSocket: with --spiffe-socket the service takes its certificate
+// and trust bundle from the Workload API — no certificate file exists —,
+// its ID is the SVID's, and it serves a client of the bundle's CA that
+// checks it by that ID. The Workload API connection is closed when Run
+// returns (TestMain's leak check fails otherwise).
+func TestSpiffeSocket(t *testing.T) {
+	t.Parallel()
+	ca := certstest.NewCA(t)
+	agent := fakeagent.Start(t)
+	agent.Push(fakeagent.SVID(t, ca.Server("/svc/kit"), ca.Cert))
+	r := start(t, []string{"--addr", "127.0.0.1:0", "--spiffe-socket", agent.Addr, "--log-format", "text"}, nil)
+	if r.svc.ID.String() != serviceID {
+		t.Fatalf("Service.ID %s, want the SVID's %s", r.svc.ID, serviceID)
+	}
+	c, err := rpc.NewClient(userv1connect.NewUserServiceClient, r.URL, ca.Source(ca.Client("/client/reader")), rpc.WithServerID(serviceID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := getUser(context.Background(), c); err != nil {
+		t.Fatalf("GetUser of a service with its SVID from the Workload API: %v", err)
+	}
+	if err := r.stop(t); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -26,8 +26,8 @@ func policyEval(args []string) error {
 	fs := newFlagSet("palisade policy eval", `Evaluate the authorization decision for one input document and print the
 decision, its reasons and the rules that fired, for a person debugging a
 denial. The input is the document the services build for every call (see
-DESIGN.md, "Policy input"); copy one from a service's decision log or write
-it by hand:
+DESIGN.md, "Policy input", which shows one for each kind of caller); write
+one by hand:
 
   {"procedure": "/user.v1.UserService/GetUser", "service": "user.v1.UserService",
    "method": "GetUser", "stream_type": "unary",

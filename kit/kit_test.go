@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -343,5 +345,44 @@ func TestSpiffeSocket(t *testing.T) {
 	}
 	if err := r.stop(t); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestPolicyData: --policy-data merges a data document into the layer's
+// data, its values replacing the layer's at the same path: the readers it
+// lists may call GetUser, and the layer's reader no longer may. A file
+// that is not one JSON object stops Run, naming the flag.
+func TestPolicyData(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	dir := t.TempDir()
+	data := filepath.Join(dir, "data.json")
+	const otherID = "spiffe://palisade.local/client/other"
+	if err := os.WriteFile(data, []byte(`{"kittest": {"readers": ["`+otherID+`"]}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := start(t, f.args("--policy-data", data), nil)
+	if _, _, err := getUser(context.Background(), f.client(t, r.URL, "/client/other")); err != nil {
+		t.Fatalf("GetUser of a reader listed by --policy-data: %v", err)
+	}
+	if _, code, _ := getUser(context.Background(), f.client(t, r.URL, "/client/reader")); code != connect.CodePermissionDenied {
+		t.Fatalf("GetUser of the layer's reader, replaced by --policy-data: %v, want permission_denied", code)
+	}
+	if err := r.stop(t); err != nil {
+		t.Fatal(err)
+	}
+
+	for name, content := range map[string]string{"not JSON": "readers: all", "an array": `["x"]`, "two objects": `{} {}`} {
+		bad := filepath.Join(dir, "bad.json")
+		if err := os.WriteFile(bad, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		err := kit.Run(context.Background(), "kit", f.args("--policy-data", bad), func(*kit.Service) error {
+			t.Errorf("%s: setup called", name)
+			return nil
+		}, kit.WithPolicy(testLayer()), kit.WithLogOutput(&syncWriter{w: new(bytes.Buffer)}))
+		if err == nil || !strings.Contains(err.Error(), "--policy-data") {
+			t.Errorf("%s: Run returned %v, want an error naming --policy-data", name, err)
+		}
 	}
 }

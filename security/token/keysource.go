@@ -147,9 +147,10 @@ func (r *RemoteKeys) Key(ctx context.Context, kid string) (*PublicKey, error) {
 	if k, ok := (*r.keys.Load())[kid]; ok {
 		return k, nil
 	}
-	if !r.refresh(ctx, false) {
-		return nil, ErrUnknownKey
-	}
+	// Whether or not this lookup may fetch, look again: a fetch in flight
+	// (the first one of Run, at start) may have brought the key while this
+	// one waited for it.
+	r.refresh(ctx, false)
 	if k, ok := (*r.keys.Load())[kid]; ok {
 		return k, nil
 	}

@@ -15,12 +15,14 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/palisade-rpc/palisade/authz"
 	"github.com/palisade-rpc/palisade/certs/certstest"
 	"github.com/palisade-rpc/palisade/internal/fakeagent"
 	"github.com/palisade-rpc/palisade/kit"
 	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
 	"github.com/palisade-rpc/palisade/rpc"
 	"github.com/palisade-rpc/palisade/rpc/rpctest"
+	"github.com/palisade-rpc/palisade/security/token"
 )
 
 // TestLoopFailureStopsTheService: a loop started with Service.Go that
@@ -384,5 +386,81 @@ func TestPolicyData(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "--policy-data") {
 			t.Errorf("%s: Run returned %v, want an error naming --policy-data", name, err)
 		}
+	}
+}
+
+// TestTokenIssuerFlags: with --token-issuer and --jwks-url the kit verifies
+// bearer tokens with the issuer's keys, fetched over mTLS from a server
+// that must present the issuer's SPIFFE ID, for the audience of the
+// service's own SPIFFE ID. A token of the issuer for the service reaches
+// the handler as its user; one for another audience, or signed by a key
+// the JWKS does not list, is refused with unauthenticated; and keys served
+// by a workload that is not the issuer are never used.
+func TestTokenIssuerFlags(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	const issuerID = "spiffe://palisade.local/svc/user"
+	ks, err := token.NewKeySet(token.AlgEdDSA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pubs, err := ks.PublicKeys()
+	if err != nil {
+		t.Fatal(err)
+	}
+	jwks := &token.JWKSHandler{}
+	if err := jwks.Set(pubs); err != nil {
+		t.Fatal(err)
+	}
+	none, err := authz.NewAllowList(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serveJWKS := func(s *rpc.Server) error { return s.HandleHTTP(token.JWKSPath, jwks) }
+	issuerSrv := rpctest.Start(t, f.ca.Source(f.ca.Server("/svc/user")), none, serveJWKS)
+	impostor := rpctest.Start(t, f.ca.Source(f.ca.Server("/svc/other")), none, serveJWKS)
+
+	issuer, err := token.NewIssuer(ks, issuerID, token.WithAudience(serviceID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	issue := func(g token.Grant) string {
+		raw, _, err := issuer.Issue(g)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return raw
+	}
+	good := issue(token.Grant{Subject: "alice"})
+	otherAudience := issue(token.Grant{Subject: "alice", Audience: []string{"spiffe://palisade.local/svc/order"}})
+	otherKeys, err := token.NewKeySet(token.AlgEdDSA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forger, err := token.NewIssuer(otherKeys, issuerID, token.WithAudience(serviceID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged, _, err := forger.Issue(token.Grant{Subject: "alice"})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	r := start(t, f.args("--token-issuer", issuerID, "--jwks-url", issuerSrv.URL+token.JWKSPath), nil)
+	r.logs.WaitForLog(t, "verifying bearer tokens", "audience="+serviceID)
+	u, _, err := getUser(context.Background(), f.client(t, r.URL, "/client/reader", withToken(good)))
+	if err != nil || u.GetEmail() != "alice" {
+		t.Fatalf("GetUser with the issuer's token for this service: %v %v", u, err)
+	}
+	for name, raw := range map[string]string{"another audience": otherAudience, "another key": forged} {
+		if _, code, err := getUser(context.Background(), f.client(t, r.URL, "/client/reader", withToken(raw))); code != connect.CodeUnauthenticated {
+			t.Errorf("GetUser with a token of %s: %v, want unauthenticated", name, err)
+		}
+	}
+
+	// The same keys, served by a workload that is not the issuer.
+	r = start(t, f.args("--token-issuer", issuerID, "--jwks-url", impostor.URL+token.JWKSPath), nil)
+	if _, code, err := getUser(context.Background(), f.client(t, r.URL, "/client/reader", withToken(good))); code != connect.CodeUnauthenticated {
+		t.Fatalf("GetUser with keys from a workload that is not the issuer: %v, want unauthenticated", err)
 	}
 }

@@ -38,15 +38,18 @@ var layers = map[string]layer{
 	"security/mtls/workloadapi": {imports: []string{"security/mtls", "security/spiffeid"}, grpc: true},
 	"security/token":            {imports: []string{"security", "security/spiffeid", "internal/pemfile", "internal/poll", "proto/palisade/..."}},
 	"authz":                     {imports: []string{"security", "security/spiffeid"}},
+	"authz/decisionlog":         {imports: []string{"authz", "rpc", "security/mtls"}},
 	"policy":                    {imports: []string{"authz", "security", "security/spiffeid", "internal/poll"}, opa: true},
 	"rpc":                       {imports: []string{"authz", "security", "security/spiffeid", "security/mtls", "security/token", "security/throttle"}},
 	"rpc/rpctest":               {imports: []string{"rpc", "authz", "security/mtls"}, grpc: true},
-	"telemetry":                 {imports: []string{"rpc"}},
-	"certs":                     {imports: []string{"security/spiffeid", "internal/pemfile"}},
-	"certs/certstest":           {imports: []string{"certs", "internal/pemfile", "security/mtls", "security/spiffeid"}},
-	"internal/fakeagent":        {imports: []string{"certs"}, grpc: true},
-	"kit":                       {imports: []string{"policy", "rpc", "security", "security/mtls", "security/mtls/workloadapi", "security/spiffeid", "security/token", "telemetry"}, opa: true, grpc: true},
-	"internal/testusers":        {imports: []string{"rpc", "security", "proto/user/v1", "proto/user/v1/userv1connect"}},
+	// The OTLP trace exporter (--otlp-endpoint) is otlptracegrpc: telemetry,
+	// and so every server with telemetry, links grpc-go.
+	"telemetry":          {imports: []string{"rpc", "security/mtls", "security/spiffeid"}, grpc: true},
+	"certs":              {imports: []string{"security/spiffeid", "internal/pemfile"}},
+	"certs/certstest":    {imports: []string{"certs", "internal/pemfile", "security/mtls", "security/spiffeid"}},
+	"internal/fakeagent": {imports: []string{"certs"}, grpc: true},
+	"kit":                {imports: []string{"policy", "rpc", "security", "security/mtls", "security/mtls/workloadapi", "security/spiffeid", "security/token", "telemetry"}, opa: true, grpc: true},
+	"internal/testusers": {imports: []string{"rpc", "security", "proto/user/v1", "proto/user/v1/userv1connect"}},
 }
 
 // unlayered are the trees of the module outside the table: they may import

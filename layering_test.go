@@ -48,7 +48,7 @@ var layers = map[string]layer{
 	"certs":              {imports: []string{"security/spiffeid", "internal/pemfile"}},
 	"certs/certstest":    {imports: []string{"certs", "internal/pemfile", "security/mtls", "security/spiffeid"}},
 	"internal/fakeagent": {imports: []string{"certs"}, grpc: true},
-	"kit":                {imports: []string{"policy", "rpc", "security", "security/mtls", "security/mtls/workloadapi", "security/spiffeid", "security/token", "telemetry"}, opa: true, grpc: true},
+	"kit":                {imports: []string{"authz", "authz/decisionlog", "policy", "rpc", "security", "security/mtls", "security/mtls/workloadapi", "security/spiffeid", "security/token", "telemetry"}, opa: true, grpc: true},
 	"internal/testusers": {imports: []string{"rpc", "security", "proto/user/v1", "proto/user/v1/userv1connect"}},
 }
 

@@ -33,6 +33,8 @@ type flags struct {
 	adminAddr        string
 	adminAllowRemote bool
 	traceStdout      bool
+	otlpEndpoint     string
+	decisionLogURL   string
 
 	rateLimit float64
 	rateBurst int
@@ -73,6 +75,8 @@ func (f *flags) define(fs *flag.FlagSet, cfg *config) {
 	fs.StringVar(&f.adminAddr, "admin-addr", "", "`host:port` of the admin listener: plain HTTP serving Prometheus metrics at /metrics and GET /healthz (200 while serving, 503 before and while draining); a loopback address unless --admin-allow-remote (off when empty)")
 	fs.BoolVar(&f.adminAllowRemote, "admin-allow-remote", false, "let --admin-addr bind a non-loopback address (\":9090\" in a pod, for Prometheus and the kubelet's probes); it is plain HTTP without authentication, so restrict who reaches it (a NetworkPolicy)")
 	fs.BoolVar(&f.traceStdout, "trace-stdout", false, "write every trace span to stdout, one JSON object per line (OpenTelemetry stdout exporter)")
+	fs.StringVar(&f.otlpEndpoint, "otlp-endpoint", "", "export trace spans to an OpenTelemetry collector at this https `URL`, over mutual TLS with this service's certificate: OTLP/gRPC without a path (https://otel-collector:4317), OTLP/HTTP to the path otherwise (https://otel-collector:4318/v1/traces)")
+	fs.StringVar(&f.decisionLogURL, "decision-log-url", "", "ship every authorization decision, as OPA's decision log events, to this https `URL` (POSTed in gzipped batches over mutual TLS with this service's certificate), beside the local decision log line; bounded buffer, never in the way of a call")
 
 	fs.Float64Var(&f.rateLimit, "rate-limit", 0, "calls per second each principal (the token's user, else the workload) may make on average; past it, resource_exhausted (429) with Retry-After (`rate`; 0 = no limit)")
 	fs.IntVar(&f.rateBurst, "rate-burst", 0, "calls a principal may make at once under --rate-limit (`n`; default --rate-limit rounded up)")

@@ -16,7 +16,7 @@
 // # Background loops
 //
 // Every loop the kit runs — certificate and policy reloads, the JWKS
-// refresh, the admin listener — and every loop the service starts with
+// refresh, the admin listener, the decision log shipper — and every loop the service starts with
 // Service.Go is owned: it runs until the service stops, and Run returns
 // only after all of them have returned. A loop that fails (returns an error
 // that is not its context ending) is logged at ERROR and stops the service:
@@ -46,7 +46,9 @@
 // (--token-issuer and --jwks-url, audience the service's own SPIFFE ID or
 // --token-audience); without one every token is refused, and the kit says so
 // at start. --admin-addr serves /metrics and /healthz (loopback only, unless
-// --admin-allow-remote).
+// --admin-allow-remote). Spans go to stdout with --trace-stdout and to an
+// OpenTelemetry collector with --otlp-endpoint; --decision-log-url ships
+// every authorization decision to a decision log service.
 package kit
 
 import (

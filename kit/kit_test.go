@@ -2,12 +2,16 @@ package kit_test
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
+	"encoding/json"
 	"errors"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -22,6 +26,7 @@ import (
 	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
 	"github.com/palisade-rpc/palisade/rpc"
 	"github.com/palisade-rpc/palisade/rpc/rpctest"
+	"github.com/palisade-rpc/palisade/security/mtls"
 	"github.com/palisade-rpc/palisade/security/token"
 )
 
@@ -288,7 +293,7 @@ func TestHelp(t *testing.T) {
 		t.Fatal(err)
 	}
 	help := out.String()
-	for _, want := range []string{"kit serves tests.", "Usage: kit [flags]", "-spiffe-socket socket", "-admin-allow-remote", "-token-issuer issuer", "-policy-data file", "-db file"} {
+	for _, want := range []string{"kit serves tests.", "Usage: kit [flags]", "-spiffe-socket socket", "-admin-allow-remote", "-token-issuer issuer", "-policy-data file", "-otlp-endpoint URL", "-decision-log-url URL", "-db file"} {
 		if !strings.Contains(help, want) {
 			t.Errorf("--help lacks %q:\n%s", want, help)
 		}
@@ -462,5 +467,84 @@ func TestTokenIssuerFlags(t *testing.T) {
 	r = start(t, f.args("--token-issuer", issuerID, "--jwks-url", impostor.URL+token.JWKSPath), nil)
 	if _, code, err := getUser(context.Background(), f.client(t, r.URL, "/client/reader", withToken(good))); code != connect.CodeUnauthenticated {
 		t.Fatalf("GetUser with keys from a workload that is not the issuer: %v, want unauthenticated", err)
+	}
+}
+
+// TestDecisionLogURL: with --decision-log-url every decision of the
+// service goes to the sink, over mutual TLS with the service's
+// certificate, labelled with the service's name; the ones still buffered
+// when the service stops are sent before Run returns.
+func TestDecisionLogURL(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	type event struct {
+		Labels      map[string]string `json:"labels"`
+		Result      map[string]any    `json:"result"`
+		RequestedBy string            `json:"requested_by"`
+	}
+	var (
+		mu     sync.Mutex
+		events []event
+		peers  []string
+	)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := &http.Server{
+		TLSConfig:         mtls.ServerConfig(f.ca.Source(f.ca.Server("/svc/logs")), "h2"),
+		ReadHeaderTimeout: 10 * time.Second,
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			zr, err := gzip.NewReader(r.Body)
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			var batch []event
+			if err := json.NewDecoder(zr).Decode(&batch); err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			events = append(events, batch...)
+			peers = append(peers, r.TLS.PeerCertificates[0].URIs[0].String())
+		}),
+	}
+	served := make(chan struct{})
+	go func() { defer close(served); _ = sink.ServeTLS(ln, "", "") }()
+	t.Cleanup(func() { _ = sink.Close(); <-served })
+
+	r := start(t, f.args("--decision-log-url", "https://"+ln.Addr().String()+"/logs"), nil)
+	if _, _, err := getUser(context.Background(), f.client(t, r.URL, "/client/reader")); err != nil {
+		t.Fatal(err)
+	}
+	if _, code, _ := getUser(context.Background(), f.client(t, r.URL, "/client/other")); code != connect.CodePermissionDenied {
+		t.Fatalf("GetUser of a workload that is not a reader: %v", code)
+	}
+	if err := r.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	var allowed, denied int
+	for _, ev := range events {
+		if ev.Labels["service"] != "kit" || ev.RequestedBy != serviceID {
+			t.Errorf("event labelled %v, requested by %q", ev.Labels, ev.RequestedBy)
+		}
+		switch ev.Result["allow"] {
+		case true:
+			allowed++
+		case false:
+			denied++
+		}
+	}
+	if allowed != 1 || denied != 1 {
+		t.Fatalf("the sink received %d allowed and %d denied decisions (%d events), want 1 and 1", allowed, denied, len(events))
+	}
+	for _, p := range peers {
+		if p != serviceID {
+			t.Fatalf("decisions sent with the certificate of %s", p)
+		}
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/palisade-rpc/palisade/authz"
+	"github.com/palisade-rpc/palisade/authz/decisionlog"
 	"github.com/palisade-rpc/palisade/rpc"
 	"github.com/palisade-rpc/palisade/telemetry"
 )
@@ -71,6 +73,11 @@ func run(ctx context.Context, cfg *config, args []string, setup func(*Service) e
 		opts = append(opts, rpc.WithTrustDomain(f.trustDomain))
 	}
 	opts = append(opts, r.tel.ServerOptions()...)
+	if hook, err := r.decisionLog(); err != nil {
+		return err
+	} else if hook != nil {
+		opts = append(opts, rpc.WithAuthorizationOptions(authz.WithDecisionHook(hook)))
+	}
 	if verifier != nil {
 		opts = append(opts, rpc.WithTokenVerifier(verifier))
 	}
@@ -106,10 +113,22 @@ type runner struct {
 	closeSource func() error   // the Workload API source's Close
 	httpClients []*http.Client // made by the kit; their idle connections are closed at the end
 
-	// The admin listener outlives the drain (its /healthz answers 503
-	// meanwhile): it has a context and loops of its own, stopped last.
-	adminStop  context.CancelFunc
-	adminLoops *loops
+	// The admin listener and the decision log shipper outlive the drain
+	// (/healthz answers 503 meanwhile, and the decisions of the calls
+	// draining are shipped): they have a context and loops of their own,
+	// stopped after the service's.
+	lateCtx   context.Context
+	lateStop  context.CancelFunc
+	lateLoops *loops
+}
+
+// goLate runs loop until after the drain and the service's loops.
+func (r *runner) goLate(name string, loop func(context.Context) error) {
+	if r.lateLoops == nil {
+		r.lateCtx, r.lateStop = context.WithCancel(context.WithoutCancel(r.svc.ctx))
+		r.lateLoops = newLoops(r.log, r.stop)
+	}
+	r.lateLoops.start(r.lateCtx, name, loop)
 }
 
 // stopAll stops what run started, in order, and returns err joined with
@@ -118,9 +137,9 @@ type runner struct {
 func (r *runner) stopAll(err error) error {
 	r.stop(nil)
 	loopErrs := r.svc.loops.wait()
-	if r.adminStop != nil {
-		r.adminStop()
-		loopErrs = errors.Join(loopErrs, r.adminLoops.wait())
+	if r.lateStop != nil {
+		r.lateStop()
+		loopErrs = errors.Join(loopErrs, r.lateLoops.wait())
 	}
 	for _, c := range r.httpClients {
 		c.CloseIdleConnections()
@@ -153,6 +172,9 @@ func (r *runner) telemetry() error {
 	if r.f.traceStdout {
 		opts = append(opts, telemetry.WithTraceWriter(r.cfg.stdout))
 	}
+	if r.f.otlpEndpoint != "" {
+		opts = append(opts, telemetry.WithOTLP(r.f.otlpEndpoint, r.svc.Source))
+	}
 	tel, err := telemetry.New(r.cfg.name, opts...)
 	if err != nil {
 		return err
@@ -180,9 +202,25 @@ func (r *runner) admin() error {
 	if err != nil {
 		return fmt.Errorf("--admin-addr: %w", err)
 	}
-	ctx, cancel := context.WithCancel(context.WithoutCancel(r.svc.ctx))
-	r.adminStop = cancel
-	r.adminLoops = newLoops(r.log, r.stop)
-	r.adminLoops.start(ctx, "admin listener", a.Serve)
+	r.goLate("admin listener", a.Serve)
 	return nil
+}
+
+// decisionLog starts the shipper of decision logs, with
+// --decision-log-url, and returns its hook for the server's authorization
+// (nil without the flag).
+func (r *runner) decisionLog() (authz.DecisionHook, error) {
+	if r.f.decisionLogURL == "" {
+		return nil, nil
+	}
+	shipper, err := decisionlog.New(r.f.decisionLogURL, r.svc.Source,
+		decisionlog.WithLogger(r.log),
+		decisionlog.WithMeterProvider(r.tel.MeterProvider()),
+		decisionlog.WithLabels(map[string]string{"service": r.cfg.name}),
+		decisionlog.WithClientOptions(r.svc.ClientOptions()...))
+	if err != nil {
+		return nil, fmt.Errorf("--decision-log-url: %w", err)
+	}
+	r.goLate("decision log", shipper.Run)
+	return shipper.Hook, nil
 }

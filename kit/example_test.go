@@ -18,18 +18,13 @@ import (
 	"github.com/palisade-rpc/palisade/rpc"
 )
 
-// examplePolicy is the example service's policy, with its rego test; a
-// service embeds its own (//go:embed *.rego data.json).
+// examplePolicy is the example service's layer of the policy (on the
+// framework's base), with its rego tests; a service embeds its own
+// (//go:embed *.rego data.json).
 var examplePolicy = fstest.MapFS{
 	"users.rego": {Data: []byte(`package palisade.authz
 
-default allow := false
-
 allow if input.procedure == "/user.v1.UserService/GetUser"
-
-decision := {"allow": allow, "reasons": reasons}
-
-reasons := [] if allow else := ["not allowed"]
 `)},
 	"users_test.rego": {Data: []byte(`package palisade.authz_test
 

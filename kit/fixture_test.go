@@ -39,25 +39,17 @@ const (
 	readerID  = "spiffe://palisade.local/client/reader"
 )
 
-// testLayer is the policy layer of the test service: health for everyone,
-// GetUser for the workloads listed in data.kittest.readers (data.json
-// lists readerID), with the rego tests the engine requires.
+// testLayer is the policy layer of the test service, on the framework's
+// base: GetUser for the workloads listed in data.kittest.readers
+// (data.json lists readerID), with the rego tests the engine requires.
 func testLayer() fs.FS {
 	return fstest.MapFS{
 		"kittest.rego": {Data: []byte(`package palisade.authz
-
-default allow := false
-
-allow if input.procedure == "/grpc.health.v1.Health/Check"
 
 allow if {
 	input.procedure == "/user.v1.UserService/GetUser"
 	input.peer.spiffe_id in data.kittest.readers
 }
-
-decision := {"allow": allow, "reasons": reasons}
-
-reasons := [] if allow else := ["not a reader"]
 `)},
 		"kittest_test.rego": {Data: []byte(`package palisade.authz_test
 

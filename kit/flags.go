@@ -68,8 +68,8 @@ func (f *flags) define(fs *flag.FlagSet, cfg *config) {
 
 	fs.StringVar(&f.policyDir, "policy-dir", "", "`directory` of rego policies (and their *_test.rego tests) replacing the service's own layer of the policy (the framework's base stays); watched, and a changed policy is swapped in only if it compiles and its tests pass")
 	fs.StringVar(&f.policyBundle, "policy-bundle", "", "OPA bundle (tar.gz) `path or URL` replacing the service's own layer of the policy, polled with the same tests-before-swap rule; a URL is fetched over mTLS with this service's certificate")
-	fs.StringVar(&f.policyData, "policy-data", "", "JSON `file` of a data document merged into the policy's data (its values replace the layer's at the same path; e.g. {\"palisade\":{\"config\":{\"delegates\":[…]}}}); read again with each policy reload")
-	fs.DurationVar(&f.policyInterval, "policy-reload-interval", 2*time.Second, "how often to check --policy-dir, --policy-bundle and --policy-data for changes (`duration`); a source that cannot be read, or a version refused, is tried again after a delay that doubles from it up to 2m")
+	fs.StringVar(&f.policyData, "policy-data", "", "JSON `file` laid over the policy layer's data.json, read at start: the deployment's configuration of the rules, e.g. {\"palisade\": {\"config\": {\"delegates\": [...]}}}; objects are merged key by key, any other value replaces the layer's; data.palisade.config.trust_domain is this service's trust domain unless the file says otherwise")
+	fs.DurationVar(&f.policyInterval, "policy-reload-interval", 2*time.Second, "how often to check --policy-dir or --policy-bundle for changes (`duration`); a source that cannot be read, or a version refused, is tried again after a delay that doubles from it up to 2m")
 	fs.BoolVar(&f.policyAllowUntested, "policy-allow-untested", false, "UNSAFE: load a policy version even if it carries no rego test (*_test.rego), logging a warning each time; by default such a version is refused (at start-up the service does not start)")
 
 	fs.StringVar(&f.adminAddr, "admin-addr", "", "`host:port` of the admin listener: plain HTTP serving Prometheus metrics at /metrics and GET /healthz (200 while serving, 503 before and while draining); a loopback address unless --admin-allow-remote (off when empty)")
@@ -106,7 +106,7 @@ func (f *flags) validate(fs *flag.FlagSet) error {
 	if f.policyDir != "" && f.policyBundle != "" {
 		return errors.New("--policy-dir and --policy-bundle are exclusive: each replaces the service's layer of the policy")
 	}
-	if f.policyInterval <= 0 && (f.policyDir != "" || f.policyBundle != "" || f.policyData != "") {
+	if f.policyInterval <= 0 && (f.policyDir != "" || f.policyBundle != "") {
 		return fmt.Errorf("--policy-reload-interval %s is not positive", f.policyInterval)
 	}
 	if f.certReload < 0 {

@@ -41,8 +41,10 @@
 // with --spiffe-socket, which refuses the file flags. The policy is the
 // framework's base plus the service's layer: the one embedded with
 // WithPolicy, or --policy-dir or --policy-bundle instead, reloaded every
-// --policy-reload-interval once its tests pass; --policy-data adds a data
-// document to it. Tokens are verified when an issuer is configured
+// --policy-reload-interval once its tests pass. Its data is the layer's
+// data.json, with the service's trust domain as
+// data.palisade.config.trust_domain and --policy-data's document laid
+// over it. A service without a layer does not start. Tokens are verified when an issuer is configured
 // (--token-issuer and --jwks-url, audience the service's own SPIFFE ID or
 // --token-audience); without one every token is refused, and the kit says so
 // at start. --admin-addr serves /metrics and /healthz (loopback only, unless
@@ -130,8 +132,8 @@ type config struct {
 // WithPolicy sets the service's policy layer: rego files (package
 // palisade.authz, adding allow rules and user_procedures) with their
 // *_test.rego tests and an optional data.json, at the root of fsys —
-// typically an embed.FS. The engine runs the framework's base with it.
-// --policy-dir and --policy-bundle replace it.
+// typically an embed.FS — read with policy.LoadFS. The engine runs the
+// framework's base with it. --policy-dir and --policy-bundle replace it.
 func WithPolicy(fsys fs.FS) Option {
 	return optionFunc(func(c *config) { c.layer = fsys })
 }

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/palisade-rpc/palisade/authz"
 	"github.com/palisade-rpc/palisade/certs/certstest"
@@ -355,10 +356,12 @@ func TestSpiffeSocket(t *testing.T) {
 	}
 }
 
-// TestPolicyData: --policy-data merges a data document into the layer's
+// TestPolicyData: --policy-data lays a data document over the layer's
 // data, its values replacing the layer's at the same path: the readers it
-// lists may call GetUser, and the layer's reader no longer may. A file
-// that is not one JSON object stops Run, naming the flag.
+// lists may call GetUser, and the layer's reader no longer may. The base
+// policy's trust domain is the service's own unless the document says
+// otherwise. A file that is not one JSON object stops Run, naming the
+// flag; so does a service without a policy layer.
 func TestPolicyData(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
@@ -375,8 +378,32 @@ func TestPolicyData(t *testing.T) {
 	if _, code, _ := getUser(context.Background(), f.client(t, r.URL, "/client/reader")); code != connect.CodePermissionDenied {
 		t.Fatalf("GetUser of the layer's reader, replaced by --policy-data: %v, want permission_denied", code)
 	}
+	if code := healthCheck(t, f, r.URL); code != 0 {
+		t.Fatalf("Health/Check of a workload of the service's trust domain: %v", code)
+	}
 	if err := r.stop(t); err != nil {
 		t.Fatal(err)
+	}
+
+	// Another trust domain, from the data: the base admits none of ours.
+	other := filepath.Join(dir, "other.json")
+	if err := os.WriteFile(other, []byte(`{"palisade": {"config": {"trust_domain": "example.org"}}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r = start(t, f.args("--policy-data", other), nil)
+	if code := healthCheck(t, f, r.URL); code != connect.CodePermissionDenied {
+		t.Fatalf("Health/Check with the policy's trust domain example.org: %v, want permission_denied", code)
+	}
+	if err := r.stop(t); err != nil {
+		t.Fatal(err)
+	}
+
+	err := kit.Run(context.Background(), "kit", f.args(), func(*kit.Service) error {
+		t.Error("setup called without a policy layer")
+		return nil
+	}, kit.WithLogOutput(&syncWriter{w: new(bytes.Buffer)}))
+	if err == nil || !strings.Contains(err.Error(), "no policy layer") {
+		t.Errorf("Run without a policy layer: %v", err)
 	}
 
 	for name, content := range map[string]string{"not JSON": "readers: all", "an array": `["x"]`, "two objects": `{} {}`} {
@@ -547,4 +574,20 @@ func TestDecisionLogURL(t *testing.T) {
 			t.Fatalf("decisions sent with the certificate of %s", p)
 		}
 	}
+}
+
+// healthCheck calls Health/Check of the service at url as /client/reader
+// and returns the error's code (0 for success).
+func healthCheck(t *testing.T, f *fixture, url string) connect.Code {
+	t.Helper()
+	hc, err := rpc.NewHTTPClient(f.ca.Source(f.ca.Client("/client/reader")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hc.CloseIdleConnections()
+	health := connect.NewClient[healthpb.HealthCheckRequest, healthpb.HealthCheckResponse](hc, url+rpc.HealthCheckProcedure, connect.WithGRPC())
+	if _, err = health.CallUnary(context.Background(), connect.NewRequest(&healthpb.HealthCheckRequest{})); err != nil {
+		return connect.CodeOf(err)
+	}
+	return 0
 }

@@ -6,10 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
-	"maps"
 	"os"
-	"strings"
 
 	"github.com/palisade-rpc/palisade/policy"
 	"github.com/palisade-rpc/palisade/rpc"
@@ -18,11 +15,13 @@ import (
 // maxDataBytes bounds the --policy-data file.
 const maxDataBytes = 4 << 20
 
-// policy builds the policy engine: the service's layer (WithPolicy, or
-// --policy-dir or --policy-bundle instead) with --policy-data merged in.
-// The first version must compile and pass its tests (and have some, unless
-// --policy-allow-untested), or the service does not start; then, if any
-// of its sources can change, it is watched every --policy-reload-interval.
+// policy builds the policy engine: the framework's base with the service's
+// layer (WithPolicy, or --policy-dir or --policy-bundle instead), its data
+// overlaid with the service's trust domain and --policy-data. The first
+// version must compile and pass its tests (and have some, unless
+// --policy-allow-untested), or the service does not start; then, if the
+// layer comes from --policy-dir or --policy-bundle, it is watched every
+// --policy-reload-interval.
 func (r *runner) policy(ctx context.Context) (*policy.Engine, error) {
 	f := r.f
 	var load policy.Loader
@@ -38,18 +37,31 @@ func (r *runner) policy(ctx context.Context) (*policy.Engine, error) {
 		load = policy.BundleLoader(f.policyBundle, client)
 	case r.cfg.layer != nil:
 		layer := r.cfg.layer
-		load = func(context.Context) (*policy.Bundle, error) { return loadLayer(layer) }
+		load = func(context.Context) (*policy.Bundle, error) {
+			return policy.LoadFS(layer, "embedded "+r.cfg.name+" layer")
+		}
 	default:
-		load = func(context.Context) (*policy.Bundle, error) { return policy.DefaultBundle() }
-	}
-	if f.policyData != "" {
-		load = withData(load, f.policyData)
+		return nil, errors.New("no policy layer: the service embeds none (kit.WithPolicy), and neither --policy-dir nor --policy-bundle is given")
 	}
 	b, err := load(ctx)
 	if err != nil {
 		return nil, err
 	}
 	opts := []policy.EngineOption{policy.WithLogger(r.log)}
+	// The trust domain the base policy admits is the service's own (or
+	// --trust-domain), unless --policy-data says otherwise.
+	td := f.trustDomain
+	if td == "" {
+		td = r.svc.ID.TrustDomain()
+	}
+	opts = append(opts, policy.WithData(map[string]any{"palisade": map[string]any{"config": map[string]any{"trust_domain": td}}}))
+	if f.policyData != "" {
+		data, err := readData(f.policyData)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, policy.WithData(data))
+	}
 	if f.policyAllowUntested {
 		opts = append(opts, policy.WithUntestedPolicies())
 	}
@@ -60,29 +72,10 @@ func (r *runner) policy(ctx context.Context) (*policy.Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	if f.policyDir != "" || f.policyBundle != "" || f.policyData != "" {
+	if f.policyDir != "" || f.policyBundle != "" {
 		r.svc.Go("policy reload", func(ctx context.Context) error { return engine.Watch(ctx, load, f.policyInterval) })
 	}
 	return engine, nil
-}
-
-// withData returns a loader that merges the data document in file into
-// what load returns, reading the file on every load.
-func withData(load policy.Loader, file string) policy.Loader {
-	return func(ctx context.Context) (*policy.Bundle, error) {
-		b, err := load(ctx)
-		if err != nil {
-			return nil, err
-		}
-		data, err := readData(file)
-		if err != nil {
-			return nil, err
-		}
-		merged := *b
-		merged.Data = mergeData(b.Data, data)
-		merged.Origin = b.Origin + " + " + file
-		return &merged, nil
-	}
 }
 
 // readData reads a JSON object from file.
@@ -107,26 +100,6 @@ func readData(file string) (map[string]any, error) {
 	return data, nil
 }
 
-// mergeData returns base with over laid on it: objects are merged key by
-// key, and any other value of over replaces base's at the same path.
-// Neither is changed.
-func mergeData(base, over map[string]any) map[string]any {
-	out := maps.Clone(base)
-	if out == nil {
-		out = map[string]any{}
-	}
-	for k, v := range over {
-		if vm, ok := v.(map[string]any); ok {
-			if bm, ok := out[k].(map[string]any); ok {
-				out[k] = mergeData(bm, vm)
-				continue
-			}
-		}
-		out[k] = v
-	}
-	return out
-}
-
 // limitedReader fails, rather than truncates, past n bytes.
 type limitedReader struct {
 	r io.Reader
@@ -143,31 +116,4 @@ func (l *limitedReader) Read(p []byte) (int, error) {
 	n, err := l.r.Read(p)
 	l.n -= int64(n)
 	return n, err
-}
-
-// loadLayer reads a policy layer from fsys: its .rego files, and data.json
-// at the root.
-func loadLayer(fsys fs.FS) (*policy.Bundle, error) {
-	b := &policy.Bundle{Modules: map[string]string{}, Origin: "embedded"}
-	err := fs.WalkDir(fsys, ".", func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		if !strings.HasSuffix(p, ".rego") && p != "data.json" {
-			return nil
-		}
-		data, err := fs.ReadFile(fsys, p)
-		if err != nil {
-			return err
-		}
-		if p == "data.json" {
-			return json.Unmarshal(data, &b.Data)
-		}
-		b.Modules[p] = string(data)
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("policy layer: %w", err)
-	}
-	return b, nil
 }

@@ -11,3 +11,12 @@ import (
 func (e *Engine) Poller(load Loader, interval time.Duration) func(ctx context.Context, now time.Time) {
 	return e.newWatcher(load, interval).poll
 }
+
+// BaseWithTests is Base with the base's own tests, which Base leaves out.
+func BaseWithTests() *Bundle {
+	b, err := readBase(true)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}

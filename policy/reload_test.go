@@ -37,11 +37,14 @@ type policyVersion struct {
 	allow bool // what every decision of this version says; unused for refused versions
 }
 
+// versionFiles is a layer that allows every call or none, denying with
+// reason (a rego array), and its test.
 func versionFiles(name string, allow bool, reason, testWants string) map[string]string {
 	return map[string]string{
 		"authz.rego": fmt.Sprintf(`# version %s
 package palisade.authz
-decision := {"allow": %v, "reasons": %s}
+allow if %v
+deny_reasons contains r if some r in %s
 `, name, allow, reason),
 		"authz_test.rego": `package palisade.authz_test
 test_decision if data.palisade.authz.decision.allow == ` + testWants + `
@@ -287,13 +290,12 @@ func TestWatchTriesOnlySettledChanges(t *testing.T) {
 	}
 }
 
-// alicePolicy lets a caller read alice's record only, and its tests say so.
+// alicePolicy is a layer that lets a caller read alice's record only, and
+// its tests say so.
 var alicePolicy = map[string]string{
 	"authz.rego": `package palisade.authz
-default allow := false
 allow if input.request.id == "alice"
-decision := {"allow": allow, "reasons": reasons}
-reasons := [] if allow else := ["only alice's record"]
+deny_reasons contains "only alice's record" if not allow
 `,
 	"authz_test.rego": `package palisade.authz_test
 import data.palisade.authz
@@ -570,7 +572,7 @@ func TestWatchRetriesRefusedVersion(t *testing.T) {
 	dep := httptest.NewServer(dependency)
 	defer dep.Close()
 	needsDependency := map[string]string{
-		"authz.rego": "package palisade.authz\ndecision := {\"allow\": true, \"reasons\": []}\n",
+		"authz.rego": "package palisade.authz\nallow if true\n",
 		"authz_test.rego": `package palisade.authz_test
 test_dependency_up if http.send({"method": "GET", "url": "` + dep.URL + `"}).status_code == 200
 `,

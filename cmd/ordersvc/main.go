@@ -13,6 +13,7 @@ func main() {
 	var svc ordersvc
 	kit.Main("ordersvc", svc.setup,
 		kit.WithDescription(description),
+		kit.WithPolicy(order.Policy()),
 		kit.WithAddr("127.0.0.1:9443"),
 		kit.WithFlags(svc.define),
 		// Tokens are verified with the user service's keys, fetched over

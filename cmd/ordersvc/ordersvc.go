@@ -15,7 +15,8 @@ Every call needs a client certificate signed by --ca (or the SPIFFE Workload
 API's bundle, --spiffe-socket) whose SPIFFE ID is in --trust-domain (by
 default its own certificate's); a bearer token, when present, must verify
 against the issuer's keys (fetched from --jwks-url over mTLS); then the OPA
-policy decides (embedded defaults, --policy-dir or --policy-bundle).
+policy decides (Palisade's base policy and this service's layer: the
+embedded one, --policy-dir or --policy-bundle; --policy-data).
 
 CreateOrder calls the user service (--user-service) with this service's own
 certificate and, for the user of the call, a delegated token: the caller's

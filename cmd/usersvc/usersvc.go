@@ -20,7 +20,8 @@ const description = `usersvc serves user.v1.UserService and user.v1.AuthService 
 (or the SPIFFE Workload API's bundle, --spiffe-socket) whose SPIFFE ID is in
 --trust-domain (by default its own certificate's); a bearer token, when
 present, must verify with this service's own keys; then the OPA policy
-decides (embedded defaults, --policy-dir or --policy-bundle).
+decides (Palisade's base policy and this service's layer: the embedded
+one, --policy-dir or --policy-bundle; --policy-data).
 
 Every change to a user is recorded with a sequence number and streamed to
 the workloads that cache users (the order service) by WatchUserChanges;

@@ -24,6 +24,7 @@ import (
 	"github.com/palisade-rpc/palisade/certs/certstest"
 	"github.com/palisade-rpc/palisade/internal/fakeagent"
 	"github.com/palisade-rpc/palisade/kit"
+	"github.com/palisade-rpc/palisade/policy"
 	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
 	"github.com/palisade-rpc/palisade/rpc"
 	"github.com/palisade-rpc/palisade/rpc/rpctest"
@@ -590,4 +591,28 @@ func healthCheck(t *testing.T, f *fixture, url string) connect.Code {
 		return connect.CodeOf(err)
 	}
 	return 0
+}
+
+// TestPolicyAllowUntested: a --policy-dir layer without rego tests stops
+// the service at start, saying how to proceed; with
+// --policy-allow-untested it serves, and says it is unsafe.
+func TestPolicyAllowUntested(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "authz.rego"), []byte("package palisade.authz\n\nallow if input.procedure == \"/user.v1.UserService/GetUser\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err := kit.Run(context.Background(), "kit", f.args("--policy-dir", dir), func(*kit.Service) error {
+		t.Error("setup called with an untested layer")
+		return nil
+	}, kit.WithPolicy(testLayer()), kit.WithLogOutput(&syncWriter{w: new(bytes.Buffer)}))
+	if !errors.Is(err, policy.ErrUntested) || !strings.Contains(err.Error(), "--policy-allow-untested") {
+		t.Fatalf("Run with an untested --policy-dir: %v, want policy.ErrUntested and the way out", err)
+	}
+	r := start(t, f.args("--policy-dir", dir, "--policy-allow-untested"), nil)
+	r.logs.WaitForLog(t, "level=WARN", "untested")
+	if _, _, err := getUser(context.Background(), f.client(t, r.URL, "/client/other")); err != nil {
+		t.Fatalf("GetUser under the --policy-dir layer, which allows everyone: %v", err)
+	}
 }

@@ -39,6 +39,8 @@ type flags struct {
 	rateLimit float64
 	rateBurst int
 
+	maxConnectionAge time.Duration
+
 	// Token verification, when the service does not verify tokens itself
 	// (WithTokenVerifier).
 	tokenIssuer, jwksURL, tokenAudience string
@@ -66,8 +68,10 @@ func (f *flags) define(fs *flag.FlagSet, cfg *config) {
 	fs.DurationVar(&f.certReload, "cert-reload-interval", 2*time.Second, "how often to check --cert, --key, --ca and --crl for changes (`duration`; 0 never); changed files are validated in full before they are used, and refused (and logged) otherwise")
 	fs.StringVar(&f.spiffeSocket, "spiffe-socket", "", "take the certificate and trust bundle from the SPIFFE Workload API at this unix `socket` (unix:///run/spire/agent.sock: a SPIRE agent) instead of files, rotated as the agent pushes them; --cert, --key, --ca, --crl and --cert-reload-interval are refused with it")
 
+	fs.DurationVar(&f.maxConnectionAge, "max-connection-age", 0, "ask each client to move to a new connection once its connection is about this `duration` old (±10%), so that connections spread again over the replicas behind a load balancer; calls in flight then get --shutdown-grace to finish. 0: never")
+
 	fs.StringVar(&f.policyDir, "policy-dir", "", "`directory` of rego policies (and their *_test.rego tests) replacing the service's own layer of the policy (the framework's base stays); watched, and a changed policy is swapped in only if it compiles and its tests pass")
-	fs.StringVar(&f.policyBundle, "policy-bundle", "", "OPA bundle (tar.gz) `path or URL` replacing the service's own layer of the policy, polled with the same tests-before-swap rule; a URL is fetched over mTLS with this service's certificate")
+	fs.StringVar(&f.policyBundle, "policy-bundle", "", "OPA bundle (tar.gz) `path or URL` replacing the service's own layer of the policy, polled with the same tests-before-swap rule; an https URL is fetched over mTLS with this service's certificate by OPA's downloader (ETag, long polling)")
 	fs.StringVar(&f.policyData, "policy-data", "", "JSON `file` laid over the policy layer's data.json, read at start: the deployment's configuration of the rules, e.g. {\"palisade\": {\"config\": {\"delegates\": [...]}}}; objects are merged key by key, any other value replaces the layer's; data.palisade.config.trust_domain is this service's trust domain unless the file says otherwise")
 	fs.DurationVar(&f.policyInterval, "policy-reload-interval", 2*time.Second, "how often to check --policy-dir or --policy-bundle for changes (`duration`); a source that cannot be read, or a version refused, is tried again after a delay that doubles from it up to 2m")
 	fs.BoolVar(&f.policyAllowUntested, "policy-allow-untested", false, "UNSAFE: load a policy version even if it carries no rego test (*_test.rego), logging a warning each time; by default such a version is refused (at start-up the service does not start)")

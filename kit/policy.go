@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
+	"time"
 
 	"github.com/palisade-rpc/palisade/policy"
 	"github.com/palisade-rpc/palisade/rpc"
@@ -24,29 +26,6 @@ const maxDataBytes = 4 << 20
 // --policy-reload-interval.
 func (r *runner) policy(ctx context.Context) (*policy.Engine, error) {
 	f := r.f
-	var load policy.Loader
-	switch {
-	case f.policyDir != "":
-		load = policy.DirLoader(f.policyDir)
-	case f.policyBundle != "":
-		client, err := rpc.NewHTTPClient(r.svc.Source, r.svc.clientOptions...)
-		if err != nil {
-			return nil, err
-		}
-		r.httpClients = append(r.httpClients, client)
-		load = policy.BundleLoader(f.policyBundle, client)
-	case r.cfg.layer != nil:
-		layer := r.cfg.layer
-		load = func(context.Context) (*policy.Bundle, error) {
-			return policy.LoadFS(layer, "embedded "+r.cfg.name+" layer")
-		}
-	default:
-		return nil, errors.New("no policy layer: the service embeds none (kit.WithPolicy), and neither --policy-dir nor --policy-bundle is given")
-	}
-	b, err := load(ctx)
-	if err != nil {
-		return nil, err
-	}
 	opts := []policy.EngineOption{policy.WithLogger(r.log)}
 	// The trust domain the base policy admits is the service's own (or
 	// --trust-domain), unless --policy-data says otherwise.
@@ -65,6 +44,27 @@ func (r *runner) policy(ctx context.Context) (*policy.Engine, error) {
 	if f.policyAllowUntested {
 		opts = append(opts, policy.WithUntestedPolicies())
 	}
+
+	var load policy.Loader
+	switch {
+	case f.policyDir != "":
+		load = policy.DirLoader(f.policyDir)
+	case strings.HasPrefix(f.policyBundle, "https://"):
+		return r.bundleServer(ctx, opts)
+	case f.policyBundle != "":
+		load = policy.BundleLoader(f.policyBundle)
+	case r.cfg.layer != nil:
+		layer := r.cfg.layer
+		load = func(context.Context) (*policy.Bundle, error) {
+			return policy.LoadFS(layer, "embedded "+r.cfg.name+" layer")
+		}
+	default:
+		return nil, errors.New("no policy layer: the service embeds none (kit.WithPolicy), and neither --policy-dir nor --policy-bundle is given")
+	}
+	b, err := load(ctx)
+	if err != nil {
+		return nil, err
+	}
 	engine, err := policy.NewEngine(ctx, b, opts...)
 	if errors.Is(err, policy.ErrUntested) {
 		return nil, fmt.Errorf("%s: %w (add *_test.rego tests, or start with --policy-allow-untested)", b.Origin, err)
@@ -75,6 +75,32 @@ func (r *runner) policy(ctx context.Context) (*policy.Engine, error) {
 	if f.policyDir != "" || f.policyBundle != "" {
 		r.svc.Go("policy reload", func(ctx context.Context) error { return engine.Watch(ctx, load, f.policyInterval) })
 	}
+	return engine, nil
+}
+
+// bundleServer builds the policy engine from the bundle server at the
+// https URL of --policy-bundle: OPA's downloader, over mTLS with this
+// service's certificate, polled between --policy-reload-interval (at least
+// a second) and twice that by a loop of the service.
+func (r *runner) bundleServer(ctx context.Context, opts []policy.EngineOption) (*policy.Engine, error) {
+	client, err := rpc.NewHTTPClient(r.svc.Source, r.svc.clientOptions...)
+	if err != nil {
+		return nil, err
+	}
+	r.httpClients = append(r.httpClients, client)
+	delay := max(r.f.policyInterval, time.Second)
+	bundles, err := policy.NewBundleSource(r.f.policyBundle, client, policy.WithLogger(r.log), policy.WithPollingDelay(delay, 2*delay))
+	if err != nil {
+		return nil, fmt.Errorf("--policy-bundle: %w", err)
+	}
+	engine, err := bundles.NewEngine(ctx, opts...)
+	if errors.Is(err, policy.ErrUntested) {
+		return nil, fmt.Errorf("%w (add *_test.rego tests, or start with --policy-allow-untested)", err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	r.svc.Go("policy bundle", bundles.Run)
 	return engine, nil
 }
 

@@ -69,6 +69,9 @@ func run(ctx context.Context, cfg *config, args []string, setup func(*Service) e
 		rpc.WithShutdownGrace(f.grace),
 		rpc.WithRateLimit(f.rateLimit, f.rateBurst),
 	}
+	if f.maxConnectionAge > 0 {
+		opts = append(opts, rpc.WithMaxConnectionAge(f.maxConnectionAge, f.grace))
+	}
 	if f.trustDomain != "" {
 		opts = append(opts, rpc.WithTrustDomain(f.trustDomain))
 	}

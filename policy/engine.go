@@ -65,15 +65,31 @@ type engineOptionFunc func(*engineConfig)
 
 func (f engineOptionFunc) applyEngine(c *engineConfig) { f(c) }
 
-// WithLogger sets the logger (default slog.Default()) that receives the
-// engine's reloads, refusals and evaluation errors.
-func WithLogger(l *slog.Logger) EngineOption {
-	return engineOptionFunc(func(c *engineConfig) {
-		if l != nil {
-			c.logger = l
-		}
-	})
+// Option configures NewEngine and NewBundleSource alike.
+type Option interface {
+	EngineOption
+	BundleOption
 }
+
+type loggerOption struct{ l *slog.Logger }
+
+func (o loggerOption) applyEngine(c *engineConfig) {
+	if o.l != nil {
+		c.logger = o.l
+	}
+}
+
+func (o loggerOption) applyBundle(c *bundleConfig) {
+	if o.l != nil {
+		c.logger = o.l
+	}
+}
+
+// WithLogger sets the logger (default slog.Default()) that receives the
+// engine's reloads, refusals and evaluation errors, or a bundle source's
+// fetches and refusals. Log lines name sources, revisions and reasons,
+// never key material.
+func WithLogger(l *slog.Logger) Option { return loggerOption{l} }
 
 // WithUntestedPolicies makes the engine load policy versions that carry no
 // rego test (none ran: there are none, or all are skipped). It is unsafe:

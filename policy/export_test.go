@@ -20,3 +20,27 @@ func BaseWithTests() *Bundle {
 	}
 	return b
 }
+
+// WithTestPollingDelay sets polling delays below WithPollingDelay's floor
+// of a second (0: poll again at once), for tests that count polls.
+func WithTestPollingDelay(min, max time.Duration) BundleOption {
+	return bundleOptionFunc(func(c *bundleConfig) { c.minDelay, c.maxDelay = min, max })
+}
+
+// SetClock makes s read the time from now (the retry of a refused version).
+func (s *BundleSource) SetClock(now func() time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.now = now
+}
+
+// Observe makes s tell f what each update after NewEngine's came to: "not
+// modified", "loaded", "refused", "unreadable" or "unreachable".
+func (s *BundleSource) Observe(f func(outcome string)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.observe = f
+}
+
+// Gates counts the versions s put through the gate (compiled and tested).
+func (s *BundleSource) Gates() int64 { return s.gates.Load() }

@@ -21,6 +21,10 @@
 // layer's source; a source it cannot read, and a version it refused, are
 // tried again with backoff while the last good policy keeps deciding.
 //
+// A BundleSource follows a bundle server with OPA's downloader (ETags, long
+// polling, signed bundles), through the same gate, and keeps the last good
+// bundle on disk for a start without the server.
+//
 // Decisions that need a stored resource (authz.AuthorizeResource) see
 // input.resource = {kind, id, owner}. A decision document saying
 // "request_needed": false lets the server settle a unary call before

@@ -334,7 +334,7 @@ func policySources(t *testing.T) map[string]policySource {
 	}
 	bundle := func(t *testing.T) policySource {
 		file := filepath.Join(t.TempDir(), "bundle.tar.gz")
-		return policySource{load: policy.BundleLoader(file, nil), publish: func(t *testing.T, files map[string]string) {
+		return policySource{load: policy.BundleLoader(file), publish: func(t *testing.T, files map[string]string) {
 			if err := pemfile.WriteFileAtomic(file, tarGz(t, files), 0o600); err != nil {
 				t.Fatal(err)
 			}
@@ -492,7 +492,8 @@ func (f *flakyServer) takeHits() []int {
 	return h
 }
 
-// TestWatchRetriesUnreadableSource: a bundle server that fails is asked
+// TestWatchRetriesUnreadableSource: a source that fails (a server fetched
+// in full on every poll) is asked
 // again after a delay that doubles from the poll interval, up to two
 // minutes, not on every poll; the first failure is an error in the log, a
 // failed retry a warning; when it answers again, its new version is
@@ -506,7 +507,7 @@ func TestWatchRetriesUnreadableSource(t *testing.T) {
 	bundles := &flakyServer{body: func() []byte { return tarGz(t, *served.Load()) }}
 	srv := httptest.NewServer(bundles)
 	defer srv.Close()
-	load := policy.BundleLoader(srv.URL+"/bundle.tar.gz", srv.Client())
+	load := httpLoader(srv.URL+"/bundle.tar.gz", srv.Client())
 	b, err := load(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -654,5 +655,25 @@ func TestWatchRefusesNonPositiveInterval(t *testing.T) {
 		if err := e.Watch(context.Background(), policy.DirLoader(t.TempDir()), interval); err == nil {
 			t.Fatalf("Watch with interval %s returned nil", interval)
 		}
+	}
+}
+
+// httpLoader is a Loader fetching a bundle in full on every poll: a source
+// that fails the way a server does, for Watch's retries.
+func httpLoader(url string, client *http.Client) policy.Loader {
+	return func(ctx context.Context) (*policy.Bundle, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return nil, err
+		}
+		res, err := client.Do(req)
+		if err != nil {
+			return nil, err
+		}
+		defer res.Body.Close()
+		if res.StatusCode != http.StatusOK {
+			return nil, fmt.Errorf("bundle fetch %s: HTTP %d", url, res.StatusCode)
+		}
+		return policy.ReadBundle(res.Body, url)
 	}
 }

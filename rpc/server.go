@@ -371,3 +371,18 @@ func (s *Server) Addr() net.Addr {
 	defer s.mu.Unlock()
 	return s.addr
 }
+
+// Serving reports whether s serves calls: Serve has been called and the
+// drain has not begun, so the overall grpc.health.v1 status ("") is
+// SERVING. It is false before Serve and from the start of the drain on; an
+// admin listener's health check (telemetry.WithHealth) answers with it.
+func (s *Server) Serving() bool {
+	s.mu.Lock()
+	serving := s.serving
+	s.mu.Unlock()
+	if !serving {
+		return false
+	}
+	res, err := s.health.Check(context.Background(), &grpchealth.CheckRequest{})
+	return err == nil && res.Status == grpchealth.StatusServing
+}

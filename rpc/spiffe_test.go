@@ -19,6 +19,7 @@ import (
 	"github.com/palisade-rpc/palisade/rpc"
 	"github.com/palisade-rpc/palisade/rpc/rpctest"
 	"github.com/palisade-rpc/palisade/security/mtls"
+	"github.com/palisade-rpc/palisade/security/mtls/workloadapi"
 )
 
 // spireSVID issues an X509-SVID for spiffe://palisade.local<path> as SPIRE
@@ -30,9 +31,9 @@ func spireSVID(ca *certstest.CA, path string, notAfter time.Time) *certs.Issued 
 }
 
 // agentSource starts a fake SPIRE agent that pushes first, with the
-// bundle of cas, and returns a WorkloadAPISource fed by it, closed when the
+// bundle of cas, and returns a workloadapi.Source fed by it, closed when the
 // test ends, and the agent.
-func agentSource(t *testing.T, first *certs.Issued, cas ...*certstest.CA) (*mtls.WorkloadAPISource, *fakeagent.Agent) {
+func agentSource(t *testing.T, first *certs.Issued, cas ...*certstest.CA) (*workloadapi.Source, *fakeagent.Agent) {
 	t.Helper()
 	agent := fakeagent.Start(t)
 	var bundle []*x509.Certificate
@@ -43,7 +44,7 @@ func agentSource(t *testing.T, first *certs.Issued, cas ...*certstest.CA) (*mtls
 	logger, _ := rpctest.NewLogger(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	src, err := mtls.NewWorkloadAPISource(ctx, agent.Addr, mtls.WithLogger(logger))
+	src, err := workloadapi.NewSource(ctx, agent.Addr, workloadapi.WithLogger(logger))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -283,3 +283,58 @@ func TestWatchKeySet(t *testing.T) {
 		t.Fatalf("WatchKeySet returned %v", err)
 	}
 }
+
+// TestRemoteKeysLookupDuringFetch: a lookup of a key that a fetch in
+// flight brings (Run's first, as a service starts) finds it once that
+// fetch ends, although the fetch means this lookup may not fetch again
+// for the minimum refresh interval: a valid token is not refused for an
+// hour because it came at start-up.
+func TestRemoteKeysLookupDuringFetch(t *testing.T) {
+	t.Parallel()
+	ca := certstest.NewCA(t)
+	ks, _ := token.NewKeySet(token.AlgEdDSA)
+	var jwks token.JWKSHandler
+	if err := jwks.Set(publicKeys(t, ks)); err != nil {
+		t.Fatal(err)
+	}
+	none, err := authz.NewAllowList(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	arrived, release := make(chan struct{}, 1), make(chan struct{})
+	srv := rpctest.Start(t, ca.Source(ca.Server("/svc/user")), none, func(s *rpc.Server) error {
+		return s.HandleHTTP(token.JWKSPath, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			select {
+			case arrived <- struct{}{}:
+			default:
+			}
+			<-release
+			jwks.ServeHTTP(w, r)
+		}))
+	})
+	client, err := rpc.NewHTTPClient(ca.Source(ca.Server("/svc/order")), rpc.WithServerID("spiffe://palisade.local/svc/user"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(client.CloseIdleConnections)
+	keys := token.NewRemoteKeys(srv.URL+token.JWKSPath, client, token.WithMinRefreshInterval(time.Hour), token.WithLogger(slog.New(slog.DiscardHandler)))
+	ctx := context.Background()
+	fetched := make(chan error, 1)
+	go func() { fetched <- keys.Refresh(ctx) }()
+	<-arrived
+	looked := make(chan error, 1)
+	go func() {
+		_, err := keys.Key(ctx, ks.Active)
+		looked <- err
+	}()
+	// Time for the lookup to wait for the fetch (if it is slower, it
+	// finds the key without waiting, and the test proves less).
+	time.Sleep(200 * time.Millisecond)
+	close(release)
+	if err := <-fetched; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-looked; err != nil {
+		t.Fatalf("lookup during the first fetch: %v", err)
+	}
+}

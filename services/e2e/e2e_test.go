@@ -101,7 +101,7 @@ func Start(t *testing.T, extra ...func(ca *certstest.CA, service string, src mtl
 	}
 	userLogger, userLogs := rpctest.NewLogger(t)
 	s.UserPolicy = engine(t, user.Policy(), userLogger)
-	userSrv, err := user.NewServer(ctx, user.Config{
+	userSrv, err := user.NewServer(user.Config{
 		Source: ca.Source(s.Certs["user"]), Store: users, Authorizer: s.UserPolicy,
 		Keys: keys, PasswordParams: &fastHashes, Logger: userLogger,
 		ServerOptions: s.UserTelemetry.ServerOptions(),
@@ -109,6 +109,7 @@ func Start(t *testing.T, extra ...func(ca *certstest.CA, service string, src mtl
 	if err != nil {
 		t.Fatal(err)
 	}
+	runLoops(t, ctx, userSrv.Run)
 	s.Users, s.UserLogs = rpctest.Serve(t, userSrv.Server, userLogs), userLogs
 
 	orders, err := order.OpenStore(ctx, t.TempDir()+"/orders.db")
@@ -118,7 +119,7 @@ func Start(t *testing.T, extra ...func(ca *certstest.CA, service string, src mtl
 	t.Cleanup(func() { _ = orders.Close() })
 	orderLogger, orderLogs := rpctest.NewLogger(t)
 	s.OrderPolicy = engine(t, order.Policy(), orderLogger)
-	orderSrv, err := order.NewServer(ctx, order.Config{
+	orderSrv, err := order.NewServer(order.Config{
 		Source: ca.Source(s.Certs["order"]), Store: orders, Authorizer: s.OrderPolicy,
 		UserURL: s.Users.URL, Logger: orderLogger,
 		ServerOptions: s.OrderTelemetry.ServerOptions(), ClientOptions: s.OrderTelemetry.ClientOptions(),
@@ -126,8 +127,25 @@ func Start(t *testing.T, extra ...func(ca *certstest.CA, service string, src mtl
 	if err != nil {
 		t.Fatal(err)
 	}
+	runLoops(t, ctx, orderSrv.Run)
 	s.Orders, s.OrderLogs = rpctest.Serve(t, orderSrv.Server, orderLogs), orderLogs
 	return s
+}
+
+// runLoops runs a service's background loops (run: its Server.Run) until
+// ctx is done or the test ends; the test's end waits for them, and fails
+// if one failed.
+func runLoops(t testing.TB, ctx context.Context, run func(context.Context) error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("background loops: %v", err)
+		}
+	})
 }
 
 // engine is a service's policy engine: the base policy and layer, the

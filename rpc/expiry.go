@@ -167,6 +167,7 @@ func newConnGuard(log *slog.Logger, src mtls.Source, now func() time.Time) *conn
 func (g *connGuard) connState(c net.Conn, state http.ConnState) {
 	switch state {
 	case http.StateActive:
+		coalesceHTTP2(c)
 		g.track(c)
 	case http.StateClosed, http.StateHijacked:
 		if tc, ok := c.(*tls.Conn); ok {

@@ -43,6 +43,12 @@ func startServer(ctx context.Context, sf *serverFixture, config, serverLog strin
 				return nil, err
 			}
 			intercept = chain.intercept
+		case ConfigGRPCGoPalisade:
+			chain, err := newPalisadeOnGRPC(sf)
+			if err != nil {
+				return nil, err
+			}
+			intercept = chain.intercept
 		case ConfigGRPCGoCache:
 			chain, err := newCachedChain(ctx, sf, defaultCacheSize, time.Now)
 			if err != nil {

@@ -28,9 +28,9 @@ import (
 
 	"github.com/palisade-rpc/palisade/authz"
 	"github.com/palisade-rpc/palisade/policy"
-	"github.com/palisade-rpc/palisade/services/user"
 	"github.com/palisade-rpc/palisade/security"
 	"github.com/palisade-rpc/palisade/security/token"
+	"github.com/palisade-rpc/palisade/services/user"
 )
 
 // palisadeOnGRPC is ConfigGRPCGoPalisade's interceptor.

@@ -24,6 +24,9 @@ cd "$(dirname "$0")/.."
 SPIRE_BIN=${SPIRE_BIN:-bin/spire}
 USER_E2E_ADDR=${SPIRE_E2E_USER_ADDR:-127.0.0.1:18643}
 ORDER_E2E_ADDR=${SPIRE_E2E_ORDER_ADDR:-127.0.0.1:19643}
+# Admin listeners (GET /healthz: 200 once serving) two ports above.
+USER_ADMIN=${USER_E2E_ADDR%:*}:$((${USER_E2E_ADDR##*:} + 2))
+ORDER_ADMIN=${ORDER_E2E_ADDR%:*}:$((${ORDER_E2E_ADDR##*:} + 2))
 SPIRE_SERVER_PORT=${SPIRE_SERVER_PORT:-18681}
 SVID_TTL=${SVID_TTL:-120}
 ROTATIONS=${ROTATIONS:-2}
@@ -101,8 +104,6 @@ wait_for() {
 	done
 	fail "$name not ready after ${secs}s"
 }
-
-listening() { (exec 3<>"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null; }
 
 # The server: its CA lives 30 minutes (SPIRE wants a CA TTL of at least six
 # SVID lifetimes, and the JWT-SVIDs' default is 5 minutes), enough for the
@@ -182,16 +183,21 @@ register() {
 register usersvc "spiffe://$TD/svc/user"
 register ordersvc "spiffe://$TD/svc/order"
 register spire-e2e "spiffe://$TD/client/spire-e2e"
+# The agent learns of new entries at its next sync (every 5 s): wait for it
+# to hold the three SVIDs, so that no workload asks before it has them.
+agent_has() { grep -q "msg=\"Creating X509-SVID\".*spiffe_id=\"$1\"" "$LOGS/spire-agent.log"; }
+for id in svc/user svc/order client/spire-e2e; do wait_for spire-agent 30 agent_has "spiffe://$TD/$id"; done
+step "spire-agent holds the three SVIDs"
 
 socket=unix://$tmp/agent/agent.sock
-start usersvc "$LOGS/usersvc.log" "$BIN/usersvc" --addr "$USER_E2E_ADDR" --spiffe-socket "$socket" \
+start usersvc "$LOGS/usersvc.log" "$BIN/usersvc" --addr "$USER_E2E_ADDR" --admin-addr "$USER_ADMIN" --spiffe-socket "$socket" \
 	--db "$tmp/svc/users.db" --keys "$tmp/svc/keys/signing-keys.json" --demo-passwords "$tmp/svc/demo-passwords.json"
-wait_for usersvc 60 listening "$USER_E2E_ADDR"
-step "usersvc up on $USER_E2E_ADDR (--spiffe-socket)"
-start ordersvc "$LOGS/ordersvc.log" "$BIN/ordersvc" --addr "$ORDER_E2E_ADDR" --spiffe-socket "$socket" \
+wait_for usersvc 60 curl -sf "http://$USER_ADMIN/healthz"
+step "usersvc serving on $USER_E2E_ADDR (--spiffe-socket)"
+start ordersvc "$LOGS/ordersvc.log" "$BIN/ordersvc" --addr "$ORDER_E2E_ADDR" --admin-addr "$ORDER_ADMIN" --spiffe-socket "$socket" \
 	--db "$tmp/svc/orders.db" --user-service "https://$USER_E2E_ADDR"
-wait_for ordersvc 60 listening "$ORDER_E2E_ADDR"
-step "ordersvc up on $ORDER_E2E_ADDR (--spiffe-socket), calling usersvc as spiffe://$TD/svc/order"
+wait_for ordersvc 60 curl -sf "http://$ORDER_ADMIN/healthz"
+step "ordersvc serving on $ORDER_E2E_ADDR (--spiffe-socket), calling usersvc as spiffe://$TD/svc/order"
 
 step "CreateOrder without a pause until every certificate has rotated $ROTATIONS times"
 "$BIN/spire-e2e" --socket "$socket" --user-url "https://$USER_E2E_ADDR" --order-url "https://$ORDER_E2E_ADDR" \
@@ -202,7 +208,9 @@ rc=$?
 PID[caller]=
 for name in usersvc ordersvc; do
 	kill -0 "${PID[$name]}" 2>/dev/null || fail "$name exited during the run"
-	echo "  $name log: $(grep -c '"level":"ERROR"' "$LOGS/$name.log") errors, $(grep -c 'SVID refused' "$LOGS/$name.log") SVIDs refused"
+	log=$LOGS/$name.log
+	echo "  $name log: $(grep -c '"msg":"SVID updated"' "$log") SVIDs taken from the agent, $(grep -c '"msg":"SVID refused"' "$log") refused;" \
+		"$(grep -c '"level":"ERROR"' "$log") errors; $(grep -c 'bound to another client certificate' "$log") tokens refused as bound to a previous certificate"
 done
 [ "$rc" -eq 0 ] || fail "the caller failed"
 step "spire-e2e: PASS"

@@ -2,9 +2,9 @@
 // it takes its own identity from a SPIRE agent's Workload API, logs alice
 // in at usersvc, and calls CreateOrder on ordersvc without a pause from
 // several workers until it has seen the served certificate of ordersvc and
-// of usersvc, and its own SVID, change --rotations times each; then it
-// prints the figures and exits non-zero if any call failed, or if the
-// rotations did not all happen within --timeout.
+// of usersvc, and its own SVID, change --rotations times each, and for
+// --settle after that; then it prints the figures and exits non-zero if any
+// call failed, or if the rotations did not all happen within --timeout.
 //
 // The certificate a service serves is read by a handshake of its own every
 // --probe-interval (a new connection: the calls' connections keep the
@@ -14,19 +14,24 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"connectrpc.com/connect"
 
 	orderv1 "github.com/palisade-rpc/palisade/proto/order/v1"
 	"github.com/palisade-rpc/palisade/proto/order/v1/orderv1connect"
@@ -49,7 +54,7 @@ type config struct {
 	socket, userURL, orderURL, passwords string
 	userID, orderID                      spiffeid.ID
 	rotations, workers                   int
-	timeout, probeInterval               time.Duration
+	timeout, probeInterval, settle       time.Duration
 }
 
 func parseFlags() (config, error) {
@@ -64,6 +69,7 @@ func parseFlags() (config, error) {
 	flag.IntVar(&c.rotations, "rotations", 2, "rotations to see of each certificate: ordersvc's, usersvc's and the caller's own")
 	flag.IntVar(&c.workers, "workers", 2, "workers calling CreateOrder, each one call after another")
 	flag.DurationVar(&c.timeout, "timeout", 8*time.Minute, "give up when the rotations have not all been seen by then")
+	flag.DurationVar(&c.settle, "settle", 15*time.Second, "how long to go on calling once every certificate has rotated, over the rotated ones")
 	flag.DurationVar(&c.probeInterval, "probe-interval", time.Second, "how often to read the certificate each service serves")
 	flag.Parse()
 	if c.socket == "" || c.passwords == "" {
@@ -101,21 +107,28 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	auth, err := rpc.NewClient(userv1connect.NewAuthServiceClient, c.userURL, src, rpc.WithServerID(c.userID.String()))
-	if err != nil {
+	cl := &caller{src: src, passwords: passwords}
+	if cl.authHTTP, err = rpc.NewHTTPClient(pinned{cl}, rpc.WithServerID(c.userID.String())); err != nil {
 		return fmt.Errorf("auth client: %w", err)
 	}
-	// The token outlives the run: the run tests certificates, not tokens.
-	login, err := auth.Login(ctx, &userv1.LoginRequest{Username: "alice", Password: passwords["alice"], TtlSeconds: int64((c.timeout + time.Minute).Seconds())})
-	if err != nil {
-		return fmt.Errorf("login alice: %w", err)
+	if cl.ordersHTTP, err = rpc.NewHTTPClient(pinned{cl}, rpc.WithServerID(c.orderID.String())); err != nil {
+		return fmt.Errorf("order client: %w", err)
 	}
-	token := login.GetAccessToken()
-	orders, err := rpc.NewClient(orderv1connect.NewOrderServiceClient, c.orderURL, src,
-		rpc.WithServerID(c.orderID.String()),
-		rpc.WithTokenSource(func(context.Context) (string, error) { return token, nil }))
+	if cl.auth, err = rpc.NewClient(userv1connect.NewAuthServiceClient, c.userURL, pinned{cl},
+		rpc.WithServerID(c.userID.String()), rpc.WithHTTPClient(cl.authHTTP)); err != nil {
+		return fmt.Errorf("auth client: %w", err)
+	}
+	orders, err := rpc.NewClient(orderv1connect.NewOrderServiceClient, c.orderURL, pinned{cl},
+		rpc.WithServerID(c.orderID.String()), rpc.WithHTTPClient(cl.ordersHTTP),
+		rpc.WithTokenSource(func(ctx context.Context) (string, error) {
+			tok, _ := ctx.Value(tokenKey{}).(string)
+			return tok, nil
+		}))
 	if err != nil {
 		return fmt.Errorf("order client: %w", err)
+	}
+	if err := cl.refresh(ctx); err != nil {
+		return err
 	}
 
 	watches := []*watch{
@@ -132,24 +145,49 @@ func run() error {
 
 	runCtx, finish := context.WithCancel(ctx)
 	defer finish()
-	var calls, failed atomic.Int64
+	var created, refused, failed atomic.Int64
 	var failMu sync.Mutex
 	var failures []string
+	fail := func(what string, err error) {
+		failed.Add(1)
+		failMu.Lock()
+		failures = append(failures, fmt.Sprintf("%.3fs %s: %v", time.Since(start).Seconds(), what, err))
+		failMu.Unlock()
+	}
+	total := func() int64 { return created.Load() + refused.Load() + failed.Load() }
 	var wg sync.WaitGroup
 	for w := range c.workers {
 		wg.Go(func() {
 			for i := 0; runCtx.Err() == nil; i++ {
-				callCtx, cancel := context.WithTimeout(context.WithoutCancel(runCtx), 10*time.Second)
-				_, err := orders.CreateOrder(callCtx, &orderv1.CreateOrderRequest{
-					UserId: "alice", Items: []*orderv1.LineItem{{Sku: "spire-e2e-" + strconv.Itoa(w), Quantity: int32(i%9 + 1)}},
+				// Even calls: alice orders for herself (ordersvc has her
+				// cached). Odd calls: admin orders for a user who does not
+				// exist, which ordersvc asks usersvc about every time, with
+				// admin's token exchanged for a delegated one.
+				who, forUser := "alice", "alice"
+				if i%2 == 1 {
+					who, forUser = "admin", fmt.Sprintf("nobody-%d-%d", w, i)
+				}
+				err := cl.call(runCtx, who, func(ctx context.Context) error {
+					ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+					defer cancel()
+					_, err := orders.CreateOrder(ctx, &orderv1.CreateOrderRequest{
+						UserId: forUser, Items: []*orderv1.LineItem{{Sku: "spire-e2e-" + strconv.Itoa(w), Quantity: int32(i%9 + 1)}},
+					})
+					return err
 				})
-				cancel()
-				calls.Add(1)
-				if err != nil {
-					failed.Add(1)
-					failMu.Lock()
-					failures = append(failures, fmt.Sprintf("%s %v", time.Since(start).Round(time.Millisecond), err))
-					failMu.Unlock()
+				switch {
+				case errors.Is(err, context.Canceled) && runCtx.Err() != nil:
+					// the run ended while this call waited for a login
+				case errors.Is(err, errLogin):
+					fail("login", err)
+				case forUser == "alice" && err == nil:
+					created.Add(1)
+				case forUser != "alice" && connect.CodeOf(err) == connect.CodeFailedPrecondition && strings.Contains(err.Error(), "does not exist"):
+					refused.Add(1)
+				case err == nil:
+					fail("CreateOrder for "+forUser, errors.New("answered OK for a user who does not exist"))
+				default:
+					fail("CreateOrder for "+forUser, err)
 				}
 			}
 		})
@@ -160,6 +198,8 @@ func run() error {
 	tick := time.NewTicker(c.probeInterval)
 	defer tick.Stop()
 	var timedOut bool
+	var doneAt time.Time
+	var callsAtDone int64
 loop:
 	for {
 		select {
@@ -178,7 +218,11 @@ loop:
 			}
 			done = done && len(w.changes) >= c.rotations
 		}
-		if done {
+		if done && doneAt.IsZero() {
+			doneAt, callsAtDone = time.Now(), total()
+			fmt.Printf("%6.1fs every certificate rotated %d times; calling on for %s\n", time.Since(start).Seconds(), c.rotations, c.settle)
+		}
+		if !doneAt.IsZero() && time.Since(doneAt) >= c.settle {
 			break
 		}
 	}
@@ -186,8 +230,13 @@ loop:
 	wg.Wait()
 	elapsed := time.Since(start)
 
-	fmt.Printf("ran %s: %d CreateOrder calls (%.0f/s, %d workers), %d failed\n",
-		elapsed.Round(100*time.Millisecond), calls.Load(), float64(calls.Load())/elapsed.Seconds(), c.workers, failed.Load())
+	calls := total()
+	fmt.Printf("ran %s: %d CreateOrder calls (%.0f/s, %d workers): %d orders created for alice, %d for a user who does not exist answered so by usersvc, %d failed\n",
+		elapsed.Round(100*time.Millisecond), calls, float64(calls)/elapsed.Seconds(), c.workers, created.Load(), refused.Load(), failed.Load())
+	if !doneAt.IsZero() {
+		fmt.Printf("  calls after the last rotation: %d\n", calls-callsAtDone)
+	}
+	fmt.Printf("  logins: %d (alice and admin, once per certificate of the caller)\n", cl.logins)
 	for _, w := range watches {
 		fmt.Printf("  %-8s rotations seen: %d (%s)\n", w.name, len(w.changes), w.summary())
 	}
@@ -202,11 +251,101 @@ loop:
 	case ctx.Err() != nil:
 		return errors.New("interrupted")
 	case failed.Load() > 0:
-		return fmt.Errorf("%d of %d calls failed", failed.Load(), calls.Load())
+		return fmt.Errorf("%d of %d calls failed", failed.Load(), calls)
 	case timedOut:
 		return fmt.Errorf("fewer than %d rotations of every certificate within %s", c.rotations, c.timeout)
 	}
-	fmt.Printf("PASS: %d rotations of each certificate, %d calls, failed=0\n", c.rotations, calls.Load())
+	fmt.Printf("PASS: %d rotations of each certificate, %d calls, failed=0\n", c.rotations, calls)
+	return nil
+}
+
+type tokenKey struct{}
+
+var errLogin = errors.New("login")
+
+// caller holds the caller's access tokens, alice's and admin's, and the
+// certificate they are bound to. Palisade's tokens are certificate-bound
+// (cnf.x5t#S256, RFC 8705): one is refused over a connection with any
+// other certificate than the one that logged in. Under SPIRE the caller's
+// certificate changes at every rotation, so it logs in again for each.
+// The clients see the certificate through pinned, which changes only
+// while no call is in flight (mu held for writing), together with the
+// tokens, and their connections, all idle then, are closed with it: a
+// call never presents a token bound to another certificate than the one
+// its connection was made with. (A connection outlives the certificate it
+// was made with, until the server drains it in the certificate's last
+// minute, so without the closing the first Login after a rotation could
+// go over a connection made with the previous one.)
+type caller struct {
+	src       mtls.Source // the Workload API's
+	passwords map[string]string
+	auth      userv1connect.AuthServiceClient
+	// The clients' HTTP clients: their connections are closed at each
+	// refresh.
+	authHTTP, ordersHTTP *http.Client
+
+	mu     sync.RWMutex // read by each call; written by refresh
+	cert   atomic.Pointer[tls.Certificate]
+	tokens map[string]string // by user name
+	logins int
+}
+
+// pinned is the Source of the caller's clients: the caller's certificate
+// of the moment, and the Workload API's bundle.
+type pinned struct{ c *caller }
+
+func (p pinned) Certificate() (*tls.Certificate, error) { return p.c.cert.Load(), nil }
+
+func (p pinned) TrustBundle() (*x509.CertPool, error) { return p.c.src.TrustBundle() }
+
+// call runs f with who's token in its context, under the read lock, after
+// a refresh if the Workload API has rotated the certificate.
+func (c *caller) call(ctx context.Context, who string, f func(context.Context) error) error {
+	for {
+		cur, err := c.src.Certificate()
+		if err != nil {
+			return err
+		}
+		c.mu.RLock()
+		if cur == c.cert.Load() {
+			defer c.mu.RUnlock()
+			return f(context.WithValue(ctx, tokenKey{}, c.tokens[who]))
+		}
+		c.mu.RUnlock()
+		if err := c.refresh(ctx); err != nil {
+			return err
+		}
+	}
+}
+
+// refresh takes the Workload API's current certificate and logs alice and
+// admin in with it, once no call is in flight.
+func (c *caller) refresh(ctx context.Context) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	cur, err := c.src.Certificate()
+	if err != nil {
+		return err
+	}
+	if cur == c.cert.Load() {
+		return nil // another worker did it
+	}
+	c.cert.Store(cur)
+	c.authHTTP.CloseIdleConnections()
+	c.ordersHTTP.CloseIdleConnections()
+	tokens := map[string]string{}
+	for _, name := range []string{"alice", "admin"} {
+		res, err := c.auth.Login(ctx, &userv1.LoginRequest{Username: name, Password: c.passwords[name]})
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("%w %s: %w", errLogin, name, err)
+		}
+		tokens[name] = res.GetAccessToken()
+	}
+	c.tokens = tokens
+	c.logins++
 	return nil
 }
 

@@ -21,6 +21,8 @@ FUZZTIME ?= 30s
 TEST_FUZZTIME ?= 3s
 # `make bench` flags beyond the issue's defaults, e.g. BENCH_FLAGS="--duration 10s --rounds 6".
 BENCH_FLAGS ?=
+# `make bench-fanout` flags, e.g. BENCH_FANOUT_FLAGS="--sizes 10,100 --json fanout.json".
+BENCH_FANOUT_FLAGS ?=
 # The micro-benchmarks of the chain's parts, run by `make bench-micro`.
 BENCH_MICRO := -bench='^(BenchmarkVerify|BenchmarkDefaultPolicy|BenchmarkPrincipal|BenchmarkChain)$$' -benchtime=1s \
 	./security/token ./policy ./rpc
@@ -62,7 +64,7 @@ vet: ## go vet and a gofmt check
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
-deps: ## install what the tests need beyond Go: PostgreSQL, for the store tests (quiet when present)
+deps: ## install what the tests need beyond Go: PostgreSQL (store tests), redis-server (fan-out bench and its test); quiet when present
 	@scripts/install-deps.sh
 
 test: deps vet check-generate test-go test-deploy test-fuzz test-demo test-demo-cluster conformance ## the whole suite: vet, generated-code check, go test -race, the Kubernetes manifests, short fuzzing, the demos, the conformance suite
@@ -122,8 +124,11 @@ load: build ## 100,000 calls at 64 concurrency through the full chain on in-proc
 soak: build ## 2 minutes of load; reports RSS and goroutines at start and end, fails if they grow past the bounds
 	bin/palisade load --soak 2m --concurrency 64 $(LOAD_FLAGS)
 
-.PHONY: bench-fanout
-bench-fanout: ## invalidation latency, from a user change's commit to each of 3 order replicas (p50/p99/max)
+.PHONY: bench-fanout bench-invalidation
+bench-fanout: deps build ## the change feed fanned out to 1-1,000 subscribers against Redis pub/sub over TLS, same run (a few minutes)
+	bin/palisade bench-fanout $(BENCH_FANOUT_FLAGS)
+
+bench-invalidation: ## invalidation latency, from a user change's commit to each of 3 order replicas (p50/p99/max)
 	$(GO) test -run='^$$' -bench='^BenchmarkInvalidationLatency$$' -benchtime=500x ./services/e2e
 
 .PHONY: spire-e2e

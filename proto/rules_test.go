@@ -9,6 +9,7 @@ import (
 	"buf.build/go/protovalidate"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/descriptorpb"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
 	orderv1 "github.com/palisade-rpc/palisade/proto/order/v1"
@@ -142,5 +143,37 @@ func TestSampleRules(t *testing.T) {
 		if !found {
 			t.Errorf("%s: %v, want %s [%s]", name, err, c.field, c.rule)
 		}
+	}
+}
+
+// TestSecretsAreRedacted: every field of the sample services that holds a
+// secret (a password, a token) is marked debug_redact, which keeps it out
+// of the decision logs (authz.InputMask), so a new one cannot be added
+// without deciding that it must never leave the process in clear.
+func TestSecretsAreRedacted(t *testing.T) {
+	t.Parallel()
+	notSecret := map[string]bool{"page_token": true, "next_page_token": true}
+	files := []protoreflect.FileDescriptor{
+		userv1.File_user_v1_user_proto, userv1.File_user_v1_auth_proto, orderv1.File_order_v1_order_proto,
+	}
+	secrets := 0
+	for _, f := range files {
+		for i := 0; i < f.Messages().Len(); i++ {
+			fields := f.Messages().Get(i).Fields()
+			for j := 0; j < fields.Len(); j++ {
+				fd := fields.Get(j)
+				name := string(fd.Name())
+				if notSecret[name] || !(strings.Contains(name, "password") || strings.Contains(name, "secret") || strings.HasSuffix(name, "token")) {
+					continue
+				}
+				secrets++
+				if opts, _ := fd.Options().(*descriptorpb.FieldOptions); !opts.GetDebugRedact() {
+					t.Errorf("%s holds a secret and is not marked debug_redact", fd.FullName())
+				}
+			}
+		}
+	}
+	if secrets < 4 {
+		t.Fatalf("found %d secret fields, want at least 4 (password, subject_token, two access_token)", secrets)
 	}
 }

@@ -6,6 +6,7 @@ package e2e_test
 import (
 	"context"
 	"log/slog"
+	"strings"
 	"testing"
 
 	"connectrpc.com/connect"
@@ -20,6 +21,7 @@ import (
 	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
 	"github.com/palisade-rpc/palisade/rpc"
 	"github.com/palisade-rpc/palisade/rpc/rpctest"
+	"github.com/palisade-rpc/palisade/security/mtls"
 	"github.com/palisade-rpc/palisade/security/password"
 	"github.com/palisade-rpc/palisade/security/token"
 	"github.com/palisade-rpc/palisade/services/order"
@@ -49,8 +51,10 @@ type System struct {
 	Policy *policy.Engine
 }
 
-// Start runs the user and order services until the test ends.
-func Start(t *testing.T) *System {
+// Start runs the user and order services until the test ends. Each of
+// extra adds a telemetry option to both services', given the test CA, the
+// service's name and its certificate source.
+func Start(t *testing.T, extra ...func(ca *certstest.CA, service string, src mtls.Source) telemetry.Option) *System {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -61,7 +65,11 @@ func Start(t *testing.T) *System {
 	}, Spans: tracetest.NewInMemoryExporter()}
 	var err error
 	for name, tel := range map[string]**telemetry.Telemetry{"usersvc": &s.UserTelemetry, "ordersvc": &s.OrderTelemetry} {
-		if *tel, err = telemetry.New(name, telemetry.WithSpanExporter(s.Spans), telemetry.WithMetrics()); err != nil {
+		opts := []telemetry.Option{telemetry.WithSpanExporter(s.Spans), telemetry.WithMetrics()}
+		for _, f := range extra {
+			opts = append(opts, f(ca, name, ca.Source(s.Certs[strings.TrimSuffix(name, "svc")])))
+		}
+		if *tel, err = telemetry.New(name, opts...); err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = (*tel).Shutdown(context.Background()) })

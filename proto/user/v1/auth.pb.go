@@ -25,7 +25,8 @@ const (
 type LoginRequest struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Username string                 `protobuf:"bytes,1,opt,name=username,proto3" json:"username,omitempty"`
-	// password may be empty (that login fails like any wrong password).
+	// password may be empty (that login fails like any wrong password). It is
+	// marked debug_redact: decision logs leave it out (authz.InputMask).
 	Password string `protobuf:"bytes,2,opt,name=password,proto3" json:"password,omitempty"`
 	// ttl_seconds asks for a shorter lifetime than the default; 0 means the
 	// default, and so does anything longer than it.
@@ -149,7 +150,8 @@ func (x *LoginResponse) GetTokenType() string {
 
 type ExchangeTokenRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// subject_token is the user's access token (at most 8 KiB, like any token).
+	// subject_token is the user's access token (at most 8 KiB, like any
+	// token). It is marked debug_redact: decision logs leave it out.
 	SubjectToken string `protobuf:"bytes,1,opt,name=subject_token,json=subjectToken,proto3" json:"subject_token,omitempty"`
 	// audience is the service the new token is for; empty means the user service.
 	Audience      string `protobuf:"bytes,2,opt,name=audience,proto3" json:"audience,omitempty"`
@@ -265,24 +267,24 @@ var File_user_v1_auth_proto protoreflect.FileDescriptor
 
 const file_user_v1_auth_proto_rawDesc = "" +
 	"\n" +
-	"\x12user/v1/auth.proto\x12\auser.v1\x1a\x1bbuf/validate/validate.proto\"\x86\x01\n" +
+	"\x12user/v1/auth.proto\x12\auser.v1\x1a\x1bbuf/validate/validate.proto\"\x89\x01\n" +
 	"\fLoginRequest\x12&\n" +
 	"\busername\x18\x01 \x01(\tB\n" +
-	"\xbaH\a\xc8\x01\x01r\x02(@R\busername\x12$\n" +
-	"\bpassword\x18\x02 \x01(\tB\b\xbaH\x05r\x03(\x80\bR\bpassword\x12(\n" +
+	"\xbaH\a\xc8\x01\x01r\x02(@R\busername\x12'\n" +
+	"\bpassword\x18\x02 \x01(\tB\v\xbaH\x05r\x03(\x80\b\x80\x01\x01R\bpassword\x12(\n" +
 	"\vttl_seconds\x18\x03 \x01(\x03B\a\xbaH\x04\"\x02(\x00R\n" +
-	"ttlSeconds\"p\n" +
-	"\rLoginResponse\x12!\n" +
-	"\faccess_token\x18\x01 \x01(\tR\vaccessToken\x12\x1d\n" +
+	"ttlSeconds\"u\n" +
+	"\rLoginResponse\x12&\n" +
+	"\faccess_token\x18\x01 \x01(\tB\x03\x80\x01\x01R\vaccessToken\x12\x1d\n" +
 	"\n" +
 	"expires_in\x18\x02 \x01(\x03R\texpiresIn\x12\x1d\n" +
 	"\n" +
-	"token_type\x18\x03 \x01(\tR\ttokenType\"n\n" +
-	"\x14ExchangeTokenRequest\x120\n" +
-	"\rsubject_token\x18\x01 \x01(\tB\v\xbaH\b\xc8\x01\x01r\x03(\x80@R\fsubjectToken\x12$\n" +
-	"\baudience\x18\x02 \x01(\tB\b\xbaH\x05r\x03(\x80\x10R\baudience\"x\n" +
-	"\x15ExchangeTokenResponse\x12!\n" +
-	"\faccess_token\x18\x01 \x01(\tR\vaccessToken\x12\x1d\n" +
+	"token_type\x18\x03 \x01(\tR\ttokenType\"q\n" +
+	"\x14ExchangeTokenRequest\x123\n" +
+	"\rsubject_token\x18\x01 \x01(\tB\x0e\xbaH\b\xc8\x01\x01r\x03(\x80@\x80\x01\x01R\fsubjectToken\x12$\n" +
+	"\baudience\x18\x02 \x01(\tB\b\xbaH\x05r\x03(\x80\x10R\baudience\"}\n" +
+	"\x15ExchangeTokenResponse\x12&\n" +
+	"\faccess_token\x18\x01 \x01(\tB\x03\x80\x01\x01R\vaccessToken\x12\x1d\n" +
 	"\n" +
 	"expires_in\x18\x02 \x01(\x03R\texpiresIn\x12\x1d\n" +
 	"\n" +

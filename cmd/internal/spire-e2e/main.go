@@ -231,12 +231,12 @@ loop:
 	elapsed := time.Since(start)
 
 	calls := total()
-	fmt.Printf("ran %s: %d CreateOrder calls (%.0f/s, %d workers): %d orders created for alice, %d for a user who does not exist answered so by usersvc, %d failed\n",
-		elapsed.Round(100*time.Millisecond), calls, float64(calls)/elapsed.Seconds(), c.workers, created.Load(), refused.Load(), failed.Load())
+	fmt.Printf("ran %s: %d CreateOrder calls (%.0f/s, %d workers), %d failed: %d orders created for alice; %d for a user who does not exist, refused as such once ordersvc had asked usersvc\n",
+		elapsed.Round(100*time.Millisecond), calls, float64(calls)/elapsed.Seconds(), c.workers, failed.Load(), created.Load(), refused.Load())
 	if !doneAt.IsZero() {
 		fmt.Printf("  calls after the last rotation: %d\n", calls-callsAtDone)
 	}
-	fmt.Printf("  logins: %d (alice and admin, once per certificate of the caller)\n", cl.logins)
+	fmt.Printf("  logins: %d rounds of alice and admin, one per certificate of the caller\n", cl.logins)
 	for _, w := range watches {
 		fmt.Printf("  %-8s rotations seen: %d (%s)\n", w.name, len(w.changes), w.summary())
 	}

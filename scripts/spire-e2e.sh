@@ -201,7 +201,7 @@ step "ordersvc serving on $ORDER_E2E_ADDR (--spiffe-socket), calling usersvc as 
 
 step "CreateOrder without a pause until every certificate has rotated $ROTATIONS times"
 "$BIN/spire-e2e" --socket "$socket" --user-url "https://$USER_E2E_ADDR" --order-url "https://$ORDER_E2E_ADDR" \
-	--passwords "$tmp/svc/demo-passwords.json" --rotations "$ROTATIONS" &
+	--passwords "$tmp/svc/demo-passwords.json" --rotations "$ROTATIONS" --timeout "$(((ROTATIONS + 1) * SVID_TTL + 120))s" &
 PID[caller]=$!
 wait "${PID[caller]}"
 rc=$?

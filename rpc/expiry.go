@@ -45,6 +45,7 @@ const ExpiryDrainWindow = time.Minute
 type connGuard struct {
 	log     *slog.Logger
 	revoked func(verifiedChains [][]*x509.Certificate) error // nil: nothing is ever revoked
+	ages    *connAges                                        // WithMaxConnectionAge; nil when off
 
 	// served holds a *servedCert per TLS connection from its acceptance
 	// (connContext) to its close, by the connection under it: the one a
@@ -65,6 +66,9 @@ type servedCertKey struct{}
 // connContext is the http.Server ConnContext hook: it gives a TLS
 // connection its servedCert, in the context of every request on it.
 func (g *connGuard) connContext(ctx context.Context, c net.Conn) context.Context {
+	if g.ages != nil {
+		ctx = g.ages.accepted(ctx, c)
+	}
 	tc, ok := c.(*tls.Conn)
 	if !ok {
 		return ctx
@@ -135,6 +139,9 @@ func (g *connGuard) connState(c net.Conn, state http.ConnState) {
 	case http.StateClosed, http.StateHijacked:
 		if tc, ok := c.(*tls.Conn); ok {
 			g.served.Delete(tc.NetConn())
+		}
+		if g.ages != nil {
+			g.ages.gone(c)
 		}
 		g.mu.Lock()
 		if gc, ok := g.conns[c]; ok {
@@ -211,7 +218,8 @@ func (g *connGuard) closeRevoked(c net.Conn, err error) {
 
 // drain is the HTTP middleware that marks responses on a connection whose
 // peer certificate, or the server's own certificate on it, expires within
-// ExpiryDrainWindow with "Connection: close".
+// ExpiryDrainWindow with "Connection: close"; with WithMaxConnectionAge,
+// connAges.call does the same on a connection past its age.
 func (g *connGuard) drain(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 {
@@ -225,12 +233,19 @@ func (g *connGuard) drain(next http.Handler) http.Handler {
 				w.Header().Set("Connection", "close")
 			}
 		}
+		if g.ages != nil {
+			g.ages.call(w, r, next)
+			return
+		}
 		next.ServeHTTP(w, r)
 	})
 }
 
 // stop stops every timer; connections tracked afterwards get none.
 func (g *connGuard) stop() {
+	if g.ages != nil {
+		g.ages.stop()
+	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.closed = true

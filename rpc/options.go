@@ -41,6 +41,8 @@ type serverConfig struct {
 	maxStreamBytes         int           // limits.go
 	maxStreamsPerPrincipal int           // principalstreams.go
 	bodyReadTimeout        time.Duration // limits.go
+	maxConnAge             time.Duration // maxage.go
+	maxConnAgeGrace        time.Duration // maxage.go
 }
 
 func defaultServerConfig() serverConfig {

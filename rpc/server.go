@@ -162,6 +162,9 @@ func NewServer(src mtls.Source, authorizer authz.Authorizer, opts ...ServerOptio
 		validation: validation,
 		rateLimit:  newRateLimiter(cfg.rateLimit),
 	}
+	if s.conns.ages, err = newConnAges(s.conns, cfg.maxConnAge, cfg.maxConnAgeGrace); err != nil {
+		return nil, err
+	}
 	if cfg.maxStreamsPerPrincipal > 0 {
 		s.perCaller = newPrincipalStreams(cfg.maxStreamsPerPrincipal)
 	}

@@ -83,7 +83,7 @@ func run(args []string) error {
 		return err
 	}
 	defer store.Close()
-	authz, err := common.Authorizer(ctx, logger, src)
+	authz, err := common.Authorizer(ctx, logger, src, order.Policy(), "embedded services/order/policy")
 	if err != nil {
 		return err
 	}

@@ -35,7 +35,7 @@ func commands() map[string]command {
 		}},
 		"policy": {summary: "authorization policies", sub: map[string]command{
 			"eval": {summary: "evaluate a decision for an input document and explain it", run: policyEval},
-			"test": {summary: "run a policy directory's rego tests with coverage", run: policyTest},
+			"test": {summary: "run a policy layer's rego tests (on the base policy) with coverage", run: policyTest},
 		}},
 		"token": {summary: "print an access token for a user (logs in over mTLS)", run: tokenCmd},
 		"load":  {summary: "drive calls through the full chain and report errors, calls/s, latency; --soak checks memory", run: loadCmd},

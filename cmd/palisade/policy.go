@@ -16,9 +16,11 @@ import (
 	"github.com/palisade-rpc/palisade/policy"
 )
 
-func loadPolicy(dir string) (*policy.Bundle, error) {
+// loadLayer reads the policy layer in dir: a service's own rules, which the
+// engine runs on the base policy.
+func loadLayer(dir string) (*policy.Bundle, error) {
 	if dir == "" {
-		return policy.DefaultBundle()
+		return nil, errors.New("name the directory of a service's policy layer (the samples': services/user/policy, services/order/policy)")
 	}
 	return policy.LoadDir(dir)
 }
@@ -42,10 +44,12 @@ its input is evaluated. Paths the service's mask erased from it ("erased")
 are missing, so the decision may differ from the logged one; they are
 listed in the output.
 
-The policy is the embedded default, or --policy-dir; it must compile and pass
-its own tests, as it would to be loaded by a service.`)
+The policy is Palisade's base policy and the service's layer in --policy-dir
+(the samples': services/user/policy, services/order/policy); they must
+compile, and the layer pass its own tests, as they would to be loaded by a
+service.`)
 	input := fs.String("input", "", "`file` holding the input document, or one decision log event, as JSON (\"-\" for stdin; required)")
-	dir := fs.String("policy-dir", "", "`directory` of rego policies (default: the embedded ones)")
+	dir := fs.String("policy-dir", "", "`directory` of the service's policy layer (required)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -66,7 +70,7 @@ its own tests, as it would to be loaded by a service.`)
 	if err != nil {
 		return err
 	}
-	b, err := loadPolicy(*dir)
+	b, err := loadLayer(*dir)
 	if err != nil {
 		return err
 	}
@@ -131,19 +135,20 @@ func evalInput(data []byte) (ast.Value, []string, error) {
 }
 
 func policyTest(args []string) error {
-	fs := newFlagSet("palisade policy test", `Run the rego tests (*_test.rego) of a policy directory — or of the embedded
-default policies — through OPA's tester, and report each result and the
-coverage of the policy files. Exits non-zero if a test fails.
+	fs := newFlagSet("palisade policy test", `Run the rego tests (*_test.rego) of a service's policy layer in DIR — on
+Palisade's base policy, as the service runs it — through OPA's tester, and
+report each result and the coverage of the layer's policy files. Exits
+non-zero if a test fails.
 
-Usage: palisade policy test [DIR]`)
+Usage: palisade policy test DIR   (the samples': services/user/policy, services/order/policy)`)
 	verbose := fs.Bool("v", false, "list every test, not only failures")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if fs.NArg() > 1 {
-		return errors.New("at most one directory")
+		return errors.New("one directory")
 	}
-	b, err := loadPolicy(fs.Arg(0))
+	b, err := loadLayer(fs.Arg(0))
 	if err != nil {
 		return err
 	}
@@ -165,6 +170,9 @@ Usage: palisade policy test [DIR]`)
 	}
 	if failed > 0 {
 		return fmt.Errorf("%d rego tests failed", failed)
+	}
+	if len(report.Results) == 0 {
+		return fmt.Errorf("%s: %w", b.Origin, policy.ErrUntested)
 	}
 	return nil
 }

@@ -98,7 +98,7 @@ func run(args []string) error {
 			logger.Info("wrote the demo users' passwords", "file", *demoPasswords)
 		}
 	}
-	authz, err := common.Authorizer(ctx, logger, src)
+	authz, err := common.Authorizer(ctx, logger, src, user.Policy(), "embedded services/user/policy")
 	if err != nil {
 		return err
 	}

@@ -1,10 +1,11 @@
 // Package e2e_test runs both sample services in process, over real mTLS on
-// loopback, with real tokens and the default OPA policies, and checks what
+// loopback, with real tokens and their own policy layers, and checks what
 // every principal gets from every procedure.
 package e2e_test
 
 import (
 	"context"
+	"io/fs"
 	"log/slog"
 	"strings"
 	"testing"
@@ -46,9 +47,9 @@ type System struct {
 	Spans *tracetest.InMemoryExporter
 	// UserTelemetry and OrderTelemetry are the services' providers.
 	UserTelemetry, OrderTelemetry *telemetry.Telemetry
-	// Policy is the policy engine both services decide with (one engine, so
-	// starting a system compiles and tests the policy once).
-	Policy *policy.Engine
+	// UserPolicy and OrderPolicy are the services' policy engines: the base
+	// policy and each service's own layer.
+	UserPolicy, OrderPolicy *policy.Engine
 }
 
 // Start runs the user and order services until the test ends. Each of
@@ -97,9 +98,9 @@ func Start(t *testing.T, extra ...func(ca *certstest.CA, service string, src mtl
 		t.Fatal(err)
 	}
 	userLogger, userLogs := rpctest.NewLogger(t)
-	s.Policy = engine(t, userLogger)
+	s.UserPolicy = engine(t, user.Policy(), userLogger)
 	userSrv, err := user.NewServer(ctx, user.Config{
-		Source: ca.Source(s.Certs["user"]), Store: users, Authorizer: s.Policy,
+		Source: ca.Source(s.Certs["user"]), Store: users, Authorizer: s.UserPolicy,
 		Keys: keys, PasswordParams: &fastHashes, Logger: userLogger,
 		ServerOptions: s.UserTelemetry.ServerOptions(),
 	})
@@ -114,8 +115,9 @@ func Start(t *testing.T, extra ...func(ca *certstest.CA, service string, src mtl
 	}
 	t.Cleanup(func() { _ = orders.Close() })
 	orderLogger, orderLogs := rpctest.NewLogger(t)
+	s.OrderPolicy = engine(t, order.Policy(), orderLogger)
 	orderSrv, err := order.NewServer(ctx, order.Config{
-		Source: ca.Source(s.Certs["order"]), Store: orders, Authorizer: s.Policy,
+		Source: ca.Source(s.Certs["order"]), Store: orders, Authorizer: s.OrderPolicy,
 		UserURL: s.Users.URL, Logger: orderLogger,
 		ServerOptions: s.OrderTelemetry.ServerOptions(), ClientOptions: s.OrderTelemetry.ClientOptions(),
 	})
@@ -126,13 +128,15 @@ func Start(t *testing.T, extra ...func(ca *certstest.CA, service string, src mtl
 	return s
 }
 
-func engine(t *testing.T, logger *slog.Logger) *policy.Engine {
+// engine is a service's policy engine: the base policy and layer, the
+// service's own (user.Policy, order.Policy), with opts.
+func engine(t *testing.T, layer fs.FS, logger *slog.Logger, opts ...policy.EngineOption) *policy.Engine {
 	t.Helper()
-	b, err := policy.DefaultBundle()
+	b, err := policy.LoadFS(layer, "layer")
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := policy.NewEngine(context.Background(), b, policy.WithLogger(logger))
+	e, err := policy.NewEngine(context.Background(), b, append([]policy.EngineOption{policy.WithLogger(logger)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -34,7 +34,7 @@ func TestOrderServiceCertificateRotatedUnderLoad(t *testing.T) {
 	s := Start(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	logger, logs := rpctest.NewLogger(t)
-	authz := engine(t, logger) // before the certificate: it runs the rego tests
+	authz := engine(t, order.Policy(), logger) // before the certificate: it runs the rego tests
 
 	old := s.CA.Issue(certs.Leaf{
 		SPIFFEID: "spiffe://palisade.local/svc/order", Usage: certs.UsageWorkload,

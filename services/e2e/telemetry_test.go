@@ -223,8 +223,8 @@ func metricsMove(t *testing.T, s *System) {
 	if d := delta("palisade_authz_decisions_total", `result="deny"`); d != 1 {
 		t.Errorf("denied decisions moved by %v, want exactly 1", d)
 	}
-	if got := after[fmt.Sprintf(`palisade_policy_revision_info{revision=%q}`, s.Policy.Revision())]; got != 1 {
-		t.Errorf("policy revision gauge for %s = %v, want 1", s.Policy.Revision(), got)
+	if got := after[fmt.Sprintf(`palisade_policy_revision_info{revision=%q}`, s.UserPolicy.Revision())]; got != 1 {
+		t.Errorf("policy revision gauge for %s = %v, want 1", s.UserPolicy.Revision(), got)
 	}
 	leaf := s.Certs["user"].Cert
 	want := float64(leaf.NotAfter.Unix())

@@ -6,9 +6,11 @@ package svcmain
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -42,6 +44,9 @@ type Flags struct {
 	// PolicyAllowUntested loads policy versions without rego tests
 	// (policy.WithUntestedPolicies), each logged as a warning.
 	PolicyAllowUntested bool
+	// PolicyData is a JSON file laid over the policy layer's data.json
+	// (policy.WithData): the deployment's configuration of the rules.
+	PolicyData string
 	// CRL is an optional certificate revocation list; CertReloadInterval is
 	// how often the certificate, key, CA bundle and CRL files are checked.
 	CRL                string
@@ -53,6 +58,9 @@ type Flags struct {
 	// RateLimit and RateBurst configure rpc.WithRateLimit (0: off).
 	RateLimit float64
 	RateBurst int
+	// MaxConnectionAge configures rpc.WithMaxConnectionAge (0: off), with
+	// ShutdownGrace as its grace.
+	MaxConnectionAge time.Duration
 }
 
 // Register defines the common flags on fs. name is the service's file name in
@@ -67,10 +75,12 @@ func (f *Flags) Register(fs *flag.FlagSet, name, defaultAddr string) {
 	fs.StringVar(&f.LogLevel, "log-level", "info", "log `level`: debug, info, warn or error")
 	fs.StringVar(&f.LogFormat, "log-format", "json", "log `format`: json or text")
 	fs.DurationVar(&f.ShutdownGrace, "shutdown-grace", rpc.DefaultShutdownGrace, "on SIGINT/SIGTERM, the `duration` in-flight calls may still run before they are cut off")
-	fs.StringVar(&f.PolicyDir, "policy-dir", "", "`directory` of rego policies (and their *_test.rego tests) to use instead of the embedded ones; watched, and a changed policy is swapped in only if it compiles and its tests pass")
-	fs.StringVar(&f.PolicyBundle, "policy-bundle", "", "OPA bundle (tar.gz) `path or URL` to take policies from, polled with the same tests-before-swap rule; a URL is fetched over mTLS with this service's certificate")
+	fs.DurationVar(&f.MaxConnectionAge, "max-connection-age", 0, "ask each client to move to a new connection once its connection is about this `duration` old (±10%), so that connections spread again over the replicas behind a load balancer; calls in flight then get --shutdown-grace to finish. 0: never")
+	fs.StringVar(&f.PolicyDir, "policy-dir", "", "`directory` of this service's policy layer (rego rules and their *_test.rego tests, data.json) to use instead of the embedded one, on Palisade's base policy; watched, and a changed policy is swapped in only if it compiles and its tests pass")
+	fs.StringVar(&f.PolicyBundle, "policy-bundle", "", "OPA bundle (tar.gz) `path or URL` to take this service's policy layer from, polled with the same tests-before-swap rule; an https URL is fetched over mTLS with this service's certificate by OPA's downloader (ETag, long polling)")
 	fs.DurationVar(&f.PolicyInterval, "policy-reload-interval", 2*time.Second, "how often to check --policy-dir or --policy-bundle for changes (`duration`); a source that cannot be read, or a version refused, is tried again after a delay that doubles from it up to 2m")
 	fs.BoolVar(&f.PolicyAllowUntested, "policy-allow-untested", false, "UNSAFE: load a policy version from --policy-dir or --policy-bundle even if it carries no rego test (*_test.rego), logging a warning each time; by default such a version is refused (at start-up the service does not start)")
+	fs.StringVar(&f.PolicyData, "policy-data", "", "JSON `file` laid over the policy layer's data.json, e.g. {\"palisade\": {\"config\": {\"delegates\": [...]}}}: objects are merged key by key, any other value replaces the layer's; data.palisade.config.trust_domain is this service's trust domain unless the file says otherwise")
 	fs.StringVar(&f.CRL, "crl", "", "PEM or DER `file` of a certificate revocation list signed by a CA of --ca (e.g. .palisade/certs/crl.pem from 'palisade certs revoke'); peers with a revoked certificate fail the handshake")
 	fs.DurationVar(&f.CertReloadInterval, "cert-reload-interval", 2*time.Second, "how often to check --cert, --key, --ca and --crl for changes (`duration`; 0 never); changed files are validated in full before they are used, and refused (and logged) otherwise")
 	fs.StringVar(&f.AdminAddr, "admin-addr", "", "`host:port` of the admin listener: plain HTTP on a loopback address, serving Prometheus metrics at /metrics (off when empty)")
@@ -170,42 +180,47 @@ func (f *Flags) ServerOptions(logger *slog.Logger) []rpc.ServerOption {
 		rpc.WithShutdownGrace(f.ShutdownGrace),
 		rpc.WithRateLimit(f.RateLimit, f.RateBurst),
 	}
+	if f.MaxConnectionAge > 0 {
+		opts = append(opts, rpc.WithMaxConnectionAge(f.MaxConnectionAge, f.ShutdownGrace))
+	}
 	if f.TrustDomain != "" {
 		opts = append(opts, rpc.WithTrustDomain(f.TrustDomain))
 	}
 	return opts
 }
 
-// Authorizer returns the OPA policy engine the flags ask for — the embedded
-// default policies, --policy-dir or --policy-bundle — and, for the latter
-// two, keeps reloading it until ctx is done. The initial policy must compile
+// Authorizer returns the OPA policy engine the flags ask for: the base
+// policy and the service's layer — layer, the one it embeds (origin names
+// it), --policy-dir or --policy-bundle — and, for the latter two, keeps
+// reloading it until ctx is done. The initial policy must compile
 // and pass its tests (and have some, unless --policy-allow-untested), or the
 // service does not start.
-func (f *Flags) Authorizer(ctx context.Context, logger *slog.Logger, src mtls.Source) (*policy.Engine, error) {
+func (f *Flags) Authorizer(ctx context.Context, logger *slog.Logger, src mtls.Source, layer fs.FS, origin string) (*policy.Engine, error) {
 	var load policy.Loader
 	switch {
 	case f.PolicyDir != "" && f.PolicyBundle != "":
 		return nil, errors.New("--policy-dir and --policy-bundle are exclusive")
 	case f.PolicyDir != "":
 		load = policy.DirLoader(f.PolicyDir)
+	case strings.HasPrefix(f.PolicyBundle, "https://"):
+		return f.bundleAuthorizer(ctx, logger, src)
 	case f.PolicyBundle != "":
-		var opts []rpc.ClientOption
-		if f.TrustDomain != "" {
-			opts = append(opts, rpc.WithTrustDomain(f.TrustDomain))
-		}
-		client, err := rpc.NewHTTPClient(src, opts...)
-		if err != nil {
-			return nil, err
-		}
-		load = policy.BundleLoader(f.PolicyBundle, client)
+		load = policy.BundleLoader(f.PolicyBundle)
 	default:
-		load = func(context.Context) (*policy.Bundle, error) { return policy.DefaultBundle() }
+		load = func(context.Context) (*policy.Bundle, error) { return policy.LoadFS(layer, origin) }
 	}
 	b, err := load(ctx)
 	if err != nil {
 		return nil, err
 	}
 	opts := []policy.EngineOption{policy.WithLogger(logger)}
+	data, err := f.policyData(src)
+	if err != nil {
+		return nil, err
+	}
+	for _, doc := range data {
+		opts = append(opts, policy.WithData(doc))
+	}
 	if f.PolicyAllowUntested {
 		opts = append(opts, policy.WithUntestedPolicies())
 	}
@@ -222,6 +237,71 @@ func (f *Flags) Authorizer(ctx context.Context, logger *slog.Logger, src mtls.So
 		}
 		go func() { _ = engine.Watch(ctx, load, f.PolicyInterval) }()
 	}
+	return engine, nil
+}
+
+// policyData returns the documents laid over the layer's data: the
+// service's trust domain (--trust-domain, or its certificate's) as
+// data.palisade.config.trust_domain, then --policy-data's file.
+func (f *Flags) policyData(src mtls.Source) ([]map[string]any, error) {
+	var docs []map[string]any
+	td := f.TrustDomain
+	if td == "" && src != nil {
+		id, err := mtls.IdentityOf(src)
+		if err != nil {
+			return nil, fmt.Errorf("policy data: %w", err)
+		}
+		td = id.TrustDomain()
+	}
+	if td != "" {
+		docs = append(docs, map[string]any{"palisade": map[string]any{"config": map[string]any{"trust_domain": td}}})
+	}
+	if f.PolicyData != "" {
+		raw, err := os.ReadFile(f.PolicyData)
+		if err != nil {
+			return nil, fmt.Errorf("--policy-data: %w", err)
+		}
+		var doc map[string]any
+		if err := json.Unmarshal(raw, &doc); err != nil {
+			return nil, fmt.Errorf("--policy-data %s: not a JSON object: %w", f.PolicyData, err)
+		}
+		if doc == nil {
+			return nil, fmt.Errorf("--policy-data %s: not a JSON object", f.PolicyData)
+		}
+		docs = append(docs, doc)
+	}
+	return docs, nil
+}
+
+// bundleAuthorizer is Authorizer for a bundle server: OPA's downloader,
+// over mTLS with this service's certificate, polled between
+// --policy-reload-interval (at least a second) and twice that.
+func (f *Flags) bundleAuthorizer(ctx context.Context, logger *slog.Logger, src mtls.Source) (*policy.Engine, error) {
+	var opts []rpc.ClientOption
+	if f.TrustDomain != "" {
+		opts = append(opts, rpc.WithTrustDomain(f.TrustDomain))
+	}
+	client, err := rpc.NewHTTPClient(src, opts...)
+	if err != nil {
+		return nil, err
+	}
+	delay := max(f.PolicyInterval, time.Second)
+	bundles, err := policy.NewBundleSource(f.PolicyBundle, client, policy.WithLogger(logger), policy.WithPollingDelay(delay, 2*delay))
+	if err != nil {
+		return nil, err
+	}
+	var engineOpts []policy.EngineOption
+	if f.PolicyAllowUntested {
+		engineOpts = append(engineOpts, policy.WithUntestedPolicies())
+	}
+	engine, err := bundles.NewEngine(ctx, engineOpts...)
+	if errors.Is(err, policy.ErrUntested) {
+		return nil, fmt.Errorf("%w (add *_test.rego tests, or start with --policy-allow-untested)", err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	go func() { _ = bundles.Run(ctx) }()
 	return engine, nil
 }
 

@@ -202,7 +202,7 @@ func startServer(ctx context.Context, spec serverSpec) (*feedServer, error) {
 		cleanup()
 		return nil, fmt.Errorf("fanout: %w", err)
 	}
-	bundle, err := policy.DefaultBundle()
+	bundle, err := policy.LoadFS(user.Policy(), "services/user/policy")
 	if err != nil {
 		cleanup()
 		return nil, fmt.Errorf("fanout: %w", err)

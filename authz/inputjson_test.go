@@ -28,6 +28,7 @@ import (
 	"github.com/palisade-rpc/palisade/authz"
 	"github.com/palisade-rpc/palisade/policy"
 	orderv1 "github.com/palisade-rpc/palisade/proto/order/v1"
+	tokenv1 "github.com/palisade-rpc/palisade/proto/palisade/token/v1"
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
 	"github.com/palisade-rpc/palisade/security"
 	"github.com/palisade-rpc/palisade/security/spiffeid"
@@ -192,7 +193,7 @@ func TestInputJSONLeavesOutSensitiveFields(t *testing.T) {
 		erased string
 	}{
 		{&userv1.LoginRequest{Username: "alice", Password: password, TtlSeconds: 60}, "/input/request/password"},
-		{&userv1.ExchangeTokenRequest{SubjectToken: subjectToken, Audience: "spiffe://palisade.local/svc/user"}, "/input/request/subject_token"},
+		{&tokenv1.ExchangeTokenRequest{SubjectToken: subjectToken, Audience: "spiffe://palisade.local/svc/user"}, "/input/request/subject_token"},
 	} {
 		for _, m := range []*authz.InputMask{nil, mask, {}} {
 			in := sampleInput(t, c.req)

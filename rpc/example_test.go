@@ -37,7 +37,7 @@ func (users) GetUser(ctx context.Context, req *userv1.GetUserRequest) (*userv1.G
 // A server with a mounted service and a client calling it over mTLS on
 // 127.0.0.1. The certificates come from a CA made on the spot; a service
 // reads its own from files (mtls.NewFileSource) or the SPIFFE Workload API
-// (mtls.NewWorkloadAPISource).
+// (workloadapi.NewSource of security/mtls/workloadapi).
 func Example() {
 	ca, err := certs.NewCA("palisade.local", time.Hour)
 	if err != nil {

@@ -43,6 +43,8 @@ type serverConfig struct {
 	bodyReadTimeout        time.Duration // limits.go
 	maxConnAge             time.Duration // maxage.go
 	maxConnAgeGrace        time.Duration // maxage.go
+
+	now func() time.Time // expiry.go: the drain's clock; nil: time.Now
 }
 
 func defaultServerConfig() serverConfig {

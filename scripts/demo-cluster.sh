@@ -461,7 +461,7 @@ declare -A since
 for name in "${ORDERSVCS[@]}" usersvc-2; do since[$name]=$(lines "$name"); done
 for name in "${ORDERSVCS[@]}"; do
 	metrics "$name" user.v1.UserService/GetUser >"$tmp/before-get-$name"
-	metrics "$name" user.v1.AuthService/ExchangeToken >"$tmp/before-xchg-$name"
+	metrics "$name" palisade.token.v1.TokenService/ExchangeToken >"$tmp/before-xchg-$name"
 done
 rm -f "$tmp/stop"
 for name in "${ORDERSVCS[@]}"; do
@@ -500,7 +500,7 @@ bad=$(cat "$tmp"/load-ordersvc-* | grep -c 'failed')
 [ "$bad" -eq 0 ] || ok=0
 for name in "${ORDERSVCS[@]}"; do
 	metrics "$name" user.v1.UserService/GetUser >"$tmp/after-get-$name"
-	metrics "$name" user.v1.AuthService/ExchangeToken >"$tmp/after-xchg-$name"
+	metrics "$name" palisade.token.v1.TokenService/ExchangeToken >"$tmp/after-xchg-$name"
 	get=$(delta "$tmp/before-get-$name" "$tmp/after-get-$name" | paste -sd, | sed 's/,/, /g')
 	xchg=$(delta "$tmp/before-xchg-$name" "$tmp/after-xchg-$name" | paste -sd, | sed 's/,/, /g')
 	retried=$(logged "$name" "${since[$name]}" '"msg":"retrying a request on another endpoint"' "\"endpoint\":\"${ADDR[usersvc-1]}\"")

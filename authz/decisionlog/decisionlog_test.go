@@ -27,6 +27,8 @@ import (
 	"github.com/palisade-rpc/palisade/certs"
 	"github.com/palisade-rpc/palisade/certs/certstest"
 	"github.com/palisade-rpc/palisade/internal/testusers"
+	tokenv1 "github.com/palisade-rpc/palisade/proto/palisade/token/v1"
+	"github.com/palisade-rpc/palisade/proto/palisade/token/v1/tokenv1connect"
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
 	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
 	"github.com/palisade-rpc/palisade/rpc"
@@ -704,7 +706,7 @@ func TestSecretsNeverShipped(t *testing.T) {
 	)
 	login, exchange := input("login", 0), input("exchange", 0)
 	login.Procedure, login.Request = userv1connect.AuthServiceLoginProcedure, &userv1.LoginRequest{Username: "alice", Password: password}
-	exchange.Procedure, exchange.Request = userv1connect.AuthServiceExchangeTokenProcedure, &userv1.ExchangeTokenRequest{SubjectToken: subject, Audience: audience}
+	exchange.Procedure, exchange.Request = tokenv1connect.TokenServiceExchangeTokenProcedure, &tokenv1.ExchangeTokenRequest{SubjectToken: subject, Audience: audience}
 	sh.Hook(context.Background(), login, authz.Decision{Allow: true}, nil)
 	sh.Hook(context.Background(), exchange, authz.Decision{Allow: true}, nil)
 	rpctest.WaitFor(t, "both decisions at the sink", func() bool { return sk.received() == 2 })

@@ -18,6 +18,8 @@ import (
 	"github.com/palisade-rpc/palisade/certs/certstest"
 	"github.com/palisade-rpc/palisade/policy"
 	"github.com/palisade-rpc/palisade/proto/order/v1/orderv1connect"
+	tokenv1 "github.com/palisade-rpc/palisade/proto/palisade/token/v1"
+	"github.com/palisade-rpc/palisade/proto/palisade/token/v1/tokenv1connect"
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
 	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
 	"github.com/palisade-rpc/palisade/rpc"
@@ -99,7 +101,7 @@ func Start(t *testing.T, extra ...func(ca *certstest.CA, service string, src mtl
 	}
 	userLogger, userLogs := rpctest.NewLogger(t)
 	s.UserPolicy = engine(t, user.Policy(), userLogger)
-	userSrv, err := user.NewServer(ctx, user.Config{
+	userSrv, err := user.NewServer(user.Config{
 		Source: ca.Source(s.Certs["user"]), Store: users, Authorizer: s.UserPolicy,
 		Keys: keys, PasswordParams: &fastHashes, Logger: userLogger,
 		ServerOptions: s.UserTelemetry.ServerOptions(),
@@ -107,6 +109,7 @@ func Start(t *testing.T, extra ...func(ca *certstest.CA, service string, src mtl
 	if err != nil {
 		t.Fatal(err)
 	}
+	runLoops(t, ctx, userSrv.Run)
 	s.Users, s.UserLogs = rpctest.Serve(t, userSrv.Server, userLogs), userLogs
 
 	orders, err := order.OpenStore(ctx, t.TempDir()+"/orders.db")
@@ -116,7 +119,7 @@ func Start(t *testing.T, extra ...func(ca *certstest.CA, service string, src mtl
 	t.Cleanup(func() { _ = orders.Close() })
 	orderLogger, orderLogs := rpctest.NewLogger(t)
 	s.OrderPolicy = engine(t, order.Policy(), orderLogger)
-	orderSrv, err := order.NewServer(ctx, order.Config{
+	orderSrv, err := order.NewServer(order.Config{
 		Source: ca.Source(s.Certs["order"]), Store: orders, Authorizer: s.OrderPolicy,
 		UserURL: s.Users.URL, Logger: orderLogger,
 		ServerOptions: s.OrderTelemetry.ServerOptions(), ClientOptions: s.OrderTelemetry.ClientOptions(),
@@ -124,8 +127,25 @@ func Start(t *testing.T, extra ...func(ca *certstest.CA, service string, src mtl
 	if err != nil {
 		t.Fatal(err)
 	}
+	runLoops(t, ctx, orderSrv.Run)
 	s.Orders, s.OrderLogs = rpctest.Serve(t, orderSrv.Server, orderLogs), orderLogs
 	return s
+}
+
+// runLoops runs a service's background loops (run: its Server.Run) until
+// ctx is done or the test ends; the test's end waits for them, and fails
+// if one failed.
+func runLoops(t testing.TB, ctx context.Context, run func(context.Context) error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("background loops: %v", err)
+		}
+	})
 }
 
 // engine is a service's policy engine: the base policy and layer, the
@@ -179,6 +199,17 @@ func (c Caller) Auth(t *testing.T) userv1connect.AuthServiceClient {
 	return cl
 }
 
+// Tokens returns a client of the user service's TokenService (the token
+// exchange) for c.
+func (c Caller) Tokens(t *testing.T) tokenv1connect.TokenServiceClient {
+	t.Helper()
+	cl, err := rpc.NewClient(tokenv1connect.NewTokenServiceClient, c.s.Users.URL, c.s.CA.Source(c.Cert), c.opts()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cl
+}
+
 // Orders returns an OrderService client for c.
 func (c Caller) Orders(t *testing.T) orderv1connect.OrderServiceClient {
 	t.Helper()
@@ -218,7 +249,7 @@ func (s *System) Workload(name string) Caller {
 // ActingFor returns the order workload holding a token delegated by user.
 func (s *System) ActingFor(t *testing.T, u Caller) Caller {
 	t.Helper()
-	res, err := s.Workload("order").Auth(t).ExchangeToken(context.Background(), &userv1.ExchangeTokenRequest{SubjectToken: u.Token})
+	res, err := s.Workload("order").Tokens(t).ExchangeToken(context.Background(), &tokenv1.ExchangeTokenRequest{SubjectToken: u.Token})
 	if err != nil {
 		t.Fatalf("exchange %s: %v", u.Name, err)
 	}

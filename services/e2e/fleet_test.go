@@ -170,7 +170,7 @@ func (f *Fleet) StartUsers(t testing.TB) {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	logger, logs := rpctest.NewLogger(t)
-	srv, err := user.NewServer(ctx, user.Config{
+	srv, err := user.NewServer(user.Config{
 		Source: f.CA.Source(f.certs["user"]), Store: f.UserStore, Authorizer: f.userAuthz,
 		Keys: f.keys, PasswordParams: &fastHashes, Logger: logger, ChangeRetention: f.opts.Retention,
 	})
@@ -178,6 +178,7 @@ func (f *Fleet) StartUsers(t testing.TB) {
 		t.Fatal(err)
 	}
 	f.UserSrv = srv
+	runLoops(t, ctx, srv.Run)
 	f.Users = rpctest.ServeAt(t, srv.Server, logs, f.userAddr)
 	f.userAddr = f.Users.Addr
 }
@@ -203,7 +204,7 @@ func (f *Fleet) AddReplica(t testing.TB) *Replica {
 	logger, logs := rpctest.NewLogger(t)
 	cacheOpts := f.opts.Cache
 	cacheOpts.Observe = r.observe
-	if r.Srv, err = order.NewServer(ctx, order.Config{
+	if r.Srv, err = order.NewServer(order.Config{
 		Source: f.CA.Source(f.certs["order"]), Store: r.Store, Authorizer: f.orderAuthz,
 		UserURL: f.Users.URL, Logger: logger, UserCache: cacheOpts, ServerOptions: f.opts.OrderOptions,
 	}); err != nil {
@@ -211,6 +212,7 @@ func (f *Fleet) AddReplica(t testing.TB) *Replica {
 	}
 	// Cleanups run last-in first-out: the subscriber stops (and is waited
 	// for) after the replica's server, and before the user service.
+	go func() { _ = r.Srv.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-r.Srv.UserCache.Done() })
 	r.Server = rpctest.Serve(t, r.Srv.Server, logs)
 	f.Replicas = append(f.Replicas, r)
@@ -230,14 +232,27 @@ func (f *Fleet) WaitLive(t testing.TB) {
 	}
 }
 
-// WaitSequence waits until every replica has applied seq.
+// WaitSequence waits until every replica has applied seq, and its record
+// (Applied) holds it: the cache's LastSequence moves as a change is
+// applied, before Observe is called with it.
 func (f *Fleet) WaitSequence(t testing.TB, seq int64) {
 	t.Helper()
 	for i, r := range f.Replicas {
 		rpctest.WaitFor(t, fmt.Sprintf("replica %d applied sequence %d", i, seq), func() bool {
-			return r.Srv.UserCache.Stats().LastSequence >= seq
+			return r.Srv.UserCache.Stats().LastSequence >= seq && r.lastApplied() >= seq
 		})
 	}
+}
+
+// lastApplied is the sequence of the last change the replica's record
+// holds (0 if none).
+func (r *Replica) lastApplied() int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.applied) == 0 {
+		return 0
+	}
+	return r.applied[len(r.applied)-1]
 }
 
 // Latest returns the newest sequence in the user store.

@@ -76,9 +76,9 @@ func traceFollowsTheOrder(t *testing.T, s *System) {
 		}
 	}
 	getUser := spans[key{"ordersvc", trace.SpanKindClient, "user.v1.UserService/GetUser"}]
-	exchange := spans[key{"ordersvc", trace.SpanKindClient, "user.v1.AuthService/ExchangeToken"}]
+	exchange := spans[key{"ordersvc", trace.SpanKindClient, "palisade.token.v1.TokenService/ExchangeToken"}]
 	userGet := spans[key{"usersvc", trace.SpanKindServer, "user.v1.UserService/GetUser"}]
-	userExchange := spans[key{"usersvc", trace.SpanKindServer, "user.v1.AuthService/ExchangeToken"}]
+	userExchange := spans[key{"usersvc", trace.SpanKindServer, "palisade.token.v1.TokenService/ExchangeToken"}]
 	for parent, child := range map[*tracetest.SpanStub]*tracetest.SpanStub{
 		&root: &getUser, &getUser: &exchange, &exchange: &userExchange, // the delegated token is fetched for the GetUser call
 	} {

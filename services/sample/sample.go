@@ -177,7 +177,7 @@ func Start(ctx context.Context, opts Options) (_ *System, err error) {
 		return nil, err
 	}
 
-	orderSrv, err := order.NewServer(runCtx, order.Config{
+	orderSrv, err := order.NewServer(order.Config{
 		Source: orderSrc, Store: sys.OrderStore, Authorizer: sys.orderAuthz, UserURL: sys.UserURL,
 		Logger: opts.Logger, ServerOptions: opts.OrderServerOptions,
 	})
@@ -189,6 +189,7 @@ func Start(ctx context.Context, opts Options) (_ *System, err error) {
 	}
 	sys.OrderURL = "https://" + ln.Addr().String()
 	sys.UserCache = orderSrv.UserCache
+	go runLoops(runCtx, opts.Logger, "order", orderSrv.Run)
 	sys.mu.Lock()
 	sys.order = serve(runCtx, orderSrv.Server, ln)
 	sys.mu.Unlock()
@@ -226,7 +227,7 @@ func (s *System) createUsers(ctx context.Context, n int) error {
 // serveUsers builds a user server (a new one each time: a server serves
 // once) with the system's signing keys, so tokens outlive a restart.
 func (s *System) serveUsers(ln net.Listener) error {
-	srv, err := user.NewServer(s.ctx, user.Config{
+	srv, err := user.NewServer(user.Config{
 		Source: s.userSrc, Store: s.UserStore, Authorizer: s.userAuthz, Keys: s.keys,
 		PasswordParams: &FastPasswords, Logger: s.opts.Logger, ServerOptions: s.opts.UserServerOptions,
 	})
@@ -237,7 +238,16 @@ func (s *System) serveUsers(ln net.Listener) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.users = serve(s.ctx, srv.Server, ln)
+	go runLoops(s.ctx, s.opts.Logger, "user", srv.Run)
 	return nil
+}
+
+// runLoops runs a service's background loops until ctx is done, and logs
+// a failure.
+func runLoops(ctx context.Context, logger *slog.Logger, service string, run func(context.Context) error) {
+	if err := run(ctx); err != nil {
+		logger.Error("a background loop failed", "service", service, "error", err.Error())
+	}
 }
 
 // StopUsers stops the user service as a SIGTERM would: it drains for its

@@ -1,6 +1,8 @@
 # The user service's layer of the authorization policy (user.v1.UserService
 # and user.v1.AuthService), on top of Palisade's base policy: the base
-# decides health, reflection and the token exchange, and turns these allow
+# decides health, reflection and the token exchange
+# (palisade.token.v1.TokenService, which the user service serves: its
+# delegates are data.palisade.config.delegates), and turns these allow
 # rules and deny reasons into the decision. Configuration is data
 # (data.json, or the service's policy data): data.palisade.config.delegates,
 # the workloads that may act for users, and .watchers, those that may
@@ -27,25 +29,6 @@ allow if {
 }
 
 deny_reasons contains lib.outside_trust_domain if input.procedure == "/user.v1.AuthService/Login"
-
-# ExchangeToken: only delegates, no token needed. The subject token travels
-# in the request body and is verified by the handler; these rules
-# deliberately read nothing from input.request.
-allow if {
-	input.procedure == "/user.v1.AuthService/ExchangeToken"
-	lib.delegate(lib.workload)
-}
-
-deny_reasons contains "the caller presented no workload identity" if {
-	input.procedure == "/user.v1.AuthService/ExchangeToken"
-	not lib.workload
-}
-
-deny_reasons contains msg if {
-	input.procedure == "/user.v1.AuthService/ExchangeToken"
-	not lib.delegate(lib.workload)
-	msg := sprintf("workload %s may not exchange tokens", [lib.workload])
-}
 
 # GetUser: a user reads their own record ...
 allow if {
@@ -151,7 +134,6 @@ deny_reasons contains msg if {
 # procedures none of whose rules read input.request ...
 request_free if input.procedure in {
 	"/user.v1.AuthService/Login",
-	"/user.v1.AuthService/ExchangeToken",
 	"/user.v1.UserService/ListUsers",
 	"/user.v1.UserService/CreateUser",
 	"/user.v1.UserService/UpdateUser",

@@ -156,15 +156,15 @@ exchange_wants := {
 	"order's token for alice presented by cli": denied(["workload spiffe://palisade.local/client/cli may not exchange tokens"]),
 }
 
-exchange := matrix("/user.v1.AuthService/ExchangeToken", {"request": {"subject_token": "<jwt>"}}, exchange_wants)
+exchange := matrix("/palisade.token.v1.TokenService/ExchangeToken", {"request": {"subject_token": "<jwt>"}}, exchange_wants)
 
 test_exchange_token if check(exchange)
 
 test_exchange_token_follows_the_delegates_list if {
-	base := {"procedure": "/user.v1.AuthService/ExchangeToken", "peer": peer(billing)}
+	base := {"procedure": "/palisade.token.v1.TokenService/ExchangeToken", "peer": peer(billing)}
 	decide(base) == denied(["workload spiffe://palisade.local/svc/billing may not exchange tokens"])
 	decide_with(base, object.union(config, {"delegates": [order_svc, billing]})) == allowed
-	decide({"procedure": "/user.v1.AuthService/ExchangeToken"}) == denied(["the caller presented no workload identity"])
+	decide({"procedure": "/palisade.token.v1.TokenService/ExchangeToken"}) == denied(["the caller presented no workload identity"])
 }
 
 # ---------------------------------------------------------------------------
@@ -407,7 +407,7 @@ reasons_iff_denied(d) if {
 # Every procedure of the layer, and one it does not know.
 procedures := {
 	"/user.v1.AuthService/Login",
-	"/user.v1.AuthService/ExchangeToken",
+	"/palisade.token.v1.TokenService/ExchangeToken",
 	"/user.v1.UserService/GetUser",
 	"/user.v1.UserService/ListUsers",
 	"/user.v1.UserService/CreateUser",
@@ -452,7 +452,7 @@ test_what_is_settled_before_the_request if {
 		"request_needed": false,
 	}
 	early("/x.v1.Y/Z", "alice") == {"allow": false, "reasons": ["no rule allows /x.v1.Y/Z"], "request_needed": false}
-	early("/user.v1.AuthService/ExchangeToken", "alice").request_needed == false
+	early("/palisade.token.v1.TokenService/ExchangeToken", "alice").request_needed == false
 	early("/user.v1.AuthService/Login", "no token") == {"allow": true, "reasons": [], "request_needed": false}
 	early("/user.v1.UserService/GetUser", "admin") == {"allow": true, "reasons": [], "request_needed": false}
 	early("/user.v1.UserService/GetUser", "order for admin") == {"allow": true, "reasons": [], "request_needed": false}

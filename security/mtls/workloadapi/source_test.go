@@ -1,10 +1,12 @@
-package mtls_test
+package workloadapi_test
 
 import (
 	"context"
 	"crypto/x509"
 	"encoding/base64"
 	"errors"
+	"net"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +18,7 @@ import (
 	"github.com/palisade-rpc/palisade/internal/fakeagent"
 	"github.com/palisade-rpc/palisade/rpc/rpctest"
 	"github.com/palisade-rpc/palisade/security/mtls"
+	"github.com/palisade-rpc/palisade/security/mtls/workloadapi"
 )
 
 // spireSVID issues an X509-SVID as SPIRE does for spiffe://palisade.local<path>:
@@ -25,13 +28,13 @@ func spireSVID(ca *certstest.CA, path string) *certs.Issued {
 	return ca.Issue(certs.Leaf{SPIFFEID: "spiffe://palisade.local" + path, Usage: certs.UsageWorkload, Validity: time.Hour})
 }
 
-// agentFixture is a WorkloadAPISource fed by a fake agent, which first
+// agentFixture is a Source fed by a fake agent, which first
 // pushed first, of ca, for spiffe://palisade.local/svc/user.
 type agentFixture struct {
 	ca     *certstest.CA
 	agent  *fakeagent.Agent
 	first  *certs.Issued
-	src    *mtls.WorkloadAPISource
+	src    *workloadapi.Source
 	logs   *rpctest.Logs
 	pushed []*workload.X509SVID // every SVID pushed, for assertNoPushedKey
 }
@@ -45,7 +48,7 @@ func newAgentFixture(t *testing.T) *agentFixture {
 	f.logs = logs
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	src, err := mtls.NewWorkloadAPISource(ctx, f.agent.Addr, mtls.WithLogger(logger))
+	src, err := workloadapi.NewSource(ctx, f.agent.Addr, workloadapi.WithLogger(logger))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,10 +105,10 @@ func verifies(pool *x509.CertPool, leaf *x509.Certificate) bool {
 	return err == nil
 }
 
-// TestWorkloadAPISourceRotates: the source serves what the agent pushes —
+// TestSourceRotates: the source serves what the agent pushes —
 // a new SVID, then a new bundle — each as soon as it is pushed, and logs
 // each change once.
-func TestWorkloadAPISourceRotates(t *testing.T) {
+func TestSourceRotates(t *testing.T) {
 	t.Parallel()
 	f := newAgentFixture(t)
 	if got := f.src.ID().String(); got != "spiffe://palisade.local/svc/user" {
@@ -147,17 +150,17 @@ func TestWorkloadAPISourceRotates(t *testing.T) {
 	f.assertNoPushedKey(t)
 }
 
-// TestWorkloadAPISourcePicksItsSVID: when the agent sends several SVIDs,
+// TestSourcePicksItsSVID: when the agent sends several SVIDs,
 // the first names the source's identity, and later the one with that
 // identity is served, wherever it is in the push.
-func TestWorkloadAPISourcePicksItsSVID(t *testing.T) {
+func TestSourcePicksItsSVID(t *testing.T) {
 	t.Parallel()
 	ca := certstest.NewCA(t)
 	agent := fakeagent.Start(t)
 	user, other := spireSVID(ca, "/svc/user"), spireSVID(ca, "/svc/other")
 	agent.Push(fakeagent.SVID(t, user, ca.Cert), fakeagent.SVID(t, other, ca.Cert))
 	logger, _ := rpctest.NewLogger(t)
-	src, err := mtls.NewWorkloadAPISource(context.Background(), agent.Addr, mtls.WithLogger(logger))
+	src, err := workloadapi.NewSource(context.Background(), agent.Addr, workloadapi.WithLogger(logger))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,11 +173,11 @@ func TestWorkloadAPISourcePicksItsSVID(t *testing.T) {
 	rpctest.WaitFor(t, "the source's own SVID, second in the push", func() bool { return serial(t, src) == next.Cert.SerialNumber.String() })
 }
 
-// TestWorkloadAPISourceRefusesBadSVIDs pushes what the source must refuse,
+// TestSourceRefusesBadSVIDs pushes what the source must refuse,
 // from the attacker's side (a compromised or misconfigured agent): each is
 // refused and logged once, without key material, the last good SVID keeps
 // serving, and a good SVID pushed next is taken.
-func TestWorkloadAPISourceRefusesBadSVIDs(t *testing.T) {
+func TestSourceRefusesBadSVIDs(t *testing.T) {
 	t.Parallel()
 	now := time.Now()
 	user := "spiffe://palisade.local/svc/user"
@@ -194,34 +197,34 @@ func TestWorkloadAPISourceRefusesBadSVIDs(t *testing.T) {
 		"expired": {push: func(f *agentFixture) *workload.X509SVID {
 			return fakeagent.SVID(t, f.ca.Issue(certs.Leaf{SPIFFEID: user, Usage: certs.UsageWorkload,
 				NotBefore: now.Add(-2 * time.Hour), NotAfter: now.Add(-time.Hour)}), f.ca.Cert)
-		}, reason: "mtls: SVID expired at"},
+		}, reason: "workloadapi: SVID expired at"},
 		"not yet valid": {push: func(f *agentFixture) *workload.X509SVID {
 			return fakeagent.SVID(t, f.ca.Issue(certs.Leaf{SPIFFEID: user, Usage: certs.UsageWorkload,
 				NotBefore: now.Add(time.Hour), Validity: time.Hour}), f.ca.Cert)
-		}, reason: "mtls: SVID is not valid before"},
+		}, reason: "workloadapi: SVID is not valid before"},
 		"a usage dropped (clientAuth only)": {push: func(f *agentFixture) *workload.X509SVID {
 			return fakeagent.SVID(t, f.ca.Client("/svc/user"), f.ca.Cert)
-		}, reason: "mtls: SVID: certificate lacks the serverAuth extended key usage"},
+		}, reason: "workloadapi: SVID: certificate lacks the serverAuth extended key usage"},
 		"no extended key usage": {push: func(f *agentFixture) *workload.X509SVID {
 			return fakeagent.SVID(t, f.ca.Forge(workloadTemplate("/svc/user", func(c *x509.Certificate) { c.ExtKeyUsage = nil })), f.ca.Cert)
-		}, reason: "mtls: SVID: certificate lacks the clientAuth extended key usage"},
+		}, reason: "workloadapi: SVID: certificate lacks the clientAuth extended key usage"},
 		"anyExtendedKeyUsage only": {push: func(f *agentFixture) *workload.X509SVID {
 			return fakeagent.SVID(t, f.ca.Forge(workloadTemplate("/svc/user", func(c *x509.Certificate) {
 				c.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageAny}
 			})), f.ca.Cert)
-		}, reason: "mtls: SVID: certificate lacks the clientAuth extended key usage"},
+		}, reason: "workloadapi: SVID: certificate lacks the clientAuth extended key usage"},
 		"no basic constraints": {push: func(f *agentFixture) *workload.X509SVID {
 			return fakeagent.SVID(t, f.ca.Forge(workloadTemplate("/svc/user", func(c *x509.Certificate) { c.BasicConstraintsValid = false })), f.ca.Cert)
-		}, reason: "mtls: SVID: certificate has no basic constraints extension"},
+		}, reason: "workloadapi: SVID: certificate has no basic constraints extension"},
 		"signed by a CA not in the bundle": {push: func(f *agentFixture) *workload.X509SVID {
 			return fakeagent.SVID(t, spireSVID(certstest.NewCA(t), "/svc/user"), f.ca.Cert)
-		}, reason: "mtls: SVID does not chain to the bundle of palisade.local"},
+		}, reason: "workloadapi: SVID does not chain to the bundle of palisade.local"},
 		"no bundle": {push: func(f *agentFixture) *workload.X509SVID {
 			return fakeagent.SVID(t, spireSVID(f.ca, "/svc/user"))
-		}, reason: "mtls: workload API: no bundle for trust domain palisade.local"},
+		}, reason: "workloadapi: workload API: no bundle for trust domain palisade.local"},
 		"a leaf in the bundle": {push: func(f *agentFixture) *workload.X509SVID {
 			return fakeagent.SVID(t, spireSVID(f.ca, "/svc/user"), f.ca.Cert, f.ca.Client("/client/cli").Cert)
-		}, reason: "mtls: bundle of palisade.local holds a certificate that is not a CA"},
+		}, reason: "workloadapi: bundle of palisade.local holds a certificate that is not a CA"},
 		"CA:TRUE": {push: func(f *agentFixture) *workload.X509SVID {
 			return fakeagent.SVID(t, f.ca.Forge(workloadTemplate("/svc/user", func(c *x509.Certificate) { c.IsCA = true })), f.ca.Cert)
 		}, reason: "leaf certificate must not have CA flag set to true", byGoSpiffe: true},
@@ -264,11 +267,11 @@ func TestWorkloadAPISourceRefusesBadSVIDs(t *testing.T) {
 	}
 }
 
-// TestNewWorkloadAPISourceFails: a first SVID the source would refuse
+// TestNewSourceFails: a first SVID the source would refuse
 // later, an address that is not a unix socket, an agent that never
 // answers: each is a clear error, and nothing is left running — no
 // goroutine (TestMain checks) and no connection to the agent.
-func TestNewWorkloadAPISourceFails(t *testing.T) {
+func TestNewSourceFails(t *testing.T) {
 	// Not parallel: it sets SPIFFE_ENDPOINT_SOCKET.
 	ca := certstest.NewCA(t)
 	agent := fakeagent.Start(t)
@@ -276,18 +279,18 @@ func TestNewWorkloadAPISourceFails(t *testing.T) {
 	logger, logs := rpctest.NewLogger(t)
 
 	agent.Push(fakeagent.SVID(t, ca.Forge(workloadTemplate("/svc/user", func(c *x509.Certificate) { c.ExtKeyUsage = nil })), ca.Cert))
-	if _, err := mtls.NewWorkloadAPISource(ctx, agent.Addr, mtls.WithLogger(logger)); err == nil || !strings.Contains(err.Error(), "neither the clientAuth nor the serverAuth") {
+	if _, err := workloadapi.NewSource(ctx, agent.Addr, workloadapi.WithLogger(logger)); err == nil || !strings.Contains(err.Error(), "neither the clientAuth nor the serverAuth") {
 		t.Fatalf("a first SVID without extended key usage: %v", err)
 	}
 	rpctest.WaitFor(t, "the refused source to leave the agent", func() bool { return agent.Watchers() == 0 })
 
 	for _, addr := range []string{"tcp://127.0.0.1:8081", "/run/spire/agent.sock", "unix"} {
-		if _, err := mtls.NewWorkloadAPISource(ctx, addr); err == nil || !strings.Contains(err.Error(), "want unix:///path/to/socket") {
+		if _, err := workloadapi.NewSource(ctx, addr); err == nil || !strings.Contains(err.Error(), "want unix:///path/to/socket") {
 			t.Fatalf("address %q: %v", addr, err)
 		}
 	}
 	t.Setenv("SPIFFE_ENDPOINT_SOCKET", "")
-	if _, err := mtls.NewWorkloadAPISource(ctx, ""); err == nil || !strings.Contains(err.Error(), "SPIFFE_ENDPOINT_SOCKET is not set") {
+	if _, err := workloadapi.NewSource(ctx, ""); err == nil || !strings.Contains(err.Error(), "SPIFFE_ENDPOINT_SOCKET is not set") {
 		t.Fatalf("no address: %v", err)
 	}
 
@@ -295,7 +298,7 @@ func TestNewWorkloadAPISourceFails(t *testing.T) {
 	silent := fakeagent.Start(t)
 	waitCtx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 	defer cancel()
-	_, err := mtls.NewWorkloadAPISource(waitCtx, silent.Addr, mtls.WithLogger(logger))
+	_, err := workloadapi.NewSource(waitCtx, silent.Addr, workloadapi.WithLogger(logger))
 	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "no SVID yet") {
 		t.Fatalf("an agent that never pushes: %v", err)
 	}
@@ -305,16 +308,16 @@ func TestNewWorkloadAPISourceFails(t *testing.T) {
 	t.Setenv("SPIFFE_ENDPOINT_SOCKET", "unix://"+t.TempDir()+"/none.sock")
 	waitCtx, cancel = context.WithTimeout(ctx, 300*time.Millisecond)
 	defer cancel()
-	if _, err := mtls.NewWorkloadAPISource(waitCtx, "", mtls.WithLogger(logger)); !errors.Is(err, context.DeadlineExceeded) {
+	if _, err := workloadapi.NewSource(waitCtx, "", workloadapi.WithLogger(logger)); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("no agent: %v", err)
 	}
 	logs.WaitForLog(t, "workload API: Failed to watch the Workload API", "none.sock")
 }
 
-// TestWorkloadAPISourceClose: Close ends the watch (the agent loses its
+// TestSourceClose: Close ends the watch (the agent loses its
 // watcher; TestMain checks that no goroutine is left) and the source keeps
 // serving its last SVID without taking new ones.
-func TestWorkloadAPISourceClose(t *testing.T) {
+func TestSourceClose(t *testing.T) {
 	t.Parallel()
 	f := newAgentFixture(t)
 	if n := f.agent.Watchers(); n != 1 {
@@ -331,4 +334,30 @@ func TestWorkloadAPISourceClose(t *testing.T) {
 	if err := f.src.Close(); err != nil {
 		t.Fatalf("second Close: %v", err)
 	}
+}
+
+// serial returns the serial number of src's current certificate.
+func serial(t *testing.T, src mtls.Source) string {
+	t.Helper()
+	c, err := src.Certificate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.Leaf.SerialNumber.String()
+}
+
+// workloadTemplate is a workload certificate for spiffe://palisade.local<path>
+// (serverAuth and clientAuth, CA:FALSE), changed by mutate, for ca.Forge.
+func workloadTemplate(path string, mutate func(*x509.Certificate)) *x509.Certificate {
+	tmpl := &x509.Certificate{
+		URIs:                  []*url.URL{{Scheme: "spiffe", Host: certstest.TrustDomain, Path: path}},
+		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
+		KeyUsage:              x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		BasicConstraintsValid: true,
+	}
+	if mutate != nil {
+		mutate(tmpl)
+	}
+	return tmpl
 }

@@ -39,6 +39,7 @@ import (
 	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
 	"github.com/palisade-rpc/palisade/rpc"
 	"github.com/palisade-rpc/palisade/security/mtls"
+	"github.com/palisade-rpc/palisade/security/mtls/workloadapi"
 	"github.com/palisade-rpc/palisade/security/spiffeid"
 	"github.com/palisade-rpc/palisade/services/user"
 )
@@ -95,7 +96,7 @@ func run() error {
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 
 	waitCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	src, err := mtls.NewWorkloadAPISource(waitCtx, c.socket, mtls.WithLogger(logger))
+	src, err := workloadapi.NewSource(waitCtx, c.socket, workloadapi.WithLogger(logger))
 	cancel()
 	if err != nil {
 		return fmt.Errorf("identity from %s: %w", c.socket, err)

@@ -30,13 +30,19 @@ BENCH_MICRO := -bench='^(BenchmarkVerify|BenchmarkDefaultPolicy|BenchmarkPrincip
 # `make conformance` installs it into bin/ with go install.
 CONFORMANCE_VERSION := v1.0.7
 
+# SPIRE for `make spire-e2e`: spire-server and spire-agent, pinned as tools
+# in their own module (tools/spire/go.mod, v1.13.3), built into bin/spire
+# once (a cold build takes 11+ minutes of CPU). SPIRE_BIN=dir uses
+# binaries from dir instead.
+SPIRE_BIN ?= bin/spire
+
 # Extra flags for `make load` and `make soak` (bin/palisade load --help).
 LOAD_FLAGS ?=
 
 .PHONY: help generate check-generate build deps test test-go test-deploy test-demo test-demo-cluster test-fuzz fuzz vet demo demo-cluster up down bench bench-micro conformance load soak
 
 help: ## list the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[1m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  \033[1m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 generate: ## regenerate the Go code in proto/ and conformance/gen from the .proto files (buf via go tool)
 	$(GO) -C tools run ./validateproto -out ../third_party/protovalidate
@@ -124,3 +130,11 @@ bench-fanout: deps build ## the change feed fanned out to 1-1,000 subscribers ag
 
 bench-invalidation: ## invalidation latency, from a user change's commit to each of 3 order replicas (p50/p99/max)
 	$(GO) test -run='^$$' -bench='^BenchmarkInvalidationLatency$$' -benchtime=500x ./services/e2e
+
+.PHONY: spire-e2e
+spire-e2e: build $(if $(filter bin/spire,$(SPIRE_BIN)),bin/spire/spire-server bin/spire/spire-agent) ## opt-in, ~3 min (not in make test): SPIRE server and agent, services with --spiffe-socket, CreateOrder through 2 SVID rotations, no failed call
+	$(GO) build -o bin/ ./cmd/internal/spire-e2e
+	SPIRE_BIN=$(SPIRE_BIN) scripts/spire-e2e.sh
+
+bin/spire/spire-server bin/spire/spire-agent: tools/spire/go.mod tools/spire/go.sum
+	$(GO) -C tools/spire build -o $(CURDIR)/bin/spire/ github.com/spiffe/spire/cmd/$(@F)

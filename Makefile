@@ -5,6 +5,9 @@ BUF := $(GO) tool -modfile=tools/go.mod buf
 # The test demo runs on its own ports and state directory, so it does not
 # collide with services started by `make up`.
 TEST_DEMO_ENV := USER_ADDR=127.0.0.1:18443 ORDER_ADDR=127.0.0.1:19443
+# The test cluster demo's: 18543-18544 and 19543-19545, admin listeners 10
+# above; none of the test demo's (18443, 18445, 19443-19445).
+TEST_DEMO_CLUSTER_ENV := CLUSTER_USER_ADDR=127.0.0.1:18543 CLUSTER_ORDER_ADDR=127.0.0.1:19543
 
 .DEFAULT_GOAL := help
 # Fuzz targets: package and function. Seed corpora are committed under each
@@ -18,6 +21,8 @@ FUZZTIME ?= 30s
 TEST_FUZZTIME ?= 3s
 # `make bench` flags beyond the issue's defaults, e.g. BENCH_FLAGS="--duration 10s --rounds 6".
 BENCH_FLAGS ?=
+# `make bench-fanout` flags, e.g. BENCH_FANOUT_FLAGS="--sizes 10,100 --json fanout.json".
+BENCH_FANOUT_FLAGS ?=
 # The micro-benchmarks of the chain's parts, run by `make bench-micro`.
 BENCH_MICRO := -bench='^(BenchmarkVerify|BenchmarkDefaultPolicy|BenchmarkPrincipal|BenchmarkChain)$$' -benchtime=1s \
 	./security/token ./policy ./rpc
@@ -28,10 +33,10 @@ CONFORMANCE_VERSION := v1.0.7
 # Extra flags for `make load` and `make soak` (bin/palisade load --help).
 LOAD_FLAGS ?=
 
-.PHONY: help generate check-generate build deps test test-go test-deploy test-demo test-fuzz fuzz vet demo up down bench bench-micro conformance load soak
+.PHONY: help generate check-generate build deps test test-go test-deploy test-demo test-demo-cluster test-fuzz fuzz vet demo demo-cluster up down bench bench-micro conformance load soak
 
 help: ## list the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[1m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 generate: ## regenerate the Go code in proto/ and conformance/gen from the .proto files (buf via go tool)
 	$(GO) -C tools run ./validateproto -out ../third_party/protovalidate
@@ -53,10 +58,10 @@ vet: ## go vet and a gofmt check
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
-deps: ## install what the tests need beyond Go: PostgreSQL, for the store tests (quiet when present)
+deps: ## install what the tests need beyond Go: PostgreSQL (store tests), redis-server (fan-out bench and its test); quiet when present
 	@scripts/install-deps.sh
 
-test: deps vet check-generate test-go test-deploy test-fuzz test-demo conformance ## the whole suite: vet, generated-code check, go test -race, the Kubernetes manifests, short fuzzing, the demo, the conformance suite
+test: deps vet check-generate test-go test-deploy test-fuzz test-demo test-demo-cluster conformance ## the whole suite: vet, generated-code check, go test -race, the Kubernetes manifests, short fuzzing, the demos, the conformance suite
 	@echo "make test: all passed"
 
 test-go: ## go test -race ./...
@@ -82,6 +87,14 @@ test-demo: build ## the demo on its own ports and a temporary state directory
 demo: build ## mint a dev PKI if missing, start usersvc and two ordersvc replicas, play the scenario with curl, stop
 	scripts/demo.sh
 
+test-demo-cluster: build ## the cluster demo on its own ports and a temporary state directory (its logs printed if it fails)
+	@home=$$(mktemp -d); trap 'rm -rf "$$home"' EXIT; \
+	  PALISADE_HOME=$$home $(TEST_DEMO_CLUSTER_ENV) scripts/demo-cluster.sh || \
+	  { tail -n 20 "$$home"/logs/cluster/*.log; exit 1; }
+
+demo-cluster: build ## throwaway PostgreSQL, 2 usersvc and 3 ordersvc replicas; kill a usersvc mid-scenario; check nothing idempotent fails
+	scripts/demo-cluster.sh
+
 conformance: ## the Connect conformance suite through the full chain: its default suite over mTLS, then the token suite
 	GOBIN=$(CURDIR)/bin $(GO) install connectrpc.com/conformance/cmd/connectconformance@$(CONFORMANCE_VERSION)
 	$(GO) build -o bin/ ./conformance/cmd/conformance-server ./conformance/cmd/conformance-suites
@@ -105,6 +118,9 @@ load: build ## 100,000 calls at 64 concurrency through the full chain on in-proc
 soak: build ## 2 minutes of load; reports RSS and goroutines at start and end, fails if they grow past the bounds
 	bin/palisade load --soak 2m --concurrency 64 $(LOAD_FLAGS)
 
-.PHONY: bench-fanout
-bench-fanout: ## invalidation latency, from a user change's commit to each of 3 order replicas (p50/p99/max)
+.PHONY: bench-fanout bench-invalidation
+bench-fanout: deps build ## the change feed fanned out to 1-1,000 subscribers against Redis pub/sub over TLS, same run (a few minutes)
+	bin/palisade bench-fanout $(BENCH_FANOUT_FLAGS)
+
+bench-invalidation: ## invalidation latency, from a user change's commit to each of 3 order replicas (p50/p99/max)
 	$(GO) test -run='^$$' -bench='^BenchmarkInvalidationLatency$$' -benchtime=500x ./services/e2e

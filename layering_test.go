@@ -13,10 +13,13 @@ const module = "github.com/palisade-rpc/palisade"
 
 // layer is a row of the package table of DESIGN14 ("may import"): the
 // packages of this module a package may import directly, and whether it
-// may depend, at any depth, on Open Policy Agent.
+// may depend, at any depth, on Open Policy Agent and on grpc-go.
 type layer struct {
 	imports []string // of this module, relative to its root; "x/..." admits x's subpackages
 	opa     bool
+	// grpc admits google.golang.org/grpc (8.7 MB of a server binary): only
+	// the Workload API client needs it, and what tests a gRPC client.
+	grpc bool
 }
 
 // layers holds a row for every package of the framework. A package of the
@@ -25,22 +28,27 @@ type layer struct {
 // here, so that the table stays the whole story. (A directory of tests
 // alone is no package anything imports, and needs no row.)
 var layers = map[string]layer{
-	"internal/poll":      {},
-	"internal/pemfile":   {},
-	"security/spiffeid":  {},
-	"security/password":  {},
-	"security/throttle":  {},
-	"security":           {imports: []string{"security/spiffeid"}},
-	"security/mtls":      {imports: []string{"security/spiffeid", "internal/pemfile", "internal/poll"}},
-	"security/token":     {imports: []string{"security", "security/spiffeid", "internal/pemfile", "internal/poll", "proto/palisade/..."}},
-	"authz":              {imports: []string{"security", "security/spiffeid"}},
-	"policy":             {imports: []string{"authz", "security", "security/spiffeid", "internal/poll"}, opa: true},
-	"rpc":                {imports: []string{"authz", "security", "security/spiffeid", "security/mtls", "security/token", "security/throttle"}},
-	"rpc/rpctest":        {imports: []string{"rpc", "authz", "security/mtls"}},
-	"telemetry":          {imports: []string{"rpc"}},
+	"internal/poll":             {},
+	"internal/pemfile":          {},
+	"security/spiffeid":         {},
+	"security/password":         {},
+	"security/throttle":         {},
+	"security":                  {imports: []string{"security/spiffeid"}},
+	"security/mtls":             {imports: []string{"security/spiffeid", "internal/pemfile", "internal/poll"}},
+	"security/mtls/workloadapi": {imports: []string{"security/mtls", "security/spiffeid"}, grpc: true},
+	"security/token":            {imports: []string{"security", "security/spiffeid", "internal/pemfile", "internal/poll", "proto/palisade/..."}},
+	"authz":                     {imports: []string{"security", "security/spiffeid"}},
+	"authz/decisionlog":         {imports: []string{"authz", "rpc", "security/mtls"}},
+	"policy":                    {imports: []string{"authz", "security", "security/spiffeid", "internal/poll"}, opa: true},
+	"rpc":                       {imports: []string{"authz", "security", "security/spiffeid", "security/mtls", "security/token", "security/throttle", "proto/palisade/..."}}, // proto/palisade: WithDelegation calls the TokenService
+	"rpc/rpctest":               {imports: []string{"rpc", "authz", "security/mtls"}, grpc: true},
+	// The OTLP trace exporter (--otlp-endpoint) is otlptracegrpc: telemetry,
+	// and so every server with telemetry, links grpc-go.
+	"telemetry":          {imports: []string{"rpc", "security/mtls", "security/spiffeid"}, grpc: true},
 	"certs":              {imports: []string{"security/spiffeid", "internal/pemfile"}},
 	"certs/certstest":    {imports: []string{"certs", "internal/pemfile", "security/mtls", "security/spiffeid"}},
-	"internal/fakeagent": {imports: []string{"certs"}},
+	"internal/fakeagent": {imports: []string{"certs"}, grpc: true},
+	"kit":                {imports: []string{"authz", "authz/decisionlog", "policy", "rpc", "security", "security/mtls", "security/mtls/workloadapi", "security/spiffeid", "security/token", "telemetry"}, opa: true, grpc: true},
 	"internal/testusers": {imports: []string{"rpc", "security", "proto/user/v1", "proto/user/v1/userv1connect"}},
 }
 
@@ -50,8 +58,9 @@ var unlayered = []string{"cmd", "services", "conformance", "proto"}
 
 // TestLayering checks the package table: no package imports one of ours it
 // may not (security/* never imports certs, rpc, policy or authz; authz and
-// rpc never import policy), and only policy links OPA — a server that
-// authorizes with an authz.AllowList does not. It reads the import graph
+// rpc never import policy), only policy links OPA — a server that
+// authorizes with an authz.AllowList does not — and only the Workload API
+// source links grpc-go, so a server with certificate files does not. It reads the import graph
 // with go list, so it follows the code as it is.
 func TestLayering(t *testing.T) {
 	t.Parallel()
@@ -81,6 +90,9 @@ func TestLayering(t *testing.T) {
 					break
 				}
 			}
+		}
+		if !l.grpc && slices.Contains(p.deps, "google.golang.org/grpc") {
+			t.Errorf("%s links grpc-go: only the Workload API source (security/mtls/workloadapi) may", rel)
 		}
 	}
 	for rel := range layers {

@@ -43,7 +43,8 @@ import (
 )
 
 // Input is what a decision is made on. It mirrors the policy input document
-// of DESIGN.md; it never holds a secret (no raw token, no password).
+// (DESIGN.md, "Policy input"); it never holds a secret (no raw token, no
+// password).
 type Input struct {
 	// DecisionID is the id the decision will be logged and reported under.
 	DecisionID string

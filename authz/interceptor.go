@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -32,6 +33,8 @@ type Interceptor struct {
 	perMessage map[string]bool
 	ids        *idSource
 	hooks      []DecisionHook
+	logInput   bool       // WithDecisionLogInput
+	inputMask  *InputMask // what the logged input leaves out
 }
 
 var _ connect.Interceptor = (*Interceptor)(nil)
@@ -53,9 +56,22 @@ func WithLogger(l *slog.Logger) InterceptorOption {
 
 // WithDecisionLogger sets the logger of the decision log: one line per
 // decision ("decision") with its id, the procedure, the peer, the subject and
-// actor, allow, the reasons, the evaluation time and the policy revision.
+// actor, allow, the reasons, the evaluation time and the policy revision
+// (and, with WithDecisionLogInput, the input).
 func WithDecisionLogger(l *slog.Logger) InterceptorOption {
 	return interceptorOptionFunc(func(i *Interceptor) { i.decisions = l })
+}
+
+// WithDecisionLogInput adds the input document to each decision log line
+// ("input"), so that a denial can be replayed with `palisade policy eval`:
+// the document the authorizer decided on (InputMask.AppendJSON), less the
+// request fields marked sensitive in their .proto (debug_redact) and the
+// paths mask erases (nil: the sensitive fields only). The paths erased from
+// an input are listed under "erased". Off by default: a request can hold
+// personal data that the log's readers need not see. With a JSON log
+// handler the input is a JSON object; with a text one, a quoted string.
+func WithDecisionLogInput(mask *InputMask) InterceptorOption {
+	return interceptorOptionFunc(func(i *Interceptor) { i.logInput, i.inputMask = true, mask })
 }
 
 // WithPerMessage makes the client- and bidi-streaming procedures named
@@ -348,7 +364,7 @@ func (i *Interceptor) logDecision(ctx context.Context, in *Input, d Decision, el
 	if !i.decisions.Enabled(ctx, level) {
 		return
 	}
-	attrs := make([]slog.Attr, 0, 12)
+	attrs := make([]slog.Attr, 0, 14)
 	attrs = append(attrs,
 		slog.String("decision_id", in.DecisionID),
 		slog.String("procedure", in.Procedure),
@@ -374,6 +390,15 @@ func (i *Interceptor) logDecision(ctx context.Context, in *Input, d Decision, el
 	)
 	if evalErr != nil {
 		attrs = append(attrs, slog.String("error", evalErr.Error()))
+	}
+	if i.logInput {
+		doc, erased := i.inputMask.AppendJSON(nil, in)
+		if len(doc) > 0 {
+			attrs = append(attrs, slog.Any("input", json.RawMessage(doc)))
+		}
+		if len(erased) > 0 {
+			attrs = append(attrs, slog.Any("erased", erased))
+		}
 	}
 	i.decisions.LogAttrs(ctx, level, "decision", attrs...)
 }

@@ -126,7 +126,9 @@ func Start(ctx context.Context, req *conformancev1.ServerCompatRequest, opts Opt
 	if grace <= 0 {
 		grace = 2 * time.Second
 	}
-	engine, err := policy.NewEngine(ctx, PolicyBundle(), policy.WithLogger(opts.Logger))
+	// The conformance policy is complete in itself: it admits the runner
+	// to the ConformanceService and nothing else, health included.
+	engine, err := policy.NewEngine(ctx, PolicyBundle(), policy.WithLogger(opts.Logger), policy.WithoutBase())
 	if err != nil {
 		return nil, fmt.Errorf("conformance: policy: %w", err)
 	}

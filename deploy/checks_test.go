@@ -746,30 +746,45 @@ func (c *checker) disruptionBudgets() {
 	}
 }
 
-// policyConfigMap: the policy ConfigMap that --policy-dir reads holds the
-// policy files of policy/rego, unchanged, and has no name hash (an
+// policyLayers are the sample services' policy layers, by binary.
+var policyLayers = map[string]string{
+	"usersvc":  filepath.Join("services", "user", "policy"),
+	"ordersvc": filepath.Join("services", "order", "policy"),
+}
+
+// policyConfigMap: the policy ConfigMap that a service's --policy-dir reads
+// holds the files of that service's policy layer (services/<name>/policy:
+// its .rego files and data.json), unchanged, and has no name hash (an
 // in-place update is what the services reload without a restart).
 func (c *checker) policyConfigMap() {
-	want := map[string]string{}
-	files, err := filepath.Glob(filepath.Join("..", "policy", "rego", "*.rego"))
-	if err != nil || len(files) == 0 {
-		c.errorf("policy/rego: no .rego files (%v)", err)
-		return
-	}
-	for _, f := range files {
-		data, err := os.ReadFile(f)
-		if err != nil {
-			c.errorf("%v", err)
-			return
-		}
-		want[filepath.Base(f)] = string(data)
-	}
 	found := false
 	for _, d := range c.r.deployments {
 		for _, ctr := range d.Spec.Template.Spec.Containers {
 			dir, ok := argValue(&ctr, "policy-dir")
 			if !ok {
 				continue
+			}
+			layer, ok := policyLayers[filepath.Base(ctr.Command[0])]
+			if !ok {
+				c.errorf("deployment %s: %s has a --policy-dir but no policy layer of ours", d.Name, ctr.Command[0])
+				continue
+			}
+			want := map[string]string{}
+			files, err := filepath.Glob(filepath.Join("..", layer, "*"))
+			if err != nil || len(files) == 0 {
+				c.errorf("%s: no files (%v)", layer, err)
+				return
+			}
+			for _, f := range files {
+				if !strings.HasSuffix(f, ".rego") && filepath.Base(f) != "data.json" {
+					continue
+				}
+				data, err := os.ReadFile(f)
+				if err != nil {
+					c.errorf("%v", err)
+					return
+				}
+				want[filepath.Base(f)] = string(data)
 			}
 			for _, m := range ctr.VolumeMounts {
 				if strings.TrimRight(m.MountPath, "/") != strings.TrimRight(dir, "/") {
@@ -786,12 +801,12 @@ func (c *checker) policyConfigMap() {
 					found = true
 					for name, content := range want {
 						if cm.Data[name] != content {
-							c.errorf("ConfigMap %s: %s differs from policy/rego/%s (copy it again)", cm.Name, name, name)
+							c.errorf("ConfigMap %s: %s differs from %s/%s (copy it again)", cm.Name, name, layer, name)
 						}
 					}
 					for name := range cm.Data {
 						if _, ok := want[name]; !ok {
-							c.errorf("ConfigMap %s: %s is not in policy/rego", cm.Name, name)
+							c.errorf("ConfigMap %s: %s is not in %s", cm.Name, name, layer)
 						}
 					}
 				}

@@ -41,13 +41,7 @@ var overlays = []string{"spire", "files"}
 // value). The manifests may use them although --help does not list them;
 // once a binary lists one, the test fails until it is removed from here,
 // so this list cannot outlive the flags it waits for.
-var pendingFlags = map[string]bool{
-	// The SPIFFE Workload API socket (the SPIRE helper's branch).
-	"spiffe-socket": true,
-	// Let --admin-addr bind a non-loopback address, for Prometheus and the
-	// kubelet's probes of /healthz (asked of the lead with this branch).
-	"admin-allow-remote": false,
-}
+var pendingFlags = map[string]bool{}
 
 // kinds maps apiVersion/kind to the type an object is decoded into. A kind
 // not listed fails the test: add its type here.

@@ -12,13 +12,15 @@ import (
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
 	"github.com/palisade-rpc/palisade/security"
 	"github.com/palisade-rpc/palisade/security/spiffeid"
+	"github.com/palisade-rpc/palisade/services/user"
 )
 
-// BenchmarkDefaultPolicy measures one decision of the default policy: a
-// customer reading their own record (needs the request's id) and a health
-// check (no request fields), from the decision cache and evaluated.
+// BenchmarkDefaultPolicy measures one decision of the sample user
+// service's policy (the base and its layer): a customer reading their own
+// record (needs the request's id) and a health check (no request fields),
+// from the decision cache and evaluated.
 func BenchmarkDefaultPolicy(b *testing.B) {
-	bundle, err := policy.DefaultBundle()
+	bundle, err := policy.LoadFS(user.Policy(), "services/user/policy")
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"compress/gzip"
 	"crypto/sha256"
-	"embed"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -59,21 +58,16 @@ func IsTestFile(name string) bool { return strings.HasSuffix(name, "_test.rego")
 // download cannot exhaust memory.
 const maxPolicyBytes = 8 << 20
 
-//go:embed rego/*.rego
-var embedded embed.FS
-
-// DefaultBundle returns the policies shipped with Palisade for the sample
-// services (policy/rego).
-func DefaultBundle() (*Bundle, error) {
-	sub, err := fs.Sub(embedded, "rego")
+// LoadFS reads a policy layer from fsys as LoadDir does a directory: every
+// *.rego file (recursively) and data.json if present, skipping entries whose
+// names begin with ".". It is how a service reads the layer it embeds
+// (//go:embed); origin names it in logs.
+func LoadFS(fsys fs.FS, origin string) (*Bundle, error) {
+	b, err := loadFS(fsys)
 	if err != nil {
-		return nil, fmt.Errorf("policy: embedded policies: %w", err)
+		return nil, fmt.Errorf("%w (in %s)", err, origin)
 	}
-	b, err := loadFS(sub)
-	if err != nil {
-		return nil, err
-	}
-	b.Origin = "embedded"
+	b.Origin = origin
 	return b, nil
 }
 

@@ -6,8 +6,7 @@ import (
 	"compress/gzip"
 	"context"
 	"fmt"
-	"net/http"
-	"net/http/httptest"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/open-policy-agent/opa/v1/ast"
 
+	"github.com/palisade-rpc/palisade/certs/certstest"
 	"github.com/palisade-rpc/palisade/policy"
 )
 
@@ -59,32 +59,41 @@ func TestBundleFromFileAndURL(t *testing.T) {
 	if err := os.WriteFile(file, archive, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write(archive) }))
-	defer srv.Close()
+	b, err := policy.BundleLoader(file)(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := b.Modules["escape.rego"]; !ok || len(b.Modules) != 3 {
+		t.Fatalf("modules %v: a ../ name must be cleaned into the bundle", keys(b.Modules))
+	}
+	fromFile, err := quietEngine(t, b)
+	if err != nil {
+		t.Fatal(err)
+	}
 
-	for name, load := range map[string]policy.Loader{
-		"file": policy.BundleLoader(file, nil),
-		"url":  policy.BundleLoader(srv.URL+"/bundle.tar.gz", srv.Client()),
-	} {
-		t.Run(name, func(t *testing.T) {
-			b, err := load(context.Background())
-			if err != nil {
-				t.Fatal(err)
+	// The same archive from a bundle server (OPA's downloader, over mTLS)
+	// is the same policy: the same revision, over the same modules and data.
+	ca := certstest.NewCA(t)
+	srv := startBundleServer(t, ca, nil)
+	srv.publish(archive)
+	src, err := policy.NewBundleSource(srv.url, bundleClient(t, ca), policy.WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fromURL, err := src.NewEngine(context.Background(), policy.WithoutBase()) // as quietEngine: the fixture is a whole policy
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fromURL.Revision() != fromFile.Revision() {
+		t.Fatalf("revision %s from the server, %s from the file", fromURL.Revision(), fromFile.Revision())
+	}
+	for name, e := range map[string]*policy.Engine{"file": fromFile, "url": fromURL} {
+		for user, want := range map[string]bool{"bob": true, "eve": false} {
+			d, err := e.Eval(context.Background(), ast.MustParseTerm(`{"user": "`+user+`"}`).Value)
+			if err != nil || d.Allow != want {
+				t.Fatalf("%s, %s: %+v %v, want allow %v (from the bundle's data.json)", name, user, d, err, want)
 			}
-			if _, ok := b.Modules["escape.rego"]; !ok || len(b.Modules) != 3 {
-				t.Fatalf("modules %v: a ../ name must be cleaned into the bundle", keys(b.Modules))
-			}
-			e, err := quietEngine(t, b)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for user, want := range map[string]bool{"bob": true, "eve": false} {
-				d, err := e.Eval(context.Background(), ast.MustParseTerm(`{"user": "`+user+`"}`).Value)
-				if err != nil || d.Allow != want {
-					t.Fatalf("%s: %+v %v, want allow %v (from the bundle's data.json)", user, d, err, want)
-				}
-			}
-		})
+		}
 	}
 	if _, err := policy.ReadBundle(strings.NewReader("not gzip"), "junk"); err == nil {
 		t.Fatal("junk accepted as a bundle")

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"context"
+	"io/fs"
 	"log/slog"
 	"reflect"
 	"testing"
@@ -13,6 +14,8 @@ import (
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
 	"github.com/palisade-rpc/palisade/security"
 	"github.com/palisade-rpc/palisade/security/spiffeid"
+	"github.com/palisade-rpc/palisade/services/order"
+	"github.com/palisade-rpc/palisade/services/user"
 )
 
 func TestCacheableRefusesNondeterministicPolicies(t *testing.T) {
@@ -34,16 +37,14 @@ func TestCacheableRefusesNondeterministicPolicies(t *testing.T) {
 			t.Errorf("%q: cacheable %v (%q), want refused for %s", src, ok, found, want)
 		}
 	}
-	b, err := DefaultBundle()
-	if err != nil {
-		t.Fatal(err)
-	}
-	mods, err := parseModules(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ok, found := cacheable(mods); !ok {
-		t.Fatalf("the default policy should be cacheable; it calls %s", found)
+	for name, layer := range map[string]fs.FS{"user": user.Policy(), "order": order.Policy()} {
+		mods, _, _, err := compose(mustLoadFS(t, layer, name), engineConfig{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok, found := cacheable(mods); !ok {
+			t.Fatalf("the base and the %s layer should be cacheable; they call %s", name, found)
+		}
 	}
 }
 
@@ -117,18 +118,26 @@ func TestCacheKeyCoversTheInput(t *testing.T) {
 	}
 }
 
+func mustLoadFS(t *testing.T, fsys fs.FS, origin string) *Bundle {
+	t.Helper()
+	b, err := LoadFS(fsys, origin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
 // TestCachedDecisionsFollowTheInput: with the cache on, alice reading
 // herself is allowed and reading bob denied, however the calls interleave,
 // and a reload discards what the old version decided.
 func TestCachedDecisionsFollowTheInput(t *testing.T) {
 	t.Parallel()
-	b, _ := DefaultBundle()
-	e, err := NewEngine(context.Background(), b, WithLogger(slog.New(slog.DiscardHandler)))
+	e, err := NewEngine(context.Background(), mustLoadFS(t, user.Policy(), "user"), WithLogger(slog.New(slog.DiscardHandler)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if e.cur.Load().cache == nil {
-		t.Fatal("the default policy runs without a decision cache")
+		t.Fatal("the user service's policy runs without a decision cache")
 	}
 	cli, _ := spiffeid.Parse("spiffe://palisade.local/client/cli")
 	in := func(id string) *authz.Input {
@@ -150,7 +159,7 @@ func TestCachedDecisionsFollowTheInput(t *testing.T) {
 		}
 	}
 	denyAll := &Bundle{Modules: map[string]string{
-		"a.rego":      "package palisade.authz\ndecision := {\"allow\": false, \"reasons\": [\"closed\"]}\n",
+		"a.rego":      "package palisade.authz\ndeny_reasons contains \"closed\"\n",
 		"a_test.rego": "package palisade.authz_test\ntest_closed if not data.palisade.authz.decision.allow\n",
 	}}
 	if err := e.Load(context.Background(), denyAll); err != nil {

@@ -17,17 +17,19 @@ import (
 	"github.com/palisade-rpc/palisade/authz"
 )
 
-// Engine is an authz.Authorizer backed by Open Policy Agent, embedded: the
-// bundle's policies are compiled and the decision query prepared once per
-// policy version; a call only evaluates. Load swaps in a new version after
-// it compiles and its own rego tests pass — a version without tests is
-// refused too (ErrUntested), unless WithUntestedPolicies; until
-// then, and whenever a version is refused, the last good one keeps deciding.
+// Engine is an authz.Authorizer backed by Open Policy Agent, embedded. It
+// decides with the framework's base policy (Base) and one layer: the rules
+// of the service it authorizes for. The base and the layer are compiled and
+// the decision query prepared once per version of the layer; a call only
+// evaluates. Load swaps in a new version of the layer after the whole
+// compiles and the layer's own rego tests pass — a layer without tests is
+// refused too (ErrUntested), unless WithUntestedPolicies; until then, and
+// whenever a version is refused, the last good one keeps deciding.
 type Engine struct {
-	cur           atomic.Pointer[version]
-	log           *slog.Logger
-	cancel        topdown.Cancel
-	allowUntested bool
+	cur    atomic.Pointer[version]
+	log    *slog.Logger
+	cancel topdown.Cancel
+	cfg    engineConfig
 }
 
 // ErrUntested is the error (wrapped) of loading a policy version that
@@ -55,21 +57,39 @@ type EngineOption interface {
 type engineConfig struct {
 	logger        *slog.Logger
 	allowUntested bool
+	withoutBase   bool
+	data          []map[string]any
 }
 
 type engineOptionFunc func(*engineConfig)
 
 func (f engineOptionFunc) applyEngine(c *engineConfig) { f(c) }
 
-// WithLogger sets the logger (default slog.Default()) that receives the
-// engine's reloads, refusals and evaluation errors.
-func WithLogger(l *slog.Logger) EngineOption {
-	return engineOptionFunc(func(c *engineConfig) {
-		if l != nil {
-			c.logger = l
-		}
-	})
+// Option configures NewEngine and NewBundleSource alike.
+type Option interface {
+	EngineOption
+	BundleOption
 }
+
+type loggerOption struct{ l *slog.Logger }
+
+func (o loggerOption) applyEngine(c *engineConfig) {
+	if o.l != nil {
+		c.logger = o.l
+	}
+}
+
+func (o loggerOption) applyBundle(c *bundleConfig) {
+	if o.l != nil {
+		c.logger = o.l
+	}
+}
+
+// WithLogger sets the logger (default slog.Default()) that receives the
+// engine's reloads, refusals and evaluation errors, or a bundle source's
+// fetches and refusals. Log lines name sources, revisions and reasons,
+// never key material.
+func WithLogger(l *slog.Logger) Option { return loggerOption{l} }
 
 // WithUntestedPolicies makes the engine load policy versions that carry no
 // rego test (none ran: there are none, or all are skipped). It is unsafe:
@@ -81,9 +101,30 @@ func WithUntestedPolicies() EngineOption {
 	return engineOptionFunc(func(c *engineConfig) { c.allowUntested = true })
 }
 
-// NewEngine returns an Engine deciding with b, which must compile and pass
-// its tests (and have some, unless WithUntestedPolicies).
-func NewEngine(ctx context.Context, b *Bundle, opts ...EngineOption) (*Engine, error) {
+// WithoutBase makes the engine decide with the layer alone, without the
+// base policy: for a caller whose policy is complete in itself, defining
+// data.palisade.authz.decision (the conformance harness's, say). The layer
+// may then define anything.
+func WithoutBase() EngineOption {
+	return engineOptionFunc(func(c *engineConfig) { c.withoutBase = true })
+}
+
+// WithData lays doc over the data of every version the engine loads: the
+// layer's data.json holds defaults, and doc the deployment's configuration,
+// which wins — objects are merged key by key, any other value of doc
+// replaces the layer's. A service passes its configuration this way, for
+// example {"palisade": {"config": {"trust_domain": "example.org",
+// "delegates": [...]}}}, so that a new workload is added to a list without
+// a new version of the layer. Several WithData are laid in order.
+func WithData(doc map[string]any) EngineOption {
+	doc = deepCopy(doc)
+	return engineOptionFunc(func(c *engineConfig) { c.data = append(c.data, doc) })
+}
+
+// NewEngine returns an Engine deciding with the base policy and layer, the
+// service's own rules: the two must compile together, and the layer's tests
+// pass (and it must have some, unless WithUntestedPolicies).
+func NewEngine(ctx context.Context, layer *Bundle, opts ...EngineOption) (*Engine, error) {
 	cfg := engineConfig{logger: slog.Default()}
 	for _, o := range opts {
 		o.applyEngine(&cfg)
@@ -91,17 +132,18 @@ func NewEngine(ctx context.Context, b *Bundle, opts ...EngineOption) (*Engine, e
 	// One cancel shared by every evaluation and never fired: without an
 	// external cancel, OPA starts a goroutine per evaluation to watch ctx.
 	// Evaluations of these policies take microseconds.
-	e := &Engine{log: cfg.logger, cancel: topdown.NewCancel(), allowUntested: cfg.allowUntested}
-	if err := e.Load(ctx, b); err != nil {
+	e := &Engine{log: cfg.logger, cancel: topdown.NewCancel(), cfg: cfg}
+	if err := e.Load(ctx, layer); err != nil {
 		return nil, err
 	}
 	return e, nil
 }
 
-// Load compiles b, runs its rego tests and, if both succeed, makes it the
-// policy in force. A version in which no test ran is refused with
-// ErrUntested, unless the engine was made WithUntestedPolicies. On error
-// nothing changes, and the refusal is logged.
+// Load compiles the base policy with b, a version of the service's layer,
+// runs the layer's rego tests and, if both succeed, makes it the policy in
+// force. A version in which no test ran is refused with ErrUntested, unless
+// the engine was made WithUntestedPolicies. On error nothing changes, and
+// the refusal is logged.
 func (e *Engine) Load(ctx context.Context, b *Bundle) error {
 	if err := e.swap(ctx, b); err != nil {
 		e.log.ErrorContext(ctx, "policy refused; the previous one stays in force",
@@ -114,7 +156,7 @@ func (e *Engine) Load(ctx context.Context, b *Bundle) error {
 // swap is Load without logging a refusal: Watch logs its own, with the
 // retry it schedules.
 func (e *Engine) swap(ctx context.Context, b *Bundle) error {
-	v, err := prepare(ctx, b, e.allowUntested)
+	v, err := prepare(ctx, b, e.cfg)
 	if err != nil {
 		return err
 	}
@@ -130,10 +172,58 @@ func (e *Engine) swap(ctx context.Context, b *Bundle) error {
 	return nil
 }
 
-// prepare compiles b, runs its tests, and prepares the decision query. A
-// version in which no test ran is refused unless allowUntested.
-func prepare(ctx context.Context, b *Bundle, allowUntested bool) (*version, error) {
-	report, err := runTests(ctx, b, false)
+// compose returns what decides with layer under cfg — the base, layer and
+// WithData's document, merged — parsed, and the names of layer's modules
+// among them. It refuses a layer that changes the base (checkLayer).
+func compose(layer *Bundle, cfg engineConfig) (map[string]*ast.Module, map[string]any, map[string]bool, error) {
+	if layer == nil {
+		return nil, nil, nil, errors.New("policy: no policy layer")
+	}
+	var base *Bundle
+	if !cfg.withoutBase {
+		base = Base()
+	}
+	all, err := Merge(base, layer)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if len(cfg.data) > 0 {
+		if all.Data == nil {
+			all.Data = map[string]any{}
+		}
+		for _, doc := range cfg.data {
+			overlay(all.Data, doc)
+		}
+	}
+	mods, err := parseModules(all)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	own := make(map[string]bool, len(layer.Modules))
+	for name := range layer.Modules {
+		own[name] = true
+	}
+	if base != nil {
+		if err := checkLayer(mods, own); err != nil {
+			return nil, nil, nil, err
+		}
+	}
+	data := all.Data
+	if data == nil {
+		data = map[string]any{}
+	}
+	return mods, data, own, nil
+}
+
+// prepare compiles the base with the layer b, runs the layer's tests, and
+// prepares the decision query. A version in which no test ran is refused
+// unless cfg.allowUntested.
+func prepare(ctx context.Context, b *Bundle, cfg engineConfig) (*version, error) {
+	mods, data, own, err := compose(b, cfg)
+	if err != nil {
+		return nil, err
+	}
+	report, err := runTests(ctx, mods, data, own, false)
 	if err != nil {
 		return nil, err
 	}
@@ -145,15 +235,11 @@ func prepare(ctx context.Context, b *Bundle, allowUntested bool) (*version, erro
 		return nil, fmt.Errorf("policy: %d of %d rego tests failed: %s", len(failed), len(report.Results), strings.Join(names, "; "))
 	}
 	ran := report.ran()
-	if ran == 0 && !allowUntested {
+	if ran == 0 && !cfg.allowUntested {
 		if n := len(report.Results); n > 0 {
 			return nil, fmt.Errorf("%w (all %d skipped)", ErrUntested, n)
 		}
 		return nil, ErrUntested
-	}
-	mods, err := parseModules(b)
-	if err != nil {
-		return nil, err
 	}
 	// Strict builtin errors: a builtin that fails (to_number("x")) is an
 	// evaluation error, logged and denied, not a silently undefined value.
@@ -168,10 +254,6 @@ func prepare(ctx context.Context, b *Bundle, allowUntested bool) (*version, erro
 	for _, name := range names {
 		opts = append(opts, rego.ParsedModule(mods[name]))
 	}
-	data := b.Data
-	if data == nil {
-		data = map[string]any{}
-	}
 	opts = append(opts, rego.Store(inmem.NewFromObject(data)))
 	q, err := rego.New(opts...).PrepareForEval(ctx)
 	if err != nil {
@@ -184,7 +266,8 @@ func prepare(ctx context.Context, b *Bundle, allowUntested bool) (*version, erro
 	return v, nil
 }
 
-// Revision returns the revision of the policy in force.
+// Revision returns the revision of the layer in force (Bundle.Revision):
+// the base is the binary's.
 func (e *Engine) Revision() string { return e.cur.Load().revision }
 
 // Decide implements authz.Authorizer. A policy that is a pure function of its

@@ -23,16 +23,18 @@ const allowAll = `package palisade.authz
 decision := {"allow": true, "reasons": []}
 `
 
+// quietEngine is an engine of a complete policy b, without the base: the
+// tests of the engine's mechanics define the decision themselves.
 func quietEngine(t *testing.T, b *policy.Bundle) (*policy.Engine, error) {
 	t.Helper()
-	return policy.NewEngine(context.Background(), b, policy.WithLogger(slog.New(slog.DiscardHandler)))
+	return policy.NewEngine(context.Background(), b, policy.WithLogger(slog.New(slog.DiscardHandler)), policy.WithoutBase())
 }
 
 // untestedEngine is quietEngine for a policy without rego tests, in tests
 // of evaluation rather than of loading.
 func untestedEngine(t *testing.T, b *policy.Bundle) (*policy.Engine, error) {
 	t.Helper()
-	return policy.NewEngine(context.Background(), b, policy.WithLogger(slog.New(slog.DiscardHandler)), policy.WithUntestedPolicies())
+	return policy.NewEngine(context.Background(), b, policy.WithLogger(slog.New(slog.DiscardHandler)), policy.WithUntestedPolicies(), policy.WithoutBase())
 }
 
 // TestEngineFailsClosed: every way a policy can fail to give a well-formed

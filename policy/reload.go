@@ -3,8 +3,6 @@ package policy
 import (
 	"context"
 	"fmt"
-	"net/http"
-	"strings"
 	"time"
 
 	"github.com/palisade-rpc/palisade/internal/poll"
@@ -18,29 +16,11 @@ func DirLoader(dir string) Loader {
 	return func(context.Context) (*Bundle, error) { return LoadDir(dir) }
 }
 
-// BundleLoader loads an OPA bundle from a file path or, for an http(s) URL,
-// with client (a Palisade mTLS client for a bundle server inside the mesh).
-func BundleLoader(location string, client *http.Client) Loader {
-	if !strings.HasPrefix(location, "https://") && !strings.HasPrefix(location, "http://") {
-		return func(context.Context) (*Bundle, error) { return ReadBundleFile(location) }
-	}
-	return func(ctx context.Context) (*Bundle, error) {
-		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, location, nil)
-		if err != nil {
-			return nil, fmt.Errorf("policy: bundle request: %w", err)
-		}
-		res, err := client.Do(req)
-		if err != nil {
-			return nil, fmt.Errorf("policy: bundle fetch: %w", err)
-		}
-		defer res.Body.Close()
-		if res.StatusCode != http.StatusOK {
-			return nil, fmt.Errorf("policy: bundle fetch %s: HTTP %d", location, res.StatusCode)
-		}
-		return ReadBundle(res.Body, location)
-	}
+// BundleLoader loads an OPA bundle from a file (ReadBundleFile). A bundle
+// on a server is fetched by a BundleSource instead: OPA's downloader, with
+// ETags, long polling, signatures and a persisted last good bundle.
+func BundleLoader(file string) Loader {
+	return func(context.Context) (*Bundle, error) { return ReadBundleFile(file) }
 }
 
 // maxRetryDelay caps the delay between two attempts of Watch to read an
@@ -58,7 +38,7 @@ const maxRetryDelay = 2 * time.Minute
 //
 // Failures are retried with backoff: the delay starts at interval and
 // doubles with each failure in a row, up to two minutes (or interval, if
-// longer). A source that cannot be read (a bundle fetch that fails, a file
+// longer). A source that cannot be read (a file missing, or
 // caught mid-write) is read again only after that delay. A version that
 // was refused (it does not compile, a test fails, it has none) is loaded
 // again after that delay while the source still holds it — a failure may

@@ -37,11 +37,14 @@ type policyVersion struct {
 	allow bool // what every decision of this version says; unused for refused versions
 }
 
+// versionFiles is a layer that allows every call or none, denying with
+// reason (a rego array), and its test.
 func versionFiles(name string, allow bool, reason, testWants string) map[string]string {
 	return map[string]string{
 		"authz.rego": fmt.Sprintf(`# version %s
 package palisade.authz
-decision := {"allow": %v, "reasons": %s}
+allow if %v
+deny_reasons contains r if some r in %s
 `, name, allow, reason),
 		"authz_test.rego": `package palisade.authz_test
 test_decision if data.palisade.authz.decision.allow == ` + testWants + `
@@ -287,13 +290,12 @@ func TestWatchTriesOnlySettledChanges(t *testing.T) {
 	}
 }
 
-// alicePolicy lets a caller read alice's record only, and its tests say so.
+// alicePolicy is a layer that lets a caller read alice's record only, and
+// its tests say so.
 var alicePolicy = map[string]string{
 	"authz.rego": `package palisade.authz
-default allow := false
 allow if input.request.id == "alice"
-decision := {"allow": allow, "reasons": reasons}
-reasons := [] if allow else := ["only alice's record"]
+deny_reasons contains "only alice's record" if not allow
 `,
 	"authz_test.rego": `package palisade.authz_test
 import data.palisade.authz
@@ -332,7 +334,7 @@ func policySources(t *testing.T) map[string]policySource {
 	}
 	bundle := func(t *testing.T) policySource {
 		file := filepath.Join(t.TempDir(), "bundle.tar.gz")
-		return policySource{load: policy.BundleLoader(file, nil), publish: func(t *testing.T, files map[string]string) {
+		return policySource{load: policy.BundleLoader(file), publish: func(t *testing.T, files map[string]string) {
 			if err := pemfile.WriteFileAtomic(file, tarGz(t, files), 0o600); err != nil {
 				t.Fatal(err)
 			}
@@ -490,7 +492,8 @@ func (f *flakyServer) takeHits() []int {
 	return h
 }
 
-// TestWatchRetriesUnreadableSource: a bundle server that fails is asked
+// TestWatchRetriesUnreadableSource: a source that fails (a server fetched
+// in full on every poll) is asked
 // again after a delay that doubles from the poll interval, up to two
 // minutes, not on every poll; the first failure is an error in the log, a
 // failed retry a warning; when it answers again, its new version is
@@ -504,7 +507,7 @@ func TestWatchRetriesUnreadableSource(t *testing.T) {
 	bundles := &flakyServer{body: func() []byte { return tarGz(t, *served.Load()) }}
 	srv := httptest.NewServer(bundles)
 	defer srv.Close()
-	load := policy.BundleLoader(srv.URL+"/bundle.tar.gz", srv.Client())
+	load := httpLoader(srv.URL+"/bundle.tar.gz", srv.Client())
 	b, err := load(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -570,7 +573,7 @@ func TestWatchRetriesRefusedVersion(t *testing.T) {
 	dep := httptest.NewServer(dependency)
 	defer dep.Close()
 	needsDependency := map[string]string{
-		"authz.rego": "package palisade.authz\ndecision := {\"allow\": true, \"reasons\": []}\n",
+		"authz.rego": "package palisade.authz\nallow if true\n",
 		"authz_test.rego": `package palisade.authz_test
 test_dependency_up if http.send({"method": "GET", "url": "` + dep.URL + `"}).status_code == 200
 `,
@@ -652,5 +655,25 @@ func TestWatchRefusesNonPositiveInterval(t *testing.T) {
 		if err := e.Watch(context.Background(), policy.DirLoader(t.TempDir()), interval); err == nil {
 			t.Fatalf("Watch with interval %s returned nil", interval)
 		}
+	}
+}
+
+// httpLoader is a Loader fetching a bundle in full on every poll: a source
+// that fails the way a server does, for Watch's retries.
+func httpLoader(url string, client *http.Client) policy.Loader {
+	return func(ctx context.Context) (*policy.Bundle, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return nil, err
+		}
+		res, err := client.Do(req)
+		if err != nil {
+			return nil, err
+		}
+		defer res.Body.Close()
+		if res.StatusCode != http.StatusOK {
+			return nil, fmt.Errorf("bundle fetch %s: HTTP %d", url, res.StatusCode)
+		}
+		return policy.ReadBundle(res.Body, url)
 	}
 }

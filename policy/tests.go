@@ -3,6 +3,7 @@ package policy
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -80,25 +81,28 @@ func parseModules(b *Bundle) (map[string]*ast.Module, error) {
 	return mods, nil
 }
 
-// RunTests runs the bundle's rego tests (rules named test_* in any module,
-// conventionally in *_test.rego files) with OPA's tester and measures the
-// coverage of the policy files.
-func RunTests(ctx context.Context, b *Bundle) (*TestReport, error) {
-	return runTests(ctx, b, true)
-}
-
-// runTests runs the tests, measuring coverage only when asked: tracing
-// every evaluation step makes the tests several times slower, and loading a
-// policy only needs to know that they pass.
-func runTests(ctx context.Context, b *Bundle, coverage bool) (*TestReport, error) {
-	mods, err := parseModules(b)
+// RunTests runs the rego tests of layer (rules named test_* in any of its
+// modules, conventionally in *_test.rego files) with OPA's tester, as an
+// Engine made with opts would before loading it: on the base policy and
+// layer (only layer, WithoutBase), with WithData's documents. It measures
+// the coverage of layer's policy files.
+func RunTests(ctx context.Context, layer *Bundle, opts ...EngineOption) (*TestReport, error) {
+	var cfg engineConfig
+	for _, o := range opts {
+		o.applyEngine(&cfg)
+	}
+	mods, data, own, err := compose(layer, cfg)
 	if err != nil {
 		return nil, err
 	}
-	data := b.Data
-	if data == nil {
-		data = map[string]any{}
-	}
+	return runTests(ctx, mods, data, own, true)
+}
+
+// runTests runs the tests in mods (Base holds none: they are the layer's),
+// with data, measuring the coverage of own's policy files only when asked:
+// tracing every evaluation step makes the tests several times slower, and
+// loading a policy only needs to know that they pass.
+func runTests(ctx context.Context, mods map[string]*ast.Module, data map[string]any, own map[string]bool, coverage bool) (*TestReport, error) {
 	runner := tester.NewRunner().
 		SetStore(inmem.NewFromObject(data)).
 		SetModules(mods)
@@ -135,7 +139,7 @@ func runTests(ctx context.Context, b *Bundle, coverage bool) (*TestReport, error
 	}
 	policyMods := map[string]*ast.Module{}
 	for name, m := range mods {
-		if !IsTestFile(name) {
+		if own[name] && !IsTestFile(name) {
 			policyMods[name] = m
 		}
 	}
@@ -157,5 +161,6 @@ func runTests(ctx context.Context, b *Bundle, coverage bool) (*TestReport, error
 		report.Coverage = 100 * float64(covered) / float64(total)
 	}
 	sort.Strings(report.NotCovered)
+	report.NotCovered = slices.Compact(report.NotCovered)
 	return report, nil
 }

@@ -9,9 +9,11 @@ import (
 	"buf.build/go/protovalidate"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/descriptorpb"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
 	orderv1 "github.com/palisade-rpc/palisade/proto/order/v1"
+	tokenv1 "github.com/palisade-rpc/palisade/proto/palisade/token/v1"
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
 )
 
@@ -22,6 +24,7 @@ func TestEveryRequestHasRules(t *testing.T) {
 	t.Parallel()
 	files := []protoreflect.FileDescriptor{
 		userv1.File_user_v1_user_proto, userv1.File_user_v1_auth_proto, orderv1.File_order_v1_order_proto,
+		tokenv1.File_palisade_token_v1_token_proto,
 	}
 	methods := 0
 	for _, f := range files {
@@ -80,7 +83,7 @@ func TestSampleRules(t *testing.T) {
 		"Watch":                &userv1.WatchUserChangesRequest{AfterSequence: 7},
 		"Login empty password": &userv1.LoginRequest{Username: "admin"},
 		"Login long ttl":       &userv1.LoginRequest{Username: "alice", Password: "pw", TtlSeconds: 86400},
-		"ExchangeToken":        &userv1.ExchangeTokenRequest{SubjectToken: "a.b.c"},
+		"ExchangeToken":        &tokenv1.ExchangeTokenRequest{SubjectToken: "a.b.c"},
 		"CreateOrder":          &orderv1.CreateOrderRequest{UserId: "alice", Items: item("book-1", 1000)},
 		"GetOrder":             &orderv1.GetOrderRequest{Id: "ord_abc"},
 		"ListOrders":           &orderv1.ListOrdersRequest{UserId: "alice", PageSize: 10},
@@ -116,7 +119,7 @@ func TestSampleRules(t *testing.T) {
 		"Login no username":      {&userv1.LoginRequest{Password: "pw"}, "username", "required"},
 		"Login long username":    {&userv1.LoginRequest{Username: strings.Repeat("u", 65)}, "username", "string.max_bytes"},
 		"Login negative ttl":     {&userv1.LoginRequest{Username: "alice", TtlSeconds: -1}, "ttl_seconds", "int64.gte"},
-		"ExchangeToken no token": {&userv1.ExchangeTokenRequest{}, "subject_token", "required"},
+		"ExchangeToken no token": {&tokenv1.ExchangeTokenRequest{}, "subject_token", "required"},
 		"CreateOrder no items":   {&orderv1.CreateOrderRequest{UserId: "alice"}, "items", "repeated.min_items"},
 		"CreateOrder 101 items":  {&orderv1.CreateOrderRequest{UserId: "alice", Items: many}, "items", "repeated.max_items"},
 		"CreateOrder quantity":   {&orderv1.CreateOrderRequest{UserId: "alice", Items: item("book-1", 0)}, "items[0].quantity", "int32.gte_lte"},
@@ -142,5 +145,39 @@ func TestSampleRules(t *testing.T) {
 		if !found {
 			t.Errorf("%s: %v, want %s [%s]", name, err, c.field, c.rule)
 		}
+	}
+}
+
+// TestSecretsAreRedacted: every field of the sample services (and of
+// Palisade's TokenService) that holds a
+// secret (a password, a token) is marked debug_redact, which keeps it out
+// of the decision logs (authz.InputMask), so a new one cannot be added
+// without deciding that it must never leave the process in clear.
+func TestSecretsAreRedacted(t *testing.T) {
+	t.Parallel()
+	notSecret := map[string]bool{"page_token": true, "next_page_token": true}
+	files := []protoreflect.FileDescriptor{
+		userv1.File_user_v1_user_proto, userv1.File_user_v1_auth_proto, orderv1.File_order_v1_order_proto,
+		tokenv1.File_palisade_token_v1_token_proto,
+	}
+	secrets := 0
+	for _, f := range files {
+		for i := 0; i < f.Messages().Len(); i++ {
+			fields := f.Messages().Get(i).Fields()
+			for j := 0; j < fields.Len(); j++ {
+				fd := fields.Get(j)
+				name := string(fd.Name())
+				if notSecret[name] || !(strings.Contains(name, "password") || strings.Contains(name, "secret") || strings.HasSuffix(name, "token")) {
+					continue
+				}
+				secrets++
+				if opts, _ := fd.Options().(*descriptorpb.FieldOptions); !opts.GetDebugRedact() {
+					t.Errorf("%s holds a secret and is not marked debug_redact", fd.FullName())
+				}
+			}
+		}
+	}
+	if secrets < 4 {
+		t.Fatalf("found %d secret fields, want at least 4 (password, subject_token, two access_token)", secrets)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"net/http/httptrace"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -338,20 +339,99 @@ func shortLivedServer(ca *certstest.CA, d time.Duration) *certs.Issued {
 
 // TestExpiringServerDrained: within rpc.ExpiryDrainWindow of the expiry of
 // the certificate a server presents, the server asks its clients to leave
-// each connection after the response, so a client's next call opens a new
-// connection, where a rotated certificate would be presented.
+// each connection once it has been open for a second, so a client's next
+// call opens a new connection, where a rotated certificate would be
+// presented.
 func TestExpiringServerDrained(t *testing.T) {
 	t.Parallel()
 	ca := certstest.NewCA(t)
-	srv := startWith(t, ca.Source(shortLivedServer(ca, rpc.ExpiryDrainWindow/2)), &testusers.Service{})
+	clk := newClock()
+	srv := startWith(t, ca.Source(shortLivedServer(ca, rpc.ExpiryDrainWindow/2)), &testusers.Service{}, rpc.WithServerClock(clk.Now))
 	hc := httpClient(t, ca.Source(ca.Client("/client/cli")))
-	for i := range 3 {
-		if got := peer(t, hc, srv); got.reused {
-			t.Fatalf("call %d reused a connection the server asked its client to leave", i)
-		}
-	}
+	checkDrainedAfterASecond(t, hc, srv, clk)
 	if n := srv.Count("has expired"); n != 0 {
 		t.Fatalf("%d connections were cut; they should have been left", n)
+	}
+}
+
+// checkDrainedAfterASecond checks, three times, that hc's calls to srv,
+// whose certificates expire within rpc.ExpiryDrainWindow, open a
+// connection, keep it while it is less than a second old by clk, and open a
+// new one once it is older.
+func checkDrainedAfterASecond(t *testing.T, hc *http.Client, srv *rpctest.Server, clk *clock) {
+	t.Helper()
+	for i := range 3 {
+		if got := peer(t, hc, srv); got.reused {
+			t.Fatalf("round %d: the first call reused a connection the server asked its client to leave", i)
+		}
+		if got := peer(t, hc, srv); !got.reused {
+			t.Fatalf("round %d: the client was asked to leave a connection less than a second old", i)
+		}
+		clk.Advance(time.Second)
+		// Answered on the connection, and its client asked to leave it.
+		if got := peer(t, hc, srv); !got.reused {
+			t.Fatalf("round %d: the client left its connection before the server asked", i)
+		}
+	}
+}
+
+// TestExpiringConnectionNotChurned: a client that keeps an expiring
+// certificate (or meets a server's) is asked to leave a connection only
+// once it has been open for a second, not after every response. Asked
+// after every response, concurrent callers opened a connection per
+// response, and each GOAWAY refused the calls crossing it: net/http's
+// transport sends a refused call again at once, but after 1s, 2s, 4s the
+// next times, and calls took over 3s (a service's upstream timeout) though
+// every one was answered. Here, while the server's clock stands still, a
+// burst of concurrent calls after the first goes over its connection; with
+// a response on each connection draining it, the burst opened dozens.
+func TestExpiringConnectionNotChurned(t *testing.T) {
+	t.Parallel()
+	ca := certstest.NewCA(t)
+	clk := newClock()
+	srv := startWith(t, ca.Source(ca.Server("/svc/user")), &testusers.Service{}, rpc.WithServerClock(clk.Now))
+	expiring := ca.Issue(certs.Leaf{SPIFFEID: "spiffe://palisade.local/client/cli", Usage: certs.UsageClient,
+		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(rpc.ExpiryDrainWindow / 2)})
+	hc := httpClient(t, ca.Source(expiring))
+	peer(t, hc, srv)
+
+	const callers, calls = 6, 20
+	var fresh atomic.Int64
+	ctx := httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{GotConn: func(ci httptrace.GotConnInfo) {
+		if !ci.Reused {
+			fresh.Add(1)
+		}
+	}})
+	errs := make(chan error, callers*calls)
+	var wg sync.WaitGroup
+	for range callers {
+		wg.Go(func() {
+			for range calls {
+				req, err := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+peerPath, nil)
+				if err != nil {
+					errs <- err
+					return
+				}
+				res, err := hc.Do(req)
+				if err != nil {
+					errs <- err
+					continue
+				}
+				_, _ = io.Copy(io.Discard, res.Body)
+				_ = res.Body.Close()
+				if res.StatusCode != http.StatusOK {
+					errs <- fmt.Errorf("status %d", res.StatusCode)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("call: %v", err)
+	}
+	if n := fresh.Load(); n != 0 {
+		t.Fatalf("%d calls by %d concurrent callers opened %d connections; the first connection is less than a second old and should have been kept", callers*calls, callers, n)
 	}
 }
 
@@ -557,23 +637,23 @@ func TestRevokedPeersRefusedAtHandshake(t *testing.T) {
 }
 
 // TestExpiringPeerDrained: within rpc.ExpiryDrainWindow of its certificate's
-// expiry, a client is asked to leave each connection after the response
-// (HTTP/2 GOAWAY), so its next call opens a new connection — where a
-// rotated certificate would be presented — while a client with time left
-// keeps its connection.
+// expiry, a client is asked to leave each connection (HTTP/2 GOAWAY) once
+// it has been open for a second, so its next call opens a new connection —
+// where a rotated certificate would be presented — while a client with
+// time left keeps its connection.
 func TestExpiringPeerDrained(t *testing.T) {
 	t.Parallel()
 	ca := certstest.NewCA(t)
-	srv := startWith(t, ca.Source(ca.Server("/svc/user")), &testusers.Service{})
+	clk := newClock()
+	srv := startWith(t, ca.Source(ca.Server("/svc/user")), &testusers.Service{}, rpc.WithServerClock(clk.Now))
 	expiring := ca.Issue(certs.Leaf{SPIFFEID: "spiffe://palisade.local/client/cli", Usage: certs.UsageClient,
 		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(rpc.ExpiryDrainWindow / 2)})
 	drained, kept := httpClient(t, ca.Source(expiring)), httpClient(t, ca.Source(ca.Client("/client/other")))
+	peer(t, kept, srv)
+	checkDrainedAfterASecond(t, drained, srv, clk)
 	for i := range 3 {
-		if got := peer(t, drained, srv); got.reused {
-			t.Fatalf("call %d of the expiring client reused a connection it was asked to leave", i)
-		}
-		if got := peer(t, kept, srv); got.reused != (i > 0) {
-			t.Fatalf("call %d of the other client: reused=%v", i, got.reused)
+		if got := peer(t, kept, srv); !got.reused {
+			t.Fatalf("call %d of the other client, on a connection 3s old, opened a new one", i)
 		}
 	}
 	if n := srv.Count("closing connection: the peer's certificate has expired"); n != 0 {

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"time"
 
 	"connectrpc.com/connect"
@@ -47,6 +48,7 @@ type clientConfig struct {
 	protocol       Protocol
 	connectOptions []connect.ClientOption
 	tokenSource    TokenSource
+	delegation     *delegation // delegation.go
 	httpClient     *http.Client
 	tracerProvider trace.TracerProvider
 	meterProvider  metric.MeterProvider
@@ -66,7 +68,7 @@ type TokenSource func(ctx context.Context) (string, error)
 // WithTokenSource makes the client send the token src returns as
 // "Authorization: Bearer …" on every call, unary and streaming. If src fails
 // the call fails with unauthenticated and is not sent. A service acting for
-// the user of the call it serves passes (*token.Delegator).Token.
+// the user of the call it serves uses WithDelegation instead.
 func WithTokenSource(src TokenSource) ClientOption {
 	return clientOptionFunc(func(c *clientConfig) { c.tokenSource = src })
 }
@@ -224,13 +226,28 @@ func NewClient[T any](newClient func(connect.HTTPClient, string, ...connect.Clie
 		interceptors = append(interceptors, otel)
 	}
 	interceptors = append(interceptors, forwardRequestID{}, callTimeout(cfg.callTimeout))
-	if cfg.tokenSource != nil {
-		interceptors = append(interceptors, bearerInterceptor(cfg.tokenSource))
-	}
-	interceptors = append(interceptors, brokenConnUnavailable{})
+	// Those after the token's: the exchange's too (delegation.go).
+	tail := []connect.Interceptor{brokenConnUnavailable{}}
 	if balanced {
-		interceptors = append(interceptors, markCalls{})
+		tail = append(tail, markCalls{})
 	}
+	switch {
+	case cfg.tokenSource != nil && cfg.delegation != nil:
+		return zero, errors.New("rpc: client: WithTokenSource and WithDelegation exclude each other")
+	case cfg.tokenSource != nil:
+		interceptors = append(interceptors, bearerInterceptor(cfg.tokenSource))
+	case cfg.delegation != nil:
+		var hosts map[string]bool
+		if b, ok := httpClient.Transport.(*balancer); ok {
+			hosts = b.hosts
+		}
+		d, err := newDelegatingInterceptor(cfg.delegation, cfg, u, httpClient, hosts, append(slices.Clone(interceptors), tail...))
+		if err != nil {
+			return zero, err
+		}
+		interceptors = append(interceptors, d)
+	}
+	interceptors = append(interceptors, tail...)
 	connectOpts := []connect.ClientOption{connect.WithInterceptors(interceptors...)}
 	switch cfg.protocol {
 	case ProtocolGRPC:

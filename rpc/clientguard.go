@@ -62,7 +62,9 @@ func (g *serverGuard) dial(ctx context.Context, d *net.Dialer, network, addr str
 	if err != nil {
 		return nil, err
 	}
-	hook := &closeHook{Conn: raw}
+	// Under TLS, so that the records of requests sent together share a
+	// write (coalesce.go).
+	hook := &closeHook{Conn: newCoalescingConn(raw, true)}
 	tc := tls.Client(hook, config)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		_ = raw.Close()

@@ -28,6 +28,7 @@ import (
 	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
 	"github.com/palisade-rpc/palisade/rpc"
 	"github.com/palisade-rpc/palisade/rpc/rpctest"
+	"github.com/palisade-rpc/palisade/services/user"
 )
 
 // These tests play the client that holds a server's resources by not
@@ -167,10 +168,10 @@ func latencies(calls []*attempt) (answered int, p50, worst time.Duration) {
 	return len(ds), ds[len(ds)/2], ds[len(ds)-1]
 }
 
-// defaultEngine is the OPA engine with the shipped policies.
+// defaultEngine is the OPA engine with the user service's policy.
 func defaultEngine(t testing.TB) *policy.Engine {
 	t.Helper()
-	b, err := policy.DefaultBundle()
+	b, err := policy.LoadFS(user.Policy(), "services/user/policy")
 	if err != nil {
 		t.Fatal(err)
 	}

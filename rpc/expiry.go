@@ -20,8 +20,29 @@ import (
 // HTTP/1.1 connection after the response and makes the HTTP/2 server send
 // GOAWAY, finish the calls in flight and close. The client carries on over
 // a new connection, made with the current — rotated — certificates, before
-// the old connection is cut at expiry.
+// the old connection is cut at expiry. A connection made within the window
+// is asked to leave only once it has been open for a second.
 const ExpiryDrainWindow = time.Minute
+
+// drainMinAge is how long a connection is left open before drain asks its
+// client to leave it.
+//
+// A client that did not rotate in time comes back with the same expiring
+// certificate (or finds the server's unrotated one); asking it to leave
+// each new connection after its first response, as drain once did, made it
+// open one connection per response until expiry. And each of those
+// GOAWAYs races the calls the client is sending on the connection: net/http
+// names the last stream it read, and the streams sent after it are refused
+// unprocessed. The client's transport sends a refused call again on
+// another connection — at once the first time, after 1s, 2s, 4s… the next
+// ones — and when that connection is asked to leave too, the call can be
+// refused there again: under load GetUser calls took up to 5.6s (services'
+// upstream timeout is 3s) though every server answered. A call refused on
+// a connection now moves to a new one that is not asked to leave for
+// drainMinAge, and a client that did not rotate makes one connection a
+// second, not one per call; a client that rotated still moves within a
+// second.
+const drainMinAge = time.Second
 
 // connGuard closes a connection when its peer's certificate expires or is
 // revoked, or when the certificate the server presented on it expires.
@@ -40,11 +61,14 @@ const ExpiryDrainWindow = time.Minute
 // connection closes; Serve stops the remaining ones when it returns. Within
 // ExpiryDrainWindow of that time, drain asks the client to leave the
 // connection gracefully first, so a client that rotated, or a server that
-// did, moves to a new connection without a failed call. When the
+// did, moves to a new connection without a failed call (a connection made
+// within the window is left open for drainMinAge first). When the
 // revocations change (watchRevocations), every connection is checked again.
 type connGuard struct {
 	log     *slog.Logger
+	now     func() time.Time                                 // drain's clock
 	revoked func(verifiedChains [][]*x509.Certificate) error // nil: nothing is ever revoked
+	ages    *connAges                                        // WithMaxConnectionAge; nil when off
 
 	// served holds a *servedCert per TLS connection from its acceptance
 	// (connContext) to its close, by the connection under it: the one a
@@ -57,19 +81,26 @@ type connGuard struct {
 }
 
 // servedCert is when the certificate the server presented on a connection
-// expires, in Unix nanoseconds; 0 until the handshake has chosen it.
-type servedCert struct{ notAfter atomic.Int64 }
+// expires, in Unix nanoseconds (0 until the handshake has chosen it), and
+// when the connection was accepted.
+type servedCert struct {
+	notAfter atomic.Int64
+	accepted time.Time
+}
 
 type servedCertKey struct{}
 
 // connContext is the http.Server ConnContext hook: it gives a TLS
 // connection its servedCert, in the context of every request on it.
 func (g *connGuard) connContext(ctx context.Context, c net.Conn) context.Context {
+	if g.ages != nil {
+		ctx = g.ages.accepted(ctx, c)
+	}
 	tc, ok := c.(*tls.Conn)
 	if !ok {
 		return ctx
 	}
-	sc := new(servedCert)
+	sc := &servedCert{accepted: g.now()}
 	g.served.Store(tc.NetConn(), sc)
 	return context.WithValue(ctx, servedCertKey{}, sc)
 }
@@ -119,8 +150,13 @@ type guarded struct {
 	timer  *time.Timer
 }
 
-func newConnGuard(log *slog.Logger, src mtls.Source) *connGuard {
-	g := &connGuard{log: log, conns: map[net.Conn]*guarded{}}
+// newConnGuard returns a connGuard whose drain tells time with now (nil:
+// time.Now).
+func newConnGuard(log *slog.Logger, src mtls.Source, now func() time.Time) *connGuard {
+	if now == nil {
+		now = time.Now
+	}
+	g := &connGuard{log: log, now: now, conns: map[net.Conn]*guarded{}}
 	if rc, ok := src.(mtls.RevocationChecker); ok {
 		g.revoked = rc.CheckRevocation
 	}
@@ -131,10 +167,14 @@ func newConnGuard(log *slog.Logger, src mtls.Source) *connGuard {
 func (g *connGuard) connState(c net.Conn, state http.ConnState) {
 	switch state {
 	case http.StateActive:
+		coalesceHTTP2(c)
 		g.track(c)
 	case http.StateClosed, http.StateHijacked:
 		if tc, ok := c.(*tls.Conn); ok {
 			g.served.Delete(tc.NetConn())
+		}
+		if g.ages != nil {
+			g.ages.gone(c)
 		}
 		g.mu.Lock()
 		if gc, ok := g.conns[c]; ok {
@@ -211,19 +251,27 @@ func (g *connGuard) closeRevoked(c net.Conn, err error) {
 
 // drain is the HTTP middleware that marks responses on a connection whose
 // peer certificate, or the server's own certificate on it, expires within
-// ExpiryDrainWindow with "Connection: close".
+// ExpiryDrainWindow with "Connection: close", once the connection has been
+// open for drainMinAge; with WithMaxConnectionAge, connAges.call does the
+// same on a connection past its age.
 func (g *connGuard) drain(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 {
-			soon := time.Now().Add(ExpiryDrainWindow)
+		sc, ok := r.Context().Value(servedCertKey{}).(*servedCert)
+		if ok && r.TLS != nil && len(r.TLS.VerifiedChains) > 0 {
+			now := g.now()
+			soon := now.Add(ExpiryDrainWindow)
 			expiring := earliestExpiry(r.TLS.VerifiedChains[0]).Before(soon)
-			if sc, ok := r.Context().Value(servedCertKey{}).(*servedCert); ok && !expiring {
+			if !expiring {
 				n := sc.notAfter.Load()
 				expiring = n != 0 && n < soon.UnixNano()
 			}
-			if expiring {
+			if expiring && now.Sub(sc.accepted) >= drainMinAge {
 				w.Header().Set("Connection", "close")
 			}
+		}
+		if g.ages != nil {
+			g.ages.call(w, r, next)
+			return
 		}
 		next.ServeHTTP(w, r)
 	})
@@ -231,6 +279,9 @@ func (g *connGuard) drain(next http.Handler) http.Handler {
 
 // stop stops every timer; connections tracked afterwards get none.
 func (g *connGuard) stop() {
+	if g.ages != nil {
+		g.ages.stop()
+	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.closed = true

@@ -18,6 +18,13 @@ func WithClock(now func() time.Time) ClientOption {
 	return clientOptionFunc(func(c *clientConfig) { c.now = now })
 }
 
+// WithServerClock makes a server tell time with now where it decides to ask
+// a client to leave a connection (connGuard.drain): how old the connection
+// is, and whether a certificate on it expires within ExpiryDrainWindow.
+func WithServerClock(now func() time.Time) ServerOption {
+	return serverOptionFunc(func(c *serverConfig) { c.now = now })
+}
+
 // WithRateLimitClock makes the rate limiter (WithRateLimit) tell time with
 // now: buckets refill when the test says.
 func WithRateLimitClock(now func() time.Time) ServerOption {

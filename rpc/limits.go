@@ -441,7 +441,10 @@ func (l slowClientListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &deadlineConn{Conn: c, log: l.log}, nil
+	// Under TLS, so that the records of the frames the HTTP/2 server
+	// flushes one by one share a write once HTTP/2 is negotiated
+	// (coalesce.go; the connection guard turns it on).
+	return &deadlineConn{Conn: newCoalescingConn(c, false), log: l.log}, nil
 }
 
 // deadlineConn counts the bytes read since the read deadline was last set.

@@ -41,6 +41,10 @@ type serverConfig struct {
 	maxStreamBytes         int           // limits.go
 	maxStreamsPerPrincipal int           // principalstreams.go
 	bodyReadTimeout        time.Duration // limits.go
+	maxConnAge             time.Duration // maxage.go
+	maxConnAgeGrace        time.Duration // maxage.go
+
+	now func() time.Time // expiry.go: the drain's clock; nil: time.Now
 }
 
 func defaultServerConfig() serverConfig {

@@ -153,7 +153,7 @@ func NewServer(src mtls.Source, authorizer authz.Authorizer, opts ...ServerOptio
 		mux:        http.NewServeMux(),
 		health:     grpchealth.NewStaticChecker(),
 		errWriter:  connect.NewErrorWriter(),
-		conns:      newConnGuard(cfg.logger, src),
+		conns:      newConnGuard(cfg.logger, src, cfg.now),
 		services:   map[string]bool{},
 		pinned:     pinned,
 		requestIDs: newRequestIDs(),
@@ -161,6 +161,9 @@ func NewServer(src mtls.Source, authorizer authz.Authorizer, opts ...ServerOptio
 		tel:        tel,
 		validation: validation,
 		rateLimit:  newRateLimiter(cfg.rateLimit),
+	}
+	if s.conns.ages, err = newConnAges(s.conns, cfg.maxConnAge, cfg.maxConnAgeGrace); err != nil {
+		return nil, err
 	}
 	if cfg.maxStreamsPerPrincipal > 0 {
 		s.perCaller = newPrincipalStreams(cfg.maxStreamsPerPrincipal)
@@ -367,4 +370,19 @@ func (s *Server) Addr() net.Addr {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.addr
+}
+
+// Serving reports whether s serves calls: Serve has been called and the
+// drain has not begun, so the overall grpc.health.v1 status ("") is
+// SERVING. It is false before Serve and from the start of the drain on; an
+// admin listener's health check (telemetry.WithHealth) answers with it.
+func (s *Server) Serving() bool {
+	s.mu.Lock()
+	serving := s.serving
+	s.mu.Unlock()
+	if !serving {
+		return false
+	}
+	res, err := s.health.Check(context.Background(), &grpchealth.CheckRequest{})
+	return err == nil && res.Status == grpchealth.StatusServing
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/palisade-rpc/palisade/rpc"
 	"github.com/palisade-rpc/palisade/rpc/rpctest"
 	"github.com/palisade-rpc/palisade/security/mtls"
+	"github.com/palisade-rpc/palisade/security/mtls/workloadapi"
 )
 
 // spireSVID issues an X509-SVID for spiffe://palisade.local<path> as SPIRE
@@ -30,9 +31,9 @@ func spireSVID(ca *certstest.CA, path string, notAfter time.Time) *certs.Issued 
 }
 
 // agentSource starts a fake SPIRE agent that pushes first, with the
-// bundle of cas, and returns a WorkloadAPISource fed by it, closed when the
+// bundle of cas, and returns a workloadapi.Source fed by it, closed when the
 // test ends, and the agent.
-func agentSource(t *testing.T, first *certs.Issued, cas ...*certstest.CA) (*mtls.WorkloadAPISource, *fakeagent.Agent) {
+func agentSource(t *testing.T, first *certs.Issued, cas ...*certstest.CA) (*workloadapi.Source, *fakeagent.Agent) {
 	t.Helper()
 	agent := fakeagent.Start(t)
 	var bundle []*x509.Certificate
@@ -43,7 +44,7 @@ func agentSource(t *testing.T, first *certs.Issued, cas ...*certstest.CA) (*mtls
 	logger, _ := rpctest.NewLogger(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	src, err := mtls.NewWorkloadAPISource(ctx, agent.Addr, mtls.WithLogger(logger))
+	src, err := workloadapi.NewSource(ctx, agent.Addr, workloadapi.WithLogger(logger))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,10 +167,11 @@ func TestWorkloadAPIRotation(t *testing.T) {
 	// The path that matters when the agent is slow or the SVID short: A,
 	// the server's and the client's, is already within the drain window
 	// when B is pushed. The server asks the client to leave each
-	// connection made with A after its response, the client reconnects
-	// with B, and a connection with B is kept — with no call failing,
-	// under load, and none cut at A's expiry, which is a minute away: the
-	// push, not the clock, moves the test on.
+	// connection made with A once it is a second old (by the server's
+	// clock, which the test moves), the client reconnects with B, and a
+	// connection with B is kept — with no call failing, under load, and
+	// none cut at A's expiry, which is a minute away: the push, not the
+	// clock, moves the test on.
 	t.Run("clients move to the pushed SVID's connections without a failed call", func(t *testing.T) {
 		t.Parallel()
 		ca := certstest.NewCA(t)
@@ -177,13 +179,19 @@ func TestWorkloadAPIRotation(t *testing.T) {
 		a, clientA := spireSVID(ca, "/svc/user", expiry), spireSVID(ca, "/svc/order", expiry)
 		src, agent := agentSource(t, a, ca)
 		clientSrc, clientAgent := agentSource(t, clientA, ca)
-		srv := startWith(t, src, &testusers.Service{})
+		clk := newClock()
+		srv := startWith(t, src, &testusers.Service{}, rpc.WithServerClock(clk.Now))
 
 		probe := idClient(t, clientSrc)
 		for i := range 3 {
 			got := peer(t, probe, srv)
 			if got.reused || got.serverSerial != hex(a) || got.clientSerial != hex(clientA) {
-				t.Fatalf("call %d with A: %+v, want a new connection each time, with A", i, got)
+				t.Fatalf("round %d with A: %+v, want a new connection, with A", i, got)
+			}
+			clk.Advance(time.Second)
+			// Answered on the connection, and the client asked to leave it.
+			if got := peer(t, probe, srv); !got.reused || got.serverSerial != hex(a) {
+				t.Fatalf("round %d with A, a second later: %+v, want the connection kept until then", i, got)
 			}
 		}
 		hc := idClient(t, clientSrc)
@@ -202,6 +210,7 @@ func TestWorkloadAPIRotation(t *testing.T) {
 		clientAgent.Push(fakeagent.SVID(t, clientB, ca.Cert))
 		waitServing(t, src, b)
 		waitServing(t, clientSrc, clientB)
+		clk.Advance(time.Second) // every connection made with A is a second old
 		load.Progress(t, "with B", 30)
 		for name, c := range map[string]*http.Client{"probe": probe, "loaded": hc} {
 			for i := range 2 {

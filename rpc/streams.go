@@ -82,6 +82,7 @@ func (g *streamGuard) WrapStreamingHandler(next connect.StreamingHandlerFunc) co
 			return drainingError()
 		}
 		defer g.remove(st)
+		defer addStream(ctx, st)() // WithMaxConnectionAge ends it with its connection
 		if p, ok := security.FromContext(ctx); ok && p.User != nil && !p.User.ExpiresAt.IsZero() {
 			expiry := time.AfterFunc(time.Until(p.User.ExpiresAt), func() { st.end(tokenExpiredError()) })
 			defer expiry.Stop()

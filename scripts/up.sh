@@ -45,19 +45,22 @@ start() {
 	exit 1
 }
 
-# POLICY_DIR=dir make up: both services take their policies from dir (watched).
-policy=()
-[ -n "${POLICY_DIR:-}" ] && policy=(--policy-dir "$POLICY_DIR")
+# USER_POLICY_DIR=dir, ORDER_POLICY_DIR=dir make up: that service takes its
+# policy layer (on the base policy in the binary) from dir, watched.
+user_policy=()
+[ -n "${USER_POLICY_DIR:-}" ] && user_policy=(--policy-dir "$USER_POLICY_DIR")
+order_policy=()
+[ -n "${ORDER_POLICY_DIR:-}" ] && order_policy=(--policy-dir "$ORDER_POLICY_DIR")
 
-start usersvc "$USER_URL" --addr "$USER_ADDR" "${policy[@]}" --admin-addr "$USER_ADMIN_ADDR" --trace-stdout \
+start usersvc "$USER_URL" --addr "$USER_ADDR" "${user_policy[@]}" --admin-addr "$USER_ADMIN_ADDR" --trace-stdout \
 	--ca "$CERTS/ca.pem" --cert "$CERTS/usersvc.pem" --key "$CERTS/usersvc-key.pem" \
 	--db "$PALISADE_HOME/users.db" --keys "$PALISADE_HOME/keys/signing-keys.json" \
 	--demo-passwords "$PALISADE_HOME/demo-passwords.json"
-start ordersvc "$ORDER_URL" --addr "$ORDER_ADDR" "${policy[@]}" --admin-addr "$ORDER_ADMIN_ADDR" --trace-stdout \
+start ordersvc "$ORDER_URL" --addr "$ORDER_ADDR" "${order_policy[@]}" --admin-addr "$ORDER_ADMIN_ADDR" --trace-stdout \
 	--ca "$CERTS/ca.pem" --cert "$CERTS/ordersvc.pem" --key "$CERTS/ordersvc-key.pem" \
 	--db "$PALISADE_HOME/orders.db" --user-service "$USER_URL"
 if [ "${ORDER_REPLICAS:-1}" -ge 2 ]; then
-	start ordersvc-2 "$ORDER2_URL" --addr "$ORDER2_ADDR" "${policy[@]}" --trace-stdout \
+	start ordersvc-2 "$ORDER2_URL" --addr "$ORDER2_ADDR" "${order_policy[@]}" --trace-stdout \
 		--ca "$CERTS/ca.pem" --cert "$CERTS/ordersvc.pem" --key "$CERTS/ordersvc-key.pem" \
 		--db "$PALISADE_HOME/orders-2.db" --user-service "$USER_URL"
 fi

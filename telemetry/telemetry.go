@@ -1,12 +1,13 @@
 // Package telemetry sets up what a Palisade service needs to be observed:
 // OpenTelemetry tracer and meter providers to hand to the rpc package
 // (rpc.WithTracerProvider, rpc.WithMeterProvider), spans written to a
-// writer as JSON lines (the stdout exporter, for development), metrics
+// writer as JSON lines (the stdout exporter, for development) or sent to
+// an OpenTelemetry collector over OTLP and mutual TLS (WithOTLP), metrics
 // exported in the Prometheus text format, and the admin listener that
 // serves them.
 //
 // Both providers are off unless asked for: a service without
-// WithTraceWriter (or WithSpanExporter) gets a no-op tracer provider, and
+// WithTraceWriter, WithSpanExporter or WithOTLP gets a no-op tracer provider, and
 // one without WithMetrics a no-op meter provider, so the RPC chain costs
 // nothing extra.
 //
@@ -49,6 +50,7 @@ type Option interface {
 type config struct {
 	traceWriter  io.Writer
 	spanExporter sdktrace.SpanExporter
+	otlp         []*otlpConfig
 	metrics      bool
 	logger       *slog.Logger
 }
@@ -112,12 +114,18 @@ func New(service string, opts ...Option) (*Telemetry, error) {
 		}
 		// Synchronous: a span is written when it ends, so a person (or the
 		// demo) reading the output sees a call's spans as soon as it returns.
-		// This is a development exporter; production would batch to a collector.
+		// This is a development exporter; a fleet batches to a collector
+		// (WithOTLP).
 		spanOpts = append(spanOpts, sdktrace.WithSyncer(exp))
 	}
 	if cfg.spanExporter != nil {
 		spanOpts = append(spanOpts, sdktrace.WithSyncer(cfg.spanExporter))
 	}
+	otlpOpts, err := otlpSpanProcessors(cfg.otlp)
+	if err != nil {
+		return nil, err
+	}
+	spanOpts = append(spanOpts, otlpOpts...)
 	if len(spanOpts) > 0 {
 		tp := sdktrace.NewTracerProvider(append(spanOpts, sdktrace.WithResource(res))...)
 		t.tracerProvider = tp
@@ -127,6 +135,7 @@ func New(service string, opts ...Option) (*Telemetry, error) {
 		t.registry = prometheus.NewRegistry()
 		exp, err := otelprom.New(otelprom.WithRegisterer(t.registry), otelprom.WithoutScopeInfo())
 		if err != nil {
+			_ = t.Shutdown(context.Background()) // the tracer provider's exporters
 			return nil, fmt.Errorf("telemetry: prometheus exporter: %w", err)
 		}
 		mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(exp), sdkmetric.WithResource(res))

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -36,10 +35,7 @@ const childEnv = "PALISADE_TEST_RUN_ORDERSVC"
 
 func TestMain(m *testing.M) {
 	if os.Getenv(childEnv) == "1" {
-		if err := run(os.Args[1:]); err != nil {
-			fmt.Fprintln(os.Stderr, "ordersvc:", err)
-			os.Exit(1)
-		}
+		main() // exits 1 on an error
 		os.Exit(0)
 	}
 	goleak.VerifyTestMain(m)

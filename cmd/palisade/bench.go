@@ -24,7 +24,7 @@ func benchCmd(args []string) error {
 		return bench.Serve(context.Background(), os.Stdin, os.Stdout)
 	}
 	fs := newFlagSet("palisade bench", `Measure what security costs. Serves, on 127.0.0.1, the same unary call
-(user.v1.UserService/GetUser, a small request and response) in ten
+(user.v1.UserService/GetUser, a small request and response) in eleven
 configurations:
 
   h2c                        bare Connect over cleartext HTTP/2, no security
@@ -39,12 +39,15 @@ configurations:
   grpcgo-mtls+jwt+opa+cache  the same checks with a verified-token cache and a decision
                              cache (by SHA-256 of the token / of the decision input,
                              bounded, expiring with the token)
+  grpcgo-mtls+palisade       grpc-go, mTLS, Palisade's own verifier, policy engine and
+                             protovalidate in an interceptor: what serving gRPC on
+                             grpc-go's transport would cost (a measurement prototype)
 
 checks that each one's security is in place (forged token and token from
 another certificate unauthenticated, another user's record denied, no client
 certificate refused, as each claims), then drives each over the Connect and
 gRPC protocols (grpc-go: gRPC) with its own stack's client, and mtls,
-mtls+jwt+opa, grpcgo-mtls and grpcgo-mtls+jwt+opa+cache also with the other
+mtls+jwt+opa and the grpc-go configurations but the naive one also with the other
 stack's client over gRPC (rows marked [grpc-go] or [connect-go]), which
 separates client from server cost. --concurrency callers over --connections
 connections, --duration per row after a --warmup, in --rounds rounds of

@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"net"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"time"
@@ -25,7 +27,7 @@ the certificates of the demo's workloads and clients:
 
 each with its key in <name>-key.pem (mode 0600). Keys are ECDSA P-256.
 Existing files are never overwritten without --force.`)
-	dir := fs.String("dir", filepath.Join(".palisade", "certs"), "`directory` to write into (created with mode 0700)")
+	dir := fs.String("dir", filepath.Join(palisadeHome(), "certs"), "`directory` to write into (created with mode 0700)")
 	td := fs.String("trust-domain", certs.DefaultTrustDomain, "SPIFFE trust `domain`")
 	force := fs.Bool("force", false, "overwrite existing files")
 	if err := fs.Parse(args); err != nil {
@@ -44,13 +46,84 @@ Existing files are never overwritten without --force.`)
 	return nil
 }
 
+func certsIssue(args []string) error {
+	fs := newFlagSet("palisade certs issue", `Issue a workload certificate with the development CA, for a new service:
+
+  palisade certs issue --id spiffe://palisade.local/svc/inventory --dns localhost --ip 127.0.0.1 --out DIR
+
+writes DIR/<name>.pem and DIR/<name>-key.pem (mode 0600), and DIR/ca.pem, the
+CA certificate the service needs as its trust bundle (--ca). The certificate
+is a leaf (CA:FALSE) with the serverAuth and clientAuth extended key usages:
+the service serves with it and calls other services with it. Its SPIFFE ID
+must be in the CA's trust domain. Existing files are never overwritten
+without --force (a ca.pem equal to the CA's is left as it is).`)
+	dir := fs.String("dir", filepath.Join(palisadeHome(), "certs"), "`directory` of the development PKI (the CA)")
+	idFlag := fs.String("id", "", "SPIFFE `ID` of the workload, spiffe://<trust-domain>/<path> (required)")
+	var dnsNames, ips listFlag
+	fs.Var(&dnsNames, "dns", "DNS `name` the certificate is valid for (repeatable)")
+	fs.Var(&ips, "ip", "IP `address` the certificate is valid for (repeatable)")
+	out := fs.String("out", "", "`directory` to write into (required; created with mode 0700)")
+	name := fs.String("name", "", "file `name` stem: <name>.pem, <name>-key.pem (default the last segment of the ID's path)")
+	validity := fs.Duration("validity", 90*24*time.Hour, "`lifetime` of the certificate")
+	force := fs.Bool("force", false, "overwrite existing files")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	if *idFlag == "" || *out == "" {
+		return errors.New("--id and --out are required")
+	}
+	id, err := spiffeid.Parse(*idFlag)
+	if err != nil {
+		return fmt.Errorf("--id: %w", err)
+	}
+	if *name == "" {
+		*name = path.Base(id.Path())
+		if id.Path() == "" {
+			return errors.New("--name is required for an ID without a path")
+		}
+	}
+	leaf := certs.Leaf{SPIFFEID: id.String(), DNSNames: dnsNames, Usage: certs.UsageWorkload, Validity: *validity}
+	for _, s := range ips {
+		ip := net.ParseIP(s)
+		if ip == nil {
+			return fmt.Errorf("--ip %q is not an IP address", s)
+		}
+		leaf.IPAddresses = append(leaf.IPAddresses, ip)
+	}
+	var opts []certs.DevOption
+	if *force {
+		opts = append(opts, certs.WithOverwrite())
+	}
+	written, err := certs.IssueDev(*dir, *out, *name, leaf, opts...)
+	if err != nil {
+		return err
+	}
+	for _, p := range written {
+		fmt.Println("wrote", p)
+	}
+	return nil
+}
+
+// listFlag is a flag that may be given several times.
+type listFlag []string
+
+func (l *listFlag) String() string { return strings.Join(*l, ",") }
+
+func (l *listFlag) Set(s string) error {
+	*l = append(*l, s)
+	return nil
+}
+
 func certsRotate(args []string) error {
 	fs := newFlagSet("palisade certs rotate", `Re-issue one leaf of the development PKI with the dev CA: a new key and
 serial number, the same SPIFFE ID, SANs and usage. The key and then the
 certificate are replaced atomically; running services notice within
 --cert-reload-interval and use the new certificate for new connections
 (open ones keep working).`)
-	dir := fs.String("dir", filepath.Join(".palisade", "certs"), "`directory` of the development PKI")
+	dir := fs.String("dir", filepath.Join(palisadeHome(), "certs"), "`directory` of the development PKI")
 	name := fs.String("name", "", "the leaf to re-issue: usersvc, ordersvc, cli or other")
 	validity := fs.Duration("validity", 90*24*time.Hour, "`lifetime` of the new certificate")
 	if err := fs.Parse(args); err != nil {
@@ -77,7 +150,7 @@ func certsRevoke(args []string) error {
 <dir>/crl.pem (created when missing; its number is incremented and its next
 update set). Services started with --crl <dir>/crl.pem reload it within
 --cert-reload-interval and refuse the certificate at the handshake.`)
-	dir := fs.String("dir", filepath.Join(".palisade", "certs"), "`directory` of the development PKI")
+	dir := fs.String("dir", filepath.Join(palisadeHome(), "certs"), "`directory` of the development PKI")
 	certFile := fs.String("cert", "", "PEM `file` of the certificate to revoke (it must be issued by the dev CA)")
 	serialHex := fs.String("serial", "", "serial number to revoke, in `hex` (colons allowed)")
 	validity := fs.Duration("next-update", certs.DefaultCRLValidity, "`time` until the CRL's next update")

@@ -10,7 +10,7 @@ import (
 func keysFlag(fs interface {
 	String(name, value, usage string) *string
 }) *string {
-	return fs.String("keys", filepath.Join(".palisade", "keys", "signing-keys.json"), "signing key `file` of the user service")
+	return fs.String("keys", filepath.Join(palisadeHome(), "keys", "signing-keys.json"), "signing key `file` of the user service")
 }
 
 func keysRotate(args []string) error {

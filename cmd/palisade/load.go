@@ -99,7 +99,7 @@ func loadCmd(args []string) error {
 	userURL := fs.String("user-url", "", "base `URL` of a running user service (with --order-url)")
 	orderURL := fs.String("order-url", "", "base `URL` of a running order service (with --user-url)")
 	logLevel := fs.String("log-level", "error", "`level` of the in-process services' log on stderr: debug, info, warn or error")
-	home := fs.String("home", ".palisade", "demo state `directory` for --user-url/--order-url: certs/ and demo-passwords.json")
+	home := fs.String("home", palisadeHome(), "demo state `directory` for --user-url/--order-url: certs/ and demo-passwords.json (default $PALISADE_HOME or .palisade)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

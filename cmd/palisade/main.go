@@ -25,6 +25,7 @@ func commands() map[string]command {
 		"bench": {summary: "measure what security costs: Palisade's chain against bare Connect and grpc-go", run: benchCmd},
 		"certs": {summary: "development PKI", sub: map[string]command{
 			"init":   {summary: "create a CA and the demo's workload and client certificates", run: certsInit},
+			"issue":  {summary: "issue a workload certificate for a new service", run: certsIssue},
 			"rotate": {summary: "re-issue one leaf (same identity, new key)", run: certsRotate},
 			"revoke": {summary: "add a certificate to the dev CA's revocation list", run: certsRevoke},
 		}},
@@ -34,13 +35,15 @@ func commands() map[string]command {
 		}},
 		"policy": {summary: "authorization policies", sub: map[string]command{
 			"eval": {summary: "evaluate a decision for an input document and explain it", run: policyEval},
-			"test": {summary: "run a policy directory's rego tests with coverage", run: policyTest},
+			"test": {summary: "run a policy layer's rego tests (on the base policy) with coverage", run: policyTest},
 		}},
 		"new": {summary: "start a new service in its own module", sub: map[string]command{
 			"service": {summary: "write a service's module (proto, generated code, handlers, policy, main.go on the kit, Makefile)", run: newService},
 		}},
 		"token": {summary: "print an access token for a user (logs in over mTLS)", run: tokenCmd},
 		"load":  {summary: "drive calls through the full chain and report errors, calls/s, latency; --soak checks memory", run: loadCmd},
+
+		"bench-fanout": {summary: "measure the user change feed fanned out to 1 to 1,000 subscribers, against Redis pub/sub", run: benchFanoutCmd},
 	}
 }
 
@@ -82,13 +85,22 @@ func usage(w io.Writer, prefix string, cmds map[string]command) {
 	}
 	sort.Strings(names)
 	for _, n := range names {
-		fmt.Fprintf(w, "  %-10s %s\n", n, cmds[n].summary)
+		fmt.Fprintf(w, "  %-12s %s\n", n, cmds[n].summary)
 	}
 	fmt.Fprintf(w, "\nRun '%s <command> --help' for a command's flags.\n", prefix)
 }
 
 // newFlagSet returns a FlagSet for a subcommand whose --help prints the
 // description and the flags.
+// palisadeHome is the demo state directory: $PALISADE_HOME, as make up and
+// the scripts use it, or .palisade.
+func palisadeHome() string {
+	if h := os.Getenv("PALISADE_HOME"); h != "" {
+		return h
+	}
+	return ".palisade"
+}
+
 func newFlagSet(name, description string) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.Usage = func() {

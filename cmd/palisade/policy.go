@@ -9,15 +9,18 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 
 	"github.com/open-policy-agent/opa/v1/ast"
 
 	"github.com/palisade-rpc/palisade/policy"
 )
 
-func loadPolicy(dir string) (*policy.Bundle, error) {
+// loadLayer reads the policy layer in dir: a service's own rules, which the
+// engine runs on the base policy.
+func loadLayer(dir string) (*policy.Bundle, error) {
 	if dir == "" {
-		return policy.DefaultBundle()
+		return nil, errors.New("name the directory of a service's policy layer (the samples': services/user/policy, services/order/policy)")
 	}
 	return policy.LoadDir(dir)
 }
@@ -26,8 +29,8 @@ func policyEval(args []string) error {
 	fs := newFlagSet("palisade policy eval", `Evaluate the authorization decision for one input document and print the
 decision, its reasons and the rules that fired, for a person debugging a
 denial. The input is the document the services build for every call (see
-DESIGN.md, "Policy input"); copy one from a service's decision log or write
-it by hand:
+DESIGN.md, "Policy input", which shows one for each kind of caller); copy one
+from a service's decision log (authz.WithDecisionLogInput) or write it by hand:
 
   {"procedure": "/user.v1.UserService/GetUser", "service": "user.v1.UserService",
    "method": "GetUser", "stream_type": "unary",
@@ -35,10 +38,18 @@ it by hand:
    "token": {"sub": "alice", "roles": ["customer"], "act": null},
    "request": {"id": "bob"}, "http": {"method": "POST", "protocol": "connect"}}
 
-The policy is the embedded default, or --policy-dir; it must compile and pass
-its own tests, as it would to be loaded by a service.`)
-	input := fs.String("input", "", "`file` holding the input document as JSON (\"-\" for stdin; required)")
-	dir := fs.String("policy-dir", "", "`directory` of rego policies (default: the embedded ones)")
+--input may also hold one event as a decision log service received it
+(authz/decisionlog, OPA's format: an object with "decision_id" and "input"):
+its input is evaluated. Paths the service's mask erased from it ("erased")
+are missing, so the decision may differ from the logged one; they are
+listed in the output.
+
+The policy is Palisade's base policy and the service's layer in --policy-dir
+(the samples': services/user/policy, services/order/policy); they must
+compile, and the layer pass its own tests, as they would to be loaded by a
+service.`)
+	input := fs.String("input", "", "`file` holding the input document, or one decision log event, as JSON (\"-\" for stdin; required)")
+	dir := fs.String("policy-dir", "", "`directory` of the service's policy layer (required)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -55,14 +66,11 @@ its own tests, as it would to be loaded by a service.`)
 	if err != nil {
 		return err
 	}
-	value, err := ast.ValueFromReader(bytes.NewReader(data))
+	value, erased, err := evalInput(data)
 	if err != nil {
-		return fmt.Errorf("input: %w", err)
+		return err
 	}
-	if _, ok := value.(ast.Object); !ok {
-		return errors.New("input: not a JSON object")
-	}
-	b, err := loadPolicy(*dir)
+	b, err := loadLayer(*dir)
 	if err != nil {
 		return err
 	}
@@ -79,7 +87,8 @@ its own tests, as it would to be loaded by a service.`)
 		RulesFired  []string `json:"rules_fired"`
 		Revision    string   `json:"policy_revision"`
 		PolicyFiles string   `json:"policy"`
-	}{Allow: d.Allow, Reasons: d.Reasons, RulesFired: fired, Revision: engine.Revision(), PolicyFiles: b.Origin}
+		Erased      []string `json:"input_erased,omitempty"`
+	}{Allow: d.Allow, Reasons: d.Reasons, RulesFired: fired, Revision: engine.Revision(), PolicyFiles: b.Origin, Erased: erased}
 	if out.Reasons == nil {
 		out.Reasons = []string{}
 	}
@@ -91,20 +100,55 @@ its own tests, as it would to be loaded by a service.`)
 	return enc.Encode(out)
 }
 
-func policyTest(args []string) error {
-	fs := newFlagSet("palisade policy test", `Run the rego tests (*_test.rego) of a policy directory — or of the embedded
-default policies — through OPA's tester, and report each result and the
-coverage of the policy files. Exits non-zero if a test fails.
+// evalInput reads the input document of `policy eval` from data: the
+// document itself, or the "input" of a decision log event (an object with
+// "decision_id" and "input"), with the paths erased from it.
+func evalInput(data []byte) (ast.Value, []string, error) {
+	value, err := ast.ValueFromReader(bytes.NewReader(data))
+	if err != nil {
+		return nil, nil, fmt.Errorf("input: %w", err)
+	}
+	obj, ok := value.(ast.Object)
+	if !ok {
+		return nil, nil, errors.New("input: not a JSON object (one input document, or one decision log event)")
+	}
+	if obj.Get(ast.StringTerm("decision_id")) == nil {
+		return obj, nil, nil // an input document: it has no decision_id
+	}
+	var erased []string
+	if e := obj.Get(ast.StringTerm("erased")); e != nil {
+		if err := ast.As(e.Value, &erased); err != nil {
+			return nil, nil, fmt.Errorf("input: the event's erased: %w", err)
+		}
+	}
+	in := obj.Get(ast.StringTerm("input"))
+	if in == nil {
+		if slices.Contains(erased, "/input") {
+			return nil, nil, errors.New("input: the event's whole input was erased by the service's mask")
+		}
+		return nil, nil, errors.New("input: a decision log event without an input")
+	}
+	if _, ok := in.Value.(ast.Object); !ok {
+		return nil, nil, errors.New("input: the event's input is not a JSON object")
+	}
+	return in.Value, erased, nil
+}
 
-Usage: palisade policy test [DIR]`)
+func policyTest(args []string) error {
+	fs := newFlagSet("palisade policy test", `Run the rego tests (*_test.rego) of a service's policy layer in DIR — on
+Palisade's base policy, as the service runs it — through OPA's tester, and
+report each result and the coverage of the layer's policy files. Exits
+non-zero if a test fails.
+
+Usage: palisade policy test DIR   (the samples': services/user/policy, services/order/policy)`)
 	verbose := fs.Bool("v", false, "list every test, not only failures")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if fs.NArg() > 1 {
-		return errors.New("at most one directory")
+		return errors.New("one directory")
 	}
-	b, err := loadPolicy(fs.Arg(0))
+	b, err := loadLayer(fs.Arg(0))
 	if err != nil {
 		return err
 	}
@@ -126,6 +170,9 @@ Usage: palisade policy test [DIR]`)
 	}
 	if failed > 0 {
 		return fmt.Errorf("%d rego tests failed", failed)
+	}
+	if len(report.Results) == 0 {
+		return fmt.Errorf("%s: %w", b.Origin, policy.ErrUntested)
 	}
 	return nil
 }

@@ -26,15 +26,18 @@ func tokenCmd(args []string) error {
 It logs in at the user service (AuthService.Login) over mTLS with the client
 certificate --cert (default the demo's cli.pem) and the user's password: for
 the demo users alice, bob and admin, the random password usersvc wrote to
-.palisade/demo-passwords.json on its first start; for any other user, read
+<home>/demo-passwords.json on its first start; for any other user, read
 from stdin with --password-stdin. The user service must be running (make up).
+
+It follows the environment make up does: --home defaults to $PALISADE_HOME
+(else .palisade) and --addr to https://$USER_ADDR (else 127.0.0.1:8443).
 
 The token is bound to the client certificate that logged in (RFC 8705): it is
 refused when presented with any other certificate.`)
-	home := fs.String("home", ".palisade", "demo state `directory`: the defaults of --ca, --cert, --key and --demo-passwords are under it")
+	home := fs.String("home", palisadeHome(), "demo state `directory`: the defaults of --ca, --cert, --key and --demo-passwords are under it")
 	username := fs.String("user", "", "`username` to log in as (required)")
 	ttl := fs.Duration("ttl", 0, "ask for a shorter `lifetime` than the issuer's default (15m)")
-	addr := fs.String("addr", "https://127.0.0.1:8443", "base `URL` of the user service")
+	addr := fs.String("addr", userServiceURL(), "base `URL` of the user service")
 	ca := fs.String("ca", "", "CA bundle `file` (default <home>/certs/ca.pem)")
 	cert := fs.String("cert", "", "client certificate `file` the token is bound to (default <home>/certs/cli.pem)")
 	key := fs.String("key", "", "client key `file` (default <home>/certs/cli-key.pem)")
@@ -87,4 +90,13 @@ refused when presented with any other certificate.`)
 	}
 	fmt.Println(res.GetAccessToken())
 	return nil
+}
+
+// userServiceURL is the user service's base URL as make up starts it:
+// https://$USER_ADDR, or https://127.0.0.1:8443.
+func userServiceURL() string {
+	if a := os.Getenv("USER_ADDR"); a != "" {
+		return "https://" + a
+	}
+	return "https://127.0.0.1:8443"
 }

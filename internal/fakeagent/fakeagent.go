@@ -1,6 +1,6 @@
 // Package fakeagent serves the SPIFFE Workload API on a unix socket, as a
 // SPIRE agent does, and pushes to its watchers the X509-SVIDs and bundles a
-// test gives it: for the tests of mtls.WorkloadAPISource and of what runs
+// test gives it: for the tests of workloadapi.Source and of what runs
 // on it, without a SPIRE server and agent.
 package fakeagent
 
@@ -27,7 +27,7 @@ import (
 // then every later one.
 type Agent struct {
 	// Addr is the socket's address, "unix:///…/agent.sock", for
-	// mtls.NewWorkloadAPISource.
+	// workloadapi.NewSource.
 	Addr string
 
 	mu       sync.Mutex

@@ -64,16 +64,17 @@ func verifyNotRevoked(src Source) func(tls.ConnectionState) error {
 	return func(cs tls.ConnectionState) error { return rc.CheckRevocation(cs.VerifiedChains) }
 }
 
-// checkWorkload checks that cert is a workload certificate fit for usage
-// (x509.ExtKeyUsageClientAuth to call, ExtKeyUsageServerAuth to serve): an
-// end entity — the basic constraints extension present, with CA:FALSE; a
-// certificate without the extension is refused rather than guessed at, as
-// SPIFFE's X509-SVID says a leaf sets CA:FALSE — whose extended key usage
-// names usage. crypto/x509 accepts a certificate without extended key
+// CheckWorkloadCertificate checks that cert is a workload certificate fit
+// for usage (x509.ExtKeyUsageClientAuth to call, ExtKeyUsageServerAuth to
+// serve): an end entity — the basic constraints extension present, with
+// CA:FALSE; a certificate without the extension is refused rather than
+// guessed at, as SPIFFE's X509-SVID says a leaf sets CA:FALSE — whose
+// extended key usage names usage. Every Source of Palisade checks its own
+// certificate with it, and ServerConfig and ClientConfig the peer's. crypto/x509 accepts a certificate without extended key
 // usage, or with anyExtendedKeyUsage, for every purpose, and does not look
 // at a leaf's CA flag; a CA certificate accepted as a workload could sign
 // certificates for other identities that chain through it.
-func checkWorkload(cert *x509.Certificate, usage x509.ExtKeyUsage) error {
+func CheckWorkloadCertificate(cert *x509.Certificate, usage x509.ExtKeyUsage) error {
 	if !cert.BasicConstraintsValid {
 		return errors.New("certificate has no basic constraints extension (a workload certificate must say CA:FALSE)")
 	}
@@ -116,7 +117,7 @@ func ServerConfig(src Source, nextProtos ...string) *tls.Config {
 		if len(cs.PeerCertificates) == 0 {
 			return errors.New("mtls: client sent no certificate")
 		}
-		if err := checkWorkload(cs.PeerCertificates[0], x509.ExtKeyUsageClientAuth); err != nil {
+		if err := CheckWorkloadCertificate(cs.PeerCertificates[0], x509.ExtKeyUsageClientAuth); err != nil {
 			return fmt.Errorf("mtls: client %w", err)
 		}
 		if notRevoked != nil {
@@ -193,7 +194,7 @@ func clientConfig(src Source, serverName string, authorize Authorizer, nextProto
 				return err
 			}
 			cs.VerifiedChains = chains
-			if err := checkWorkload(chains[0][0], x509.ExtKeyUsageServerAuth); err != nil {
+			if err := CheckWorkloadCertificate(chains[0][0], x509.ExtKeyUsageServerAuth); err != nil {
 				return fmt.Errorf("mtls: server %w", err)
 			}
 			if notRevoked != nil {

@@ -88,7 +88,13 @@ func (f fileSourceOptionFunc) applyFileSource(s *FileSource) { f(s) }
 // WithLogger sets the logger of a source (default slog.Default()), which
 // records reloads and refused material. Log lines name files and reasons,
 // never key material.
-func WithLogger(l *slog.Logger) Option { return loggerOption{l} }
+func WithLogger(l *slog.Logger) FileSourceOption {
+	return fileSourceOptionFunc(func(s *FileSource) {
+		if l != nil {
+			s.log = l
+		}
+	})
+}
 
 // WithCRL makes the source read a certificate revocation list from file
 // (PEM "X509 CRL" blocks, or one DER CRL). Every CRL in it must be signed by
@@ -319,7 +325,7 @@ func (s *FileSource) loadMaterialIfChanged(unchanged [32]byte, force bool) (*mat
 		}
 	}
 	for _, u := range usages {
-		if err := checkWorkload(leaf, u); err != nil {
+		if err := CheckWorkloadCertificate(leaf, u); err != nil {
 			return nil, fmt.Errorf("mtls: %s: %w", s.certFile, err)
 		}
 	}

@@ -15,9 +15,10 @@
 // is refused and logged and the last good material keeps serving. Open
 // connections are not disturbed: TLS material only matters at the handshake.
 // A source with a CRL (WithCRL) makes ServerConfig and ClientConfig refuse
-// revoked peers in VerifyConnection. WorkloadAPISource takes the SVIDs and
-// bundles a SPIRE agent pushes over the SPIFFE Workload API, validated the
-// same way; under SPIRE a certificate is revoked by letting it expire.
+// revoked peers in VerifyConnection. The Source of package
+// security/mtls/workloadapi takes the SVIDs and bundles a SPIRE agent
+// pushes over the SPIFFE Workload API, validated the same way; under SPIRE
+// a certificate is revoked by letting it expire.
 //
 // # Protocol versions
 //

@@ -147,9 +147,10 @@ func (r *RemoteKeys) Key(ctx context.Context, kid string) (*PublicKey, error) {
 	if k, ok := (*r.keys.Load())[kid]; ok {
 		return k, nil
 	}
-	if !r.refresh(ctx, false) {
-		return nil, ErrUnknownKey
-	}
+	// Look again whether or not this lookup fetched: while it waited for
+	// the lock, another fetch (Run's first, as the service starts) may have
+	// brought the key, and that fetch's time keeps this one from fetching.
+	r.refresh(ctx)
 	if k, ok := (*r.keys.Load())[kid]; ok {
 		return k, nil
 	}
@@ -166,19 +167,18 @@ func (r *RemoteKeys) Refresh(ctx context.Context) error {
 	return r.fetchLocked(ctx)
 }
 
-// refresh fetches unless one happened within the minimum refresh interval
-// (or, with force, regardless); it reports whether it fetched successfully.
-func (r *RemoteKeys) refresh(ctx context.Context, force bool) bool {
+// refresh fetches unless one happened within the minimum refresh interval.
+func (r *RemoteKeys) refresh(ctx context.Context) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	interval := r.opts.minRefreshInterval
 	if r.failing {
 		interval = min(interval, retryAfterFailure)
 	}
-	if !force && time.Since(r.lastFetch) < interval {
-		return false
+	if time.Since(r.lastFetch) < interval {
+		return
 	}
-	return r.fetchLocked(ctx) == nil
+	_ = r.fetchLocked(ctx)
 }
 
 func (r *RemoteKeys) fetchLocked(ctx context.Context) error {

@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -20,12 +22,14 @@ import (
 )
 
 // jwksServer serves a JWKS over mTLS from a Palisade server; broken makes
-// it answer 500 instead; fetches counts requests.
+// it answer 500 instead; fetches counts requests; hold, when set, is called
+// by the next request before it is answered.
 type jwksServer struct {
 	srv     *rpctest.Server
 	jwks    token.JWKSHandler
 	broken  atomic.Bool
 	fetches atomic.Int64
+	hold    atomic.Pointer[func()]
 }
 
 func newJWKSServer(t *testing.T, ca *certstest.CA) *jwksServer {
@@ -38,6 +42,9 @@ func newJWKSServer(t *testing.T, ca *certstest.CA) *jwksServer {
 	j.srv = rpctest.Start(t, ca.Source(ca.Server("/svc/user")), none, func(s *rpc.Server) error {
 		return s.HandleHTTP(token.JWKSPath, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			j.fetches.Add(1)
+			if hold := j.hold.Swap(nil); hold != nil {
+				(*hold)()
+			}
 			if j.broken.Load() {
 				http.Error(w, "broken", http.StatusInternalServerError)
 				return
@@ -112,6 +119,73 @@ func TestRemoteKeys(t *testing.T) {
 	if _, err := keys.Key(ctx, first); err != nil {
 		t.Fatalf("last good set lost: %v", err)
 	}
+}
+
+// TestRemoteKeysLookupDuringAFetch: a token that arrives while a fetch is
+// in flight (Run's first, as a service starts and its first calls come in)
+// waits for that fetch and is verified with the keys it brought: it is not
+// refused because a fetch has just happened, nor does it fetch again.
+func TestRemoteKeysLookupDuringAFetch(t *testing.T) {
+	t.Parallel()
+	ca := certstest.NewCA(t)
+	j := newJWKSServer(t, ca)
+	ks, _ := token.NewKeySet(token.AlgEdDSA)
+	if err := j.jwks.Set(publicKeys(t, ks)); err != nil {
+		t.Fatal(err)
+	}
+	client, err := rpc.NewHTTPClient(ca.Source(ca.Server("/svc/order")), rpc.WithServerID("spiffe://palisade.local/svc/user"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := token.NewRemoteKeys(j.srv.URL+token.JWKSPath, client, token.WithMinRefreshInterval(time.Hour), token.WithLogger(slog.New(slog.DiscardHandler)))
+	ctx := context.Background()
+
+	// The first fetch is held at the issuer until the lookup waits for it.
+	inFetch, release := make(chan struct{}), make(chan struct{})
+	hold := func() { close(inFetch); <-release }
+	j.hold.Store(&hold)
+	fetched := make(chan error, 1)
+	go func() { fetched <- keys.Refresh(ctx) }()
+	<-inFetch
+	looked := make(chan error, 1)
+	go func() {
+		k, err := keys.Key(ctx, ks.Active)
+		if err == nil && k.ID != ks.Active {
+			err = fmt.Errorf("got key %q", k.ID)
+		}
+		looked <- err
+	}()
+	waitForGoroutine(t, "a lookup waiting for the fetch in flight", "token.(*RemoteKeys).refresh", "sync.(*Mutex)", "TestRemoteKeysLookupDuringAFetch")
+	close(release)
+	if err := <-fetched; err != nil {
+		t.Fatalf("fetch: %v", err)
+	}
+	if err := <-looked; err != nil {
+		t.Fatalf("lookup during the fetch: %v", err)
+	}
+	if n := j.fetches.Load(); n != 1 {
+		t.Fatalf("%d fetches; want 1 (the lookup uses the one in flight)", n)
+	}
+}
+
+// waitForGoroutine waits until a goroutine's stack holds every one of
+// frames: a state of the program, not a length of time.
+func waitForGoroutine(t *testing.T, what string, frames ...string) {
+	t.Helper()
+	rpctest.WaitFor(t, what, func() bool {
+		buf := make([]byte, 1<<20)
+		buf = buf[:runtime.Stack(buf, true)]
+		for g := range strings.SplitSeq(string(buf), "\n\n") {
+			all := true
+			for _, f := range frames {
+				all = all && strings.Contains(g, f)
+			}
+			if all {
+				return true
+			}
+		}
+		return false
+	})
 }
 
 func TestRemoteKeysRunStops(t *testing.T) {
@@ -207,5 +281,60 @@ func TestWatchKeySet(t *testing.T) {
 	cancel()
 	if err := <-done; !errors.Is(err, context.Canceled) {
 		t.Fatalf("WatchKeySet returned %v", err)
+	}
+}
+
+// TestRemoteKeysLookupDuringFetch: a lookup of a key that a fetch in
+// flight brings (Run's first, as a service starts) finds it once that
+// fetch ends, although the fetch means this lookup may not fetch again
+// for the minimum refresh interval: a valid token is not refused for an
+// hour because it came at start-up.
+func TestRemoteKeysLookupDuringFetch(t *testing.T) {
+	t.Parallel()
+	ca := certstest.NewCA(t)
+	ks, _ := token.NewKeySet(token.AlgEdDSA)
+	var jwks token.JWKSHandler
+	if err := jwks.Set(publicKeys(t, ks)); err != nil {
+		t.Fatal(err)
+	}
+	none, err := authz.NewAllowList(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	arrived, release := make(chan struct{}, 1), make(chan struct{})
+	srv := rpctest.Start(t, ca.Source(ca.Server("/svc/user")), none, func(s *rpc.Server) error {
+		return s.HandleHTTP(token.JWKSPath, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			select {
+			case arrived <- struct{}{}:
+			default:
+			}
+			<-release
+			jwks.ServeHTTP(w, r)
+		}))
+	})
+	client, err := rpc.NewHTTPClient(ca.Source(ca.Server("/svc/order")), rpc.WithServerID("spiffe://palisade.local/svc/user"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(client.CloseIdleConnections)
+	keys := token.NewRemoteKeys(srv.URL+token.JWKSPath, client, token.WithMinRefreshInterval(time.Hour), token.WithLogger(slog.New(slog.DiscardHandler)))
+	ctx := context.Background()
+	fetched := make(chan error, 1)
+	go func() { fetched <- keys.Refresh(ctx) }()
+	<-arrived
+	looked := make(chan error, 1)
+	go func() {
+		_, err := keys.Key(ctx, ks.Active)
+		looked <- err
+	}()
+	// Time for the lookup to wait for the fetch (if it is slower, it
+	// finds the key without waiting, and the test proves less).
+	time.Sleep(200 * time.Millisecond)
+	close(release)
+	if err := <-fetched; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-looked; err != nil {
+		t.Fatalf("lookup during the first fetch: %v", err)
 	}
 }

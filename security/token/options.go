@@ -161,13 +161,32 @@ func WithTimeout(d time.Duration) RemoteKeysOption {
 }
 
 // WithLogger sets the logger (default slog.Default()) that RemoteKeys tells
-// of failed fetches and of key set changes.
-func WithLogger(l *slog.Logger) RemoteKeysOption {
-	return remoteKeysOptionFunc(func(c *remoteKeysConfig) {
-		if l != nil {
-			c.logger = l
-		}
-	})
+// of failed fetches and of key set changes, and an ExchangeHandler of the
+// exchanges it grants and refuses. It is a RemoteKeysOption and an
+// ExchangeOption.
+func WithLogger(l *slog.Logger) LoggerOption {
+	return loggerOption{logger: l}
+}
+
+// LoggerOption is WithLogger's option: a RemoteKeysOption and an
+// ExchangeOption.
+type LoggerOption interface {
+	RemoteKeysOption
+	ExchangeOption
+}
+
+type loggerOption struct{ logger *slog.Logger }
+
+func (o loggerOption) applyRemoteKeys(c *remoteKeysConfig) {
+	if o.logger != nil {
+		c.logger = o.logger
+	}
+}
+
+func (o loggerOption) applyExchange(c *exchangeConfig) {
+	if o.logger != nil {
+		c.logger = o.logger
+	}
 }
 
 // WithMargin sets how long before its expiry a Delegator stops reusing a

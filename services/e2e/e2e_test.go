@@ -1,11 +1,13 @@
 // Package e2e_test runs both sample services in process, over real mTLS on
-// loopback, with real tokens and the default OPA policies, and checks what
+// loopback, with real tokens and their own policy layers, and checks what
 // every principal gets from every procedure.
 package e2e_test
 
 import (
 	"context"
+	"io/fs"
 	"log/slog"
+	"strings"
 	"testing"
 
 	"connectrpc.com/connect"
@@ -16,10 +18,13 @@ import (
 	"github.com/palisade-rpc/palisade/certs/certstest"
 	"github.com/palisade-rpc/palisade/policy"
 	"github.com/palisade-rpc/palisade/proto/order/v1/orderv1connect"
+	tokenv1 "github.com/palisade-rpc/palisade/proto/palisade/token/v1"
+	"github.com/palisade-rpc/palisade/proto/palisade/token/v1/tokenv1connect"
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
 	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
 	"github.com/palisade-rpc/palisade/rpc"
 	"github.com/palisade-rpc/palisade/rpc/rpctest"
+	"github.com/palisade-rpc/palisade/security/mtls"
 	"github.com/palisade-rpc/palisade/security/password"
 	"github.com/palisade-rpc/palisade/security/token"
 	"github.com/palisade-rpc/palisade/services/order"
@@ -44,13 +49,15 @@ type System struct {
 	Spans *tracetest.InMemoryExporter
 	// UserTelemetry and OrderTelemetry are the services' providers.
 	UserTelemetry, OrderTelemetry *telemetry.Telemetry
-	// Policy is the policy engine both services decide with (one engine, so
-	// starting a system compiles and tests the policy once).
-	Policy *policy.Engine
+	// UserPolicy and OrderPolicy are the services' policy engines: the base
+	// policy and each service's own layer.
+	UserPolicy, OrderPolicy *policy.Engine
 }
 
-// Start runs the user and order services until the test ends.
-func Start(t *testing.T) *System {
+// Start runs the user and order services until the test ends. Each of
+// extra adds a telemetry option to both services', given the test CA, the
+// service's name and its certificate source.
+func Start(t *testing.T, extra ...func(ca *certstest.CA, service string, src mtls.Source) telemetry.Option) *System {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -61,7 +68,11 @@ func Start(t *testing.T) *System {
 	}, Spans: tracetest.NewInMemoryExporter()}
 	var err error
 	for name, tel := range map[string]**telemetry.Telemetry{"usersvc": &s.UserTelemetry, "ordersvc": &s.OrderTelemetry} {
-		if *tel, err = telemetry.New(name, telemetry.WithSpanExporter(s.Spans), telemetry.WithMetrics()); err != nil {
+		opts := []telemetry.Option{telemetry.WithSpanExporter(s.Spans), telemetry.WithMetrics()}
+		for _, f := range extra {
+			opts = append(opts, f(ca, name, ca.Source(s.Certs[strings.TrimSuffix(name, "svc")])))
+		}
+		if *tel, err = telemetry.New(name, opts...); err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = (*tel).Shutdown(context.Background()) })
@@ -89,15 +100,16 @@ func Start(t *testing.T) *System {
 		t.Fatal(err)
 	}
 	userLogger, userLogs := rpctest.NewLogger(t)
-	s.Policy = engine(t, userLogger)
-	userSrv, err := user.NewServer(ctx, user.Config{
-		Source: ca.Source(s.Certs["user"]), Store: users, Authorizer: s.Policy,
+	s.UserPolicy = engine(t, user.Policy(), userLogger)
+	userSrv, err := user.NewServer(user.Config{
+		Source: ca.Source(s.Certs["user"]), Store: users, Authorizer: s.UserPolicy,
 		Keys: keys, PasswordParams: &fastHashes, Logger: userLogger,
 		ServerOptions: s.UserTelemetry.ServerOptions(),
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
+	runLoops(t, ctx, userSrv.Run)
 	s.Users, s.UserLogs = rpctest.Serve(t, userSrv.Server, userLogs), userLogs
 
 	orders, err := order.OpenStore(ctx, t.TempDir()+"/orders.db")
@@ -106,25 +118,45 @@ func Start(t *testing.T) *System {
 	}
 	t.Cleanup(func() { _ = orders.Close() })
 	orderLogger, orderLogs := rpctest.NewLogger(t)
-	orderSrv, err := order.NewServer(ctx, order.Config{
-		Source: ca.Source(s.Certs["order"]), Store: orders, Authorizer: s.Policy,
+	s.OrderPolicy = engine(t, order.Policy(), orderLogger)
+	orderSrv, err := order.NewServer(order.Config{
+		Source: ca.Source(s.Certs["order"]), Store: orders, Authorizer: s.OrderPolicy,
 		UserURL: s.Users.URL, Logger: orderLogger,
 		ServerOptions: s.OrderTelemetry.ServerOptions(), ClientOptions: s.OrderTelemetry.ClientOptions(),
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
+	runLoops(t, ctx, orderSrv.Run)
 	s.Orders, s.OrderLogs = rpctest.Serve(t, orderSrv.Server, orderLogs), orderLogs
 	return s
 }
 
-func engine(t *testing.T, logger *slog.Logger) *policy.Engine {
+// runLoops runs a service's background loops (run: its Server.Run) until
+// ctx is done or the test ends; the test's end waits for them, and fails
+// if one failed.
+func runLoops(t testing.TB, ctx context.Context, run func(context.Context) error) {
 	t.Helper()
-	b, err := policy.DefaultBundle()
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("background loops: %v", err)
+		}
+	})
+}
+
+// engine is a service's policy engine: the base policy and layer, the
+// service's own (user.Policy, order.Policy), with opts.
+func engine(t *testing.T, layer fs.FS, logger *slog.Logger, opts ...policy.EngineOption) *policy.Engine {
+	t.Helper()
+	b, err := policy.LoadFS(layer, "layer")
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := policy.NewEngine(context.Background(), b, policy.WithLogger(logger))
+	e, err := policy.NewEngine(context.Background(), b, append([]policy.EngineOption{policy.WithLogger(logger)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,6 +193,17 @@ func (c Caller) Users(t *testing.T) userv1connect.UserServiceClient {
 func (c Caller) Auth(t *testing.T) userv1connect.AuthServiceClient {
 	t.Helper()
 	cl, err := rpc.NewClient(userv1connect.NewAuthServiceClient, c.s.Users.URL, c.s.CA.Source(c.Cert), c.opts()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cl
+}
+
+// Tokens returns a client of the user service's TokenService (the token
+// exchange) for c.
+func (c Caller) Tokens(t *testing.T) tokenv1connect.TokenServiceClient {
+	t.Helper()
+	cl, err := rpc.NewClient(tokenv1connect.NewTokenServiceClient, c.s.Users.URL, c.s.CA.Source(c.Cert), c.opts()...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -206,7 +249,7 @@ func (s *System) Workload(name string) Caller {
 // ActingFor returns the order workload holding a token delegated by user.
 func (s *System) ActingFor(t *testing.T, u Caller) Caller {
 	t.Helper()
-	res, err := s.Workload("order").Auth(t).ExchangeToken(context.Background(), &userv1.ExchangeTokenRequest{SubjectToken: u.Token})
+	res, err := s.Workload("order").Tokens(t).ExchangeToken(context.Background(), &tokenv1.ExchangeTokenRequest{SubjectToken: u.Token})
 	if err != nil {
 		t.Fatalf("exchange %s: %v", u.Name, err)
 	}

@@ -3,6 +3,7 @@ package e2e_test
 import (
 	"context"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"slices"
 	"sync"
@@ -21,18 +22,23 @@ import (
 	"github.com/palisade-rpc/palisade/services/user"
 )
 
-// fleetEngine is the default policy, compiled and tested once for every
-// fleet in the package (its rego tests take seconds under the race
-// detector). An Engine is safe for concurrent use, and the decision log is
-// written by each server's own interceptor, so the servers do not share
-// their logs.
-var fleetEngine = sync.OnceValues(func() (*policy.Engine, error) {
-	b, err := policy.DefaultBundle()
+// userEngine and orderEngine are the services' policies, compiled and
+// tested once for every fleet in the package (the rego tests take seconds
+// under the race detector). An Engine is safe for concurrent use, and the
+// decision log is written by each server's own interceptor, so the servers
+// do not share their logs.
+var (
+	userEngine  = sync.OnceValues(func() (*policy.Engine, error) { return quietEngine(user.Policy()) })
+	orderEngine = sync.OnceValues(func() (*policy.Engine, error) { return quietEngine(order.Policy()) })
+)
+
+func quietEngine(layer fs.FS) (*policy.Engine, error) {
+	b, err := policy.LoadFS(layer, "layer")
 	if err != nil {
 		return nil, err
 	}
 	return policy.NewEngine(context.Background(), b, policy.WithLogger(slog.New(slog.DiscardHandler)))
-})
+}
 
 // Fleet is one user service and several replicas of the order service (the
 // same code, each with its own database and port), all subscribed to the
@@ -40,16 +46,16 @@ var fleetEngine = sync.OnceValues(func() (*policy.Engine, error) {
 // user service can be stopped and started again at the same address,
 // keeping its database and keys.
 type Fleet struct {
-	CA        *certstest.CA
-	UserStore *user.Store
-	Users     *rpctest.Server // the running user server (nil while stopped)
-	UserSrv   *user.Server
-	Replicas  []*Replica
-	certs     map[string]*certs.Issued
-	keys      *token.KeySet
-	engine    *policy.Engine
-	opts      FleetOptions
-	userAddr  string
+	CA                    *certstest.CA
+	UserStore             *user.Store
+	Users                 *rpctest.Server // the running user server (nil while stopped)
+	UserSrv               *user.Server
+	Replicas              []*Replica
+	certs                 map[string]*certs.Issued
+	keys                  *token.KeySet
+	userAuthz, orderAuthz *policy.Engine
+	opts                  FleetOptions
+	userAddr              string
 }
 
 // FleetOptions shape a Fleet; zero values get test defaults.
@@ -144,7 +150,10 @@ func StartFleet(t testing.TB, opts FleetOptions) *Fleet {
 	if f.keys, err = token.NewKeySet(token.AlgEdDSA); err != nil {
 		t.Fatal(err)
 	}
-	if f.engine, err = fleetEngine(); err != nil {
+	if f.userAuthz, err = userEngine(); err != nil {
+		t.Fatal(err)
+	}
+	if f.orderAuthz, err = orderEngine(); err != nil {
 		t.Fatal(err)
 	}
 	f.StartUsers(t)
@@ -161,14 +170,15 @@ func (f *Fleet) StartUsers(t testing.TB) {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	logger, logs := rpctest.NewLogger(t)
-	srv, err := user.NewServer(ctx, user.Config{
-		Source: f.CA.Source(f.certs["user"]), Store: f.UserStore, Authorizer: f.engine,
+	srv, err := user.NewServer(user.Config{
+		Source: f.CA.Source(f.certs["user"]), Store: f.UserStore, Authorizer: f.userAuthz,
 		Keys: f.keys, PasswordParams: &fastHashes, Logger: logger, ChangeRetention: f.opts.Retention,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	f.UserSrv = srv
+	runLoops(t, ctx, srv.Run)
 	f.Users = rpctest.ServeAt(t, srv.Server, logs, f.userAddr)
 	f.userAddr = f.Users.Addr
 }
@@ -194,14 +204,15 @@ func (f *Fleet) AddReplica(t testing.TB) *Replica {
 	logger, logs := rpctest.NewLogger(t)
 	cacheOpts := f.opts.Cache
 	cacheOpts.Observe = r.observe
-	if r.Srv, err = order.NewServer(ctx, order.Config{
-		Source: f.CA.Source(f.certs["order"]), Store: r.Store, Authorizer: f.engine,
+	if r.Srv, err = order.NewServer(order.Config{
+		Source: f.CA.Source(f.certs["order"]), Store: r.Store, Authorizer: f.orderAuthz,
 		UserURL: f.Users.URL, Logger: logger, UserCache: cacheOpts, ServerOptions: f.opts.OrderOptions,
 	}); err != nil {
 		t.Fatal(err)
 	}
 	// Cleanups run last-in first-out: the subscriber stops (and is waited
 	// for) after the replica's server, and before the user service.
+	go func() { _ = r.Srv.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-r.Srv.UserCache.Done() })
 	r.Server = rpctest.Serve(t, r.Srv.Server, logs)
 	f.Replicas = append(f.Replicas, r)
@@ -221,14 +232,27 @@ func (f *Fleet) WaitLive(t testing.TB) {
 	}
 }
 
-// WaitSequence waits until every replica has applied seq.
+// WaitSequence waits until every replica has applied seq, and its record
+// (Applied) holds it: the cache's LastSequence moves as a change is
+// applied, before Observe is called with it.
 func (f *Fleet) WaitSequence(t testing.TB, seq int64) {
 	t.Helper()
 	for i, r := range f.Replicas {
 		rpctest.WaitFor(t, fmt.Sprintf("replica %d applied sequence %d", i, seq), func() bool {
-			return r.Srv.UserCache.Stats().LastSequence >= seq
+			return r.Srv.UserCache.Stats().LastSequence >= seq && r.lastApplied() >= seq
 		})
 	}
+}
+
+// lastApplied is the sequence of the last change the replica's record
+// holds (0 if none).
+func (r *Replica) lastApplied() int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.applied) == 0 {
+		return 0
+	}
+	return r.applied[len(r.applied)-1]
 }
 
 // Latest returns the newest sequence in the user store.

@@ -34,7 +34,7 @@ func TestOrderServiceCertificateRotatedUnderLoad(t *testing.T) {
 	s := Start(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	logger, logs := rpctest.NewLogger(t)
-	authz := engine(t, logger) // before the certificate: it runs the rego tests
+	authz := engine(t, order.Policy(), logger) // before the certificate: it runs the rego tests
 
 	old := s.CA.Issue(certs.Leaf{
 		SPIFFEID: "spiffe://palisade.local/svc/order", Usage: certs.UsageWorkload,
@@ -57,10 +57,11 @@ func TestOrderServiceCertificateRotatedUnderLoad(t *testing.T) {
 	// Every lookup asks the user service (cached users expire at once):
 	// this test is about the delegated tokens of those calls.
 	noCache := order.UserCacheOptions{MaxAge: time.Nanosecond}
-	srv, err := order.NewServer(ctx, order.Config{Source: src, Store: store, Authorizer: authz, UserURL: s.Users.URL, Logger: logger, UserCache: noCache})
+	srv, err := order.NewServer(order.Config{Source: src, Store: store, Authorizer: authz, UserURL: s.Users.URL, Logger: logger, UserCache: noCache})
 	if err != nil {
 		t.Fatal(err)
 	}
+	runLoops(t, ctx, srv.Run)
 	s.Orders = rpctest.Serve(t, srv.Server, logs)
 
 	users := []string{"alice", "bob", "admin"}

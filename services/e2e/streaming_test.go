@@ -360,7 +360,7 @@ func TestCacheIsBypassedWhileTheFeedIsDown(t *testing.T) {
 }
 
 // TestSubscriberStopsWithItsContext: the feed's subscriber, started by
-// order.NewServer, stops when the context NewServer was given is done.
+// order.Server.Loops, stops when the context it runs with is done.
 func TestSubscriberStopsWithItsContext(t *testing.T) {
 	t.Parallel()
 	f := StartFleet(t, FleetOptions{Replicas: 1})

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
 	orderv1 "github.com/palisade-rpc/palisade/proto/order/v1"
+	tokenv1 "github.com/palisade-rpc/palisade/proto/palisade/token/v1"
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
 )
 
@@ -66,7 +67,7 @@ func TestEveryProcedureEveryPrincipal(t *testing.T) {
 		return err
 	}
 	exchange := func(t *testing.T, c Caller) error {
-		_, err := c.Auth(t).ExchangeToken(ctx, &userv1.ExchangeTokenRequest{SubjectToken: alice.Token})
+		_, err := c.Tokens(t).ExchangeToken(ctx, &tokenv1.ExchangeTokenRequest{SubjectToken: alice.Token})
 		return err
 	}
 	createOrder := func(forUser string) call {
@@ -134,7 +135,7 @@ func TestEveryProcedureEveryPrincipal(t *testing.T) {
 		{"UserService.CreateUser", createUser, []connect.Code{denied, denied, ok, denied, denied, unauth, unauth}},
 		{"UserService.UpdateUser", updateUser, []connect.Code{denied, denied, ok, denied, denied, unauth, unauth}},
 		{"AuthService.Login", login, []connect.Code{ok, ok, ok, ok, ok, ok, ok}},
-		{"AuthService.ExchangeToken", exchange, []connect.Code{denied, denied, denied, ok, ok, ok, denied}},
+		{"TokenService.ExchangeToken", exchange, []connect.Code{denied, denied, denied, ok, ok, ok, denied}},
 		// The delegated tokens are for the user service (aud): the order service refuses them.
 		{"OrderService.CreateOrder(alice)", createOrder("alice"), []connect.Code{ok, denied, ok, unauth, unauth, unauth, unauth}},
 		{"OrderService.CreateOrder(bob)", createOrder("bob"), []connect.Code{denied, ok, ok, unauth, unauth, unauth, unauth}},

@@ -76,9 +76,9 @@ func traceFollowsTheOrder(t *testing.T, s *System) {
 		}
 	}
 	getUser := spans[key{"ordersvc", trace.SpanKindClient, "user.v1.UserService/GetUser"}]
-	exchange := spans[key{"ordersvc", trace.SpanKindClient, "user.v1.AuthService/ExchangeToken"}]
+	exchange := spans[key{"ordersvc", trace.SpanKindClient, "palisade.token.v1.TokenService/ExchangeToken"}]
 	userGet := spans[key{"usersvc", trace.SpanKindServer, "user.v1.UserService/GetUser"}]
-	userExchange := spans[key{"usersvc", trace.SpanKindServer, "user.v1.AuthService/ExchangeToken"}]
+	userExchange := spans[key{"usersvc", trace.SpanKindServer, "palisade.token.v1.TokenService/ExchangeToken"}]
 	for parent, child := range map[*tracetest.SpanStub]*tracetest.SpanStub{
 		&root: &getUser, &getUser: &exchange, &exchange: &userExchange, // the delegated token is fetched for the GetUser call
 	} {
@@ -223,8 +223,8 @@ func metricsMove(t *testing.T, s *System) {
 	if d := delta("palisade_authz_decisions_total", `result="deny"`); d != 1 {
 		t.Errorf("denied decisions moved by %v, want exactly 1", d)
 	}
-	if got := after[fmt.Sprintf(`palisade_policy_revision_info{revision=%q}`, s.Policy.Revision())]; got != 1 {
-		t.Errorf("policy revision gauge for %s = %v, want 1", s.Policy.Revision(), got)
+	if got := after[fmt.Sprintf(`palisade_policy_revision_info{revision=%q}`, s.UserPolicy.Revision())]; got != 1 {
+		t.Errorf("policy revision gauge for %s = %v, want 1", s.UserPolicy.Revision(), got)
 	}
 	leaf := s.Certs["user"].Cert
 	want := float64(leaf.NotAfter.Unix())

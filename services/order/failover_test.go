@@ -81,13 +81,17 @@ func TestFeedFailsOverToAnotherUserReplica(t *testing.T) {
 		t.Cleanup(func() { _ = store.Close() })
 		logger, logs := rpctest.NewLogger(t)
 		feeds := &openFeeds{}
-		srv, err := user.NewServer(ctx, user.Config{
+		srv, err := user.NewServer(user.Config{
 			Source: ca.Source(ca.Server("/svc/user")), Store: store, Authorizer: authorizer, Keys: keys,
 			PasswordParams: &fast, Logger: logger, ServerOptions: []rpc.ServerOption{rpc.WithInterceptors(feeds)},
 		})
 		if err != nil {
 			t.Fatal(err)
 		}
+		loopCtx, stopLoops := context.WithCancel(ctx)
+		loopsDone := make(chan struct{})
+		go func() { defer close(loopsDone); _ = srv.Run(loopCtx) }()
+		t.Cleanup(func() { stopLoops(); <-loopsDone })
 		replicas = append(replicas, &userReplica{store: store, srv: rpctest.Serve(t, srv.Server, logs), feeds: feeds})
 	}
 	if _, err := replicas[0].store.SeedDemoUsers(ctx); err != nil {
@@ -106,7 +110,7 @@ func TestFeedFailsOverToAnotherUserReplica(t *testing.T) {
 	)
 	orderCtx, stop := context.WithCancel(ctx)
 	logger, _ := rpctest.NewLogger(t)
-	srv, err := order.NewServer(orderCtx, order.Config{
+	srv, err := order.NewServer(order.Config{
 		Source: ca.Source(ca.Server("/svc/order")), Store: orderStore, Authorizer: allowList(t, nil), Logger: logger,
 		UserURL: replicas[0].srv.URL + "," + replicas[1].srv.URL,
 		UserCache: order.UserCacheOptions{
@@ -128,6 +132,7 @@ func TestFeedFailsOverToAnotherUserReplica(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	go func() { _ = srv.Run(orderCtx) }()
 	// Before the user replicas stop (cleanups run last-in first-out).
 	t.Cleanup(func() { stop(); <-srv.UserCache.Done() })
 	cache := srv.UserCache
@@ -148,12 +153,22 @@ func TestFeedFailsOverToAnotherUserReplica(t *testing.T) {
 			}
 		}
 	}
+	// LastSequence moves as a change is applied, before Observe is called
+	// with it: wait for the record too.
+	observed := func() int64 {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(applied) == 0 {
+			return 0
+		}
+		return applied[len(applied)-1]
+	}
 	caughtUp := func(what string, on *userReplica) {
 		t.Helper()
 		want := latest()
 		rpctest.WaitFor(t, what, func() bool {
 			s := cache.Stats()
-			return s.Live && s.LastSequence == want && on.feeds.n.Load() == 1
+			return s.Live && s.LastSequence == want && observed() == want && on.feeds.n.Load() == 1
 		})
 	}
 

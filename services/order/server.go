@@ -3,14 +3,15 @@ package order
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/palisade-rpc/palisade/authz"
 	"github.com/palisade-rpc/palisade/proto/order/v1/orderv1connect"
-	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
 	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
 	"github.com/palisade-rpc/palisade/rpc"
 	"github.com/palisade-rpc/palisade/security/mtls"
@@ -25,7 +26,8 @@ type Config struct {
 	Source mtls.Source
 	// Store holds the orders. Required.
 	Store *Store
-	// Authorizer decides every call. Required.
+	// Authorizer decides every call of the server NewServer builds
+	// (required there; New does not use it).
 	Authorizer authz.Authorizer
 	// UserURL is the user service's base URL, or the base URLs of its
 	// replicas separated by commas ("https://a:8443,https://b:8443"), over
@@ -59,23 +61,82 @@ type Config struct {
 	ClientOptions []rpc.ClientOption
 }
 
-// Server is a running configuration of the order service.
+// Server is the order service: its handler (OrderService), its token
+// verifier (the issuer's keys, fetched from the JWKS), its clients of the
+// user service, the cache of users, and the background loops they need.
 type Server struct {
+	// Server is the RPC server the handler is mounted on: the one NewServer
+	// builds, or the one given to Mount.
 	*rpc.Server
 	// Keys are the issuer's keys as fetched from the JWKS.
 	Keys *token.RemoteKeys
+	// Verifier verifies the tokens of calls with Keys.
+	Verifier *token.Verifier
 	// UserCache is the cache of users; its Stats are the feed's counters
 	// and last applied sequence, and its Done is closed once the feed's
 	// subscriber has stopped.
 	UserCache *UserCache
+	// Loops are the background loops of the service (the JWKS refresh, the
+	// subscriber of the user change feed): New and NewServer start none.
+	// Run each until the service stops — kit.Service.Go does — or all of
+	// them with Run.
+	Loops []Loop
+
+	service orderv1connect.OrderServiceHandler
+	logger  *slog.Logger
 }
 
-// NewServer builds the server. Background work (refreshing the JWKS, the
-// subscription to the user change feed) stops when ctx is done.
-func NewServer(ctx context.Context, cfg Config) (*Server, error) {
+// Loop is a background loop of a service: it runs until its context is
+// done, and an error it returns otherwise is a failure of the service.
+type Loop struct {
+	Name string
+	Run  func(ctx context.Context) error
+}
+
+// ServerOptions are the options the server of the order service needs,
+// beside its token verifier: every order of an import is authorized, not
+// just the stream.
+func ServerOptions() []rpc.ServerOption {
+	return []rpc.ServerOption{
+		rpc.WithAuthorizationOptions(authz.WithPerMessage(orderv1connect.OrderServiceImportOrdersProcedure)),
+	}
+}
+
+// NewServer builds the service (New) on a server of its own, built with
+// cfg.Authorizer, the service's token verifier, ServerOptions and
+// cfg.ServerOptions. It starts no goroutine: run srv.Loops (Run) for as
+// long as it serves.
+func NewServer(cfg Config) (*Server, error) {
+	if cfg.Authorizer == nil {
+		return nil, errors.New("order: server needs an authorizer")
+	}
+	s, err := New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	opts := append([]rpc.ServerOption{
+		rpc.WithLogger(s.logger),
+		rpc.WithTokenVerifier(s.Verifier),
+	}, ServerOptions()...)
+	srv, err := rpc.NewServer(cfg.Source, cfg.Authorizer, append(opts, cfg.ServerOptions...)...)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Mount(srv); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// New builds the service's handler, token verifier and clients of the
+// user service, without a server: Mount it on one whose token verifier is
+// s.Verifier (the kit's WithTokenVerifier) and that has ServerOptions.
+// cfg.Authorizer and cfg.ServerOptions are not used. It starts no
+// goroutine: run s.Loops for as long as the service serves.
+func New(cfg Config) (*Server, error) {
 	userURLs := splitURLs(cfg.UserURL)
-	if cfg.Source == nil || cfg.Store == nil || cfg.Authorizer == nil || len(userURLs) == 0 {
-		return nil, errors.New("order: server needs a source, a store, an authorizer and the user service URL")
+	if cfg.Source == nil || cfg.Store == nil || len(userURLs) == 0 {
+		return nil, errors.New("order: service needs a source, a store and the user service URL")
 	}
 	userURL := userURLs[0]
 	if cfg.Logger == nil {
@@ -110,7 +171,7 @@ func NewServer(ctx context.Context, cfg Config) (*Server, error) {
 	// Every call to the user service goes over one HTTP client, so its
 	// connections are shared: a delegated token is exchanged over the
 	// connections the call it is for will take, and is bound to the
-	// certificate they present (see redelegating). With several replicas,
+	// certificate they present (see rpc.WithDelegation). With several replicas,
 	// the client spreads the calls over them and fails over, and it moves
 	// to new connections when this service's certificate changes, so that
 	// every replica is reached with the certificate tokens are bound to.
@@ -128,28 +189,17 @@ func NewServer(ctx context.Context, cfg Config) (*Server, error) {
 	upstream = append(upstream, rpc.WithHTTPClient(upstreamHTTP))
 
 	// Tokens are verified with the issuer's keys, fetched over mTLS from the
-	// user service and refreshed in the background until ctx is done.
+	// user service and refreshed in the background by a loop.
 	keys := token.NewRemoteKeys(cfg.JWKSURL, upstreamHTTP, token.WithMinRefreshInterval(cfg.JWKSMinRefresh), token.WithLogger(cfg.Logger))
-	go func() { _ = keys.Run(ctx) }()
 	verifier, err := token.NewVerifier(cfg.TokenIssuer, self.String(), keys)
 	if err != nil {
 		return nil, err
 	}
 
 	// The user service is called for the user of the incoming call, with
-	// that user's token exchanged for a delegated one.
-	auth, err := rpc.NewClient(userv1connect.NewAuthServiceClient, userURL, cfg.Source, upstream...)
-	if err != nil {
-		return nil, err
-	}
-	delegator := token.NewDelegator(func(ctx context.Context, subject string) (string, time.Time, error) {
-		res, err := auth.ExchangeToken(ctx, &userv1.ExchangeTokenRequest{SubjectToken: subject, Audience: cfg.UserID})
-		if err != nil {
-			return "", time.Time{}, err
-		}
-		return res.GetAccessToken(), time.Now().Add(time.Duration(res.GetExpiresIn()) * time.Second), nil
-	})
-	users, err := rpc.NewClient(userv1connect.NewUserServiceClient, userURL, cfg.Source, append(upstream, rpc.WithTokenSource(delegator.Token))...)
+	// that user's token exchanged for a delegated one at the user service's
+	// TokenService, over the same connections (rpc.WithDelegation).
+	users, err := rpc.NewClient(userv1connect.NewUserServiceClient, userURL, cfg.Source, append(upstream, rpc.WithDelegation(userURL))...)
 	if err != nil {
 		return nil, err
 	}
@@ -170,25 +220,44 @@ func NewServer(ctx context.Context, cfg Config) (*Server, error) {
 		return nil, err
 	}
 
-	opts := append([]rpc.ServerOption{
-		rpc.WithLogger(cfg.Logger),
-		rpc.WithTokenVerifier(verifier),
-		// Every order of an import is authorized, not just the stream.
-		rpc.WithAuthorizationOptions(authz.WithPerMessage(orderv1connect.OrderServiceImportOrdersProcedure)),
-	}, cfg.ServerOptions...)
-	srv, err := rpc.NewServer(cfg.Source, cfg.Authorizer, opts...)
-	if err != nil {
-		return nil, err
+	loops := []Loop{
+		{Name: "jwks refresh", Run: keys.Run},
+		{Name: "user change feed", Run: func(ctx context.Context) error {
+			// Then waits for the balancer's probes of the user service's
+			// replicas.
+			defer upstreamHTTP.CloseIdleConnections()
+			return cache.Run(ctx, feed)
+		}},
 	}
-	if err := rpc.Mount(srv, orderv1connect.NewOrderServiceHandler, orderv1connect.OrderServiceHandler(NewService(cfg.Store, cache.Directory(redelegating{users, delegator}), cfg.Logger))); err != nil {
-		return nil, err
+	service := NewService(cfg.Store, cache.Directory(users), cfg.Logger)
+	return &Server{Keys: keys, Verifier: verifier, UserCache: cache, Loops: loops, service: service, logger: cfg.Logger}, nil
+}
+
+// Mount mounts the service's handler on srv and makes srv s.Server. srv
+// must have ServerOptions.
+func (s *Server) Mount(srv *rpc.Server) error {
+	if err := rpc.Mount(srv, orderv1connect.NewOrderServiceHandler, s.service); err != nil {
+		return err
 	}
-	go func() {
-		_ = cache.Run(ctx, feed)
-		// Waits for the balancer's probes of the user service's replicas.
-		upstreamHTTP.CloseIdleConnections()
-	}()
-	return &Server{Server: srv, Keys: keys, UserCache: cache}, nil
+	s.Server = srv
+	return nil
+}
+
+// Run runs every loop of s until ctx is done and they have all returned,
+// and returns their failures (not their context's end), joined: for a
+// caller that does not run them with kit.Service.Go.
+func (s *Server) Run(ctx context.Context) error {
+	errs := make([]error, len(s.Loops))
+	var wg sync.WaitGroup
+	for i, l := range s.Loops {
+		wg.Go(func() {
+			if err := l.Run(ctx); err != nil && ctx.Err() == nil {
+				errs[i] = fmt.Errorf("%s: %w", l.Name, err)
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // splitURLs splits a comma-separated list of URLs, dropping blanks.

@@ -180,8 +180,13 @@ func TestCreateOrderValidatesBeforeCallingUsers(t *testing.T) {
 }
 
 // TestCreateOrderAnswersBeforeTheCallersDeadline: a user service that never
-// answers costs the caller less than its deadline, and the caller gets
-// unavailable rather than its own deadline_exceeded.
+// answers is given up on before the caller's deadline, keeping back a
+// reserve to answer in (a tenth of the time left, 50 ms to 500 ms), and the
+// caller gets unavailable rather than its own deadline_exceeded. The
+// reserve is read from the two deadlines, not from the clock when the
+// answer comes: how soon it reaches the caller after the lookup gives up is
+// up to the scheduler, and a loaded machine can take longer than any
+// reserve.
 func TestCreateOrderAnswersBeforeTheCallersDeadline(t *testing.T) {
 	t.Parallel()
 	cases := map[string]time.Duration{"short deadline": 300 * time.Millisecond, "long deadline": 2 * time.Second}
@@ -203,11 +208,10 @@ func TestCreateOrderAnswersBeforeTheCallersDeadline(t *testing.T) {
 			if connect.CodeOf(err) != connect.CodeUnavailable {
 				t.Fatalf("got %v, want unavailable", err)
 			}
-			if ctx.Err() != nil {
-				t.Fatalf("answered after the caller's deadline")
-			}
-			if !upstreamDeadline.Before(deadline) {
-				t.Fatalf("upstream deadline %v not before the caller's %v", upstreamDeadline, deadline)
+			// The time left when the lookup starts is at most the budget.
+			reserve, most := deadline.Sub(upstreamDeadline), max(budget/10, order.MinReplyReserve)
+			if reserve < order.MinReplyReserve || reserve > most {
+				t.Fatalf("the lookup's deadline is %v before the caller's; want %v to %v", reserve, order.MinReplyReserve, most)
 			}
 			if n := count(t, store); n != 0 {
 				t.Fatalf("Count = %d, want 0", n)

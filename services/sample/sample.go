@@ -12,6 +12,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"path/filepath"
@@ -73,9 +74,10 @@ type System struct {
 	ctx      context.Context
 	cancel   context.CancelFunc
 	keys     *token.KeySet
-	authz    *policy.Engine
-	userSrc  mtls.Source
-	userAddr string
+	// userAuthz and orderAuthz decide with each service's policy layer.
+	userAuthz, orderAuthz *policy.Engine
+	userSrc               mtls.Source
+	userAddr              string
 
 	mu    sync.Mutex
 	users *serving // nil while the user service is stopped
@@ -156,9 +158,12 @@ func Start(ctx context.Context, opts Options) (_ *System, err error) {
 	if err := sys.createUsers(ctx, opts.Users); err != nil {
 		return nil, err
 	}
-	// One engine decides for both services (and a restarted user service):
-	// decisions depend only on the input, and the policy's tests run once.
-	if sys.authz, err = defaultEngine(runCtx, opts.Logger); err != nil {
+	// One engine per service, each with its own policy layer; a restarted
+	// user service keeps its engine, so the layer's tests run once.
+	if sys.userAuthz, err = engine(runCtx, user.Policy(), "services/user/policy", opts.Logger); err != nil {
+		return nil, err
+	}
+	if sys.orderAuthz, err = engine(runCtx, order.Policy(), "services/order/policy", opts.Logger); err != nil {
 		return nil, err
 	}
 
@@ -172,8 +177,8 @@ func Start(ctx context.Context, opts Options) (_ *System, err error) {
 		return nil, err
 	}
 
-	orderSrv, err := order.NewServer(runCtx, order.Config{
-		Source: orderSrc, Store: sys.OrderStore, Authorizer: sys.authz, UserURL: sys.UserURL,
+	orderSrv, err := order.NewServer(order.Config{
+		Source: orderSrc, Store: sys.OrderStore, Authorizer: sys.orderAuthz, UserURL: sys.UserURL,
 		Logger: opts.Logger, ServerOptions: opts.OrderServerOptions,
 	})
 	if err != nil {
@@ -184,14 +189,16 @@ func Start(ctx context.Context, opts Options) (_ *System, err error) {
 	}
 	sys.OrderURL = "https://" + ln.Addr().String()
 	sys.UserCache = orderSrv.UserCache
+	go runLoops(runCtx, opts.Logger, "order", orderSrv.Run)
 	sys.mu.Lock()
 	sys.order = serve(runCtx, orderSrv.Server, ln)
 	sys.mu.Unlock()
 	return sys, nil
 }
 
-func defaultEngine(ctx context.Context, logger *slog.Logger) (*policy.Engine, error) {
-	b, err := policy.DefaultBundle()
+// engine is the policy engine of a service, with the layer it embeds.
+func engine(ctx context.Context, layer fs.FS, origin string, logger *slog.Logger) (*policy.Engine, error) {
+	b, err := policy.LoadFS(layer, origin)
 	if err != nil {
 		return nil, err
 	}
@@ -220,8 +227,8 @@ func (s *System) createUsers(ctx context.Context, n int) error {
 // serveUsers builds a user server (a new one each time: a server serves
 // once) with the system's signing keys, so tokens outlive a restart.
 func (s *System) serveUsers(ln net.Listener) error {
-	srv, err := user.NewServer(s.ctx, user.Config{
-		Source: s.userSrc, Store: s.UserStore, Authorizer: s.authz, Keys: s.keys,
+	srv, err := user.NewServer(user.Config{
+		Source: s.userSrc, Store: s.UserStore, Authorizer: s.userAuthz, Keys: s.keys,
 		PasswordParams: &FastPasswords, Logger: s.opts.Logger, ServerOptions: s.opts.UserServerOptions,
 	})
 	if err != nil {
@@ -231,7 +238,16 @@ func (s *System) serveUsers(ln net.Listener) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.users = serve(s.ctx, srv.Server, ln)
+	go runLoops(s.ctx, s.opts.Logger, "user", srv.Run)
 	return nil
+}
+
+// runLoops runs a service's background loops until ctx is done, and logs
+// a failure.
+func runLoops(ctx context.Context, logger *slog.Logger, service string, run func(context.Context) error) {
+	if err := run(ctx); err != nil {
+		logger.Error("a background loop failed", "service", service, "error", err.Error())
+	}
 }
 
 // StopUsers stops the user service as a SIGTERM would: it drains for its

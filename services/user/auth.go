@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
-	"slices"
 	"strconv"
 	"time"
 
@@ -40,17 +39,12 @@ const DefaultCheckMemory = 256 << 20
 // time.
 const busyRetry = time.Second
 
-// AuthOptions configures NewAuthService. Issuer, Verifier and Passwords are required.
+// AuthOptions configures NewAuthService. Issuer and Passwords are required.
 type AuthOptions struct {
-	// Issuer signs the tokens Login and ExchangeToken return.
+	// Issuer signs the tokens Login returns.
 	Issuer *token.Issuer
-	// Verifier checks the subject tokens presented to ExchangeToken.
-	Verifier *token.Verifier
 	// Passwords checks passwords (and costs the same for unknown users).
 	Passwords *password.Checker
-	// Audiences are the audiences ExchangeToken may issue for; the first is
-	// the default.
-	Audiences []string
 	// FailuresPerUser and FailuresPerPeer within FailureWindow lock out
 	// further attempts (defaults 5, 20 and one minute). An attempt counts
 	// from before its password is checked until it succeeds, so at most
@@ -70,9 +64,8 @@ type AuthOptions struct {
 	Logger              *slog.Logger
 }
 
-// AuthService implements user.v1.AuthService: password login and token
-// exchange for workloads that act on a user's behalf. Which workloads may
-// exchange is the authorizer's decision.
+// AuthService implements user.v1.AuthService: password login. (The token
+// exchange is Palisade's, token.ExchangeHandler, mounted beside it.)
 type AuthService struct {
 	store  *Store
 	opts   AuthOptions
@@ -93,8 +86,8 @@ var _ userv1connect.AuthServiceHandler = (*AuthService)(nil)
 
 // NewAuthService returns an AuthService over store.
 func NewAuthService(store *Store, opts AuthOptions) (*AuthService, error) {
-	if opts.Issuer == nil || opts.Verifier == nil || opts.Passwords == nil || len(opts.Audiences) == 0 {
-		return nil, errors.New("user: auth service needs an issuer, a verifier, a password checker and audiences")
+	if opts.Issuer == nil || opts.Passwords == nil {
+		return nil, errors.New("user: auth service needs an issuer and a password checker")
 	}
 	if opts.FailuresPerUser <= 0 {
 		opts.FailuresPerUser = DefaultFailuresPerUser
@@ -259,52 +252,4 @@ func retryLater(retry time.Duration, why string) error {
 	err := connect.NewError(connect.CodeResourceExhausted, fmt.Errorf("%s; retry in %ds", why, secs))
 	err.Meta().Set("Retry-After", strconv.FormatInt(secs, 10))
 	return err
-}
-
-// ExchangeToken trades the token of a user, presented by the workload that
-// received it, for a token that lets that workload act for the user: sub is
-// the user, act.sub the workload, aud the requested service, the lifetime
-// at most five minutes (and never past the user's token), bound to the
-// workload's certificate. The subject token must name the workload in its
-// audience: a service can only exchange tokens that were meant for it.
-func (a *AuthService) ExchangeToken(ctx context.Context, req *userv1.ExchangeTokenRequest) (*userv1.ExchangeTokenResponse, error) {
-	p, ok := security.FromContext(ctx)
-	if !ok {
-		return nil, connect.NewError(connect.CodeUnauthenticated, errors.New("no client identity"))
-	}
-	if req.GetSubjectToken() == "" {
-		return nil, invalidArgument("subject_token", "required")
-	}
-	aud := req.GetAudience()
-	if aud == "" {
-		aud = a.opts.Audiences[0]
-	}
-	if !slices.Contains(a.opts.Audiences, aud) {
-		return nil, invalidArgument("audience", "not a service this issuer issues tokens for")
-	}
-	actor := p.Workload.ID.String()
-	user, err := a.opts.Verifier.VerifySubjectToken(ctx, req.GetSubjectToken(), actor)
-	if err != nil {
-		a.opts.Logger.WarnContext(ctx, "token exchange refused", "actor", actor, "reason", err.Error())
-		return nil, connect.NewError(connect.CodeUnauthenticated, errors.New("subject token is invalid"))
-	}
-	ttl := min(token.MaxDelegatedTTL, time.Until(user.ExpiresAt).Truncate(time.Second))
-	if ttl < time.Second {
-		return nil, connect.NewError(connect.CodeUnauthenticated, errors.New("subject token is about to expire"))
-	}
-	tok, _, err := a.opts.Issuer.Issue(token.Grant{
-		Subject:    user.Subject,
-		Roles:      user.Roles,
-		Scope:      user.Scope,
-		Audience:   []string{aud},
-		TTL:        ttl,
-		CertSHA256: &p.Workload.CertSHA256,
-		Actor:      actor,
-	})
-	if err != nil {
-		a.opts.Logger.ErrorContext(ctx, "exchange: issuing the token failed", "error", err)
-		return nil, connect.NewError(connect.CodeInternal, errors.New("internal error"))
-	}
-	a.opts.Logger.InfoContext(ctx, "token exchanged", "subject", user.Subject, "actor", actor, "audience", aud, "ttl", ttl.String())
-	return &userv1.ExchangeTokenResponse{AccessToken: tok, ExpiresIn: int64(ttl / time.Second), TokenType: "Bearer"}, nil
 }

@@ -19,6 +19,8 @@ import (
 	"github.com/palisade-rpc/palisade/authz"
 	"github.com/palisade-rpc/palisade/certs"
 	"github.com/palisade-rpc/palisade/certs/certstest"
+	tokenv1 "github.com/palisade-rpc/palisade/proto/palisade/token/v1"
+	"github.com/palisade-rpc/palisade/proto/palisade/token/v1/tokenv1connect"
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
 	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
 	"github.com/palisade-rpc/palisade/rpc"
@@ -107,7 +109,7 @@ func newAuthFixtureWith(t *testing.T, fo fixtureOptions) *authFixture {
 		t.Fatal(err)
 	}
 	f.issuer = issuer
-	opts.Issuer, opts.Verifier, opts.Passwords, opts.Audiences, opts.Logger = issuer, f.verifier, checker, audiences, logger
+	opts.Issuer, opts.Passwords, opts.Logger = issuer, checker, logger
 	auth, err := user.NewAuthService(f.store, opts)
 	if err != nil {
 		t.Fatal(err)
@@ -115,10 +117,14 @@ func newAuthFixtureWith(t *testing.T, fo fixtureOptions) *authFixture {
 	if fo.admitted != nil {
 		auth.SetAdmitted(fo.admitted)
 	}
+	exchange, err := token.NewExchangeHandler(issuer, f.verifier, audiences, token.WithLogger(logger))
+	if err != nil {
+		t.Fatal(err)
+	}
 	authorizer, err := authz.NewAllowList(map[string]authz.Rule{
-		userv1connect.AuthServiceLoginProcedure:         {Workloads: []string{authz.AnyWorkload}},
-		userv1connect.AuthServiceExchangeTokenProcedure: {Workloads: []string{orderID}},
-		userv1connect.UserServiceGetUserProcedure:       {Workloads: []string{authz.AnyWorkload}, NeedsUser: true},
+		userv1connect.AuthServiceLoginProcedure:           {Workloads: []string{authz.AnyWorkload}},
+		tokenv1connect.TokenServiceExchangeTokenProcedure: {Workloads: []string{orderID}},
+		userv1connect.UserServiceGetUserProcedure:         {Workloads: []string{authz.AnyWorkload}, NeedsUser: true},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -127,9 +133,21 @@ func newAuthFixtureWith(t *testing.T, fo fixtureOptions) *authFixture {
 		if err := rpc.Mount(s, userv1connect.NewAuthServiceHandler, userv1connect.AuthServiceHandler(auth)); err != nil {
 			return err
 		}
+		if err := rpc.Mount(s, tokenv1connect.NewTokenServiceHandler, tokenv1connect.TokenServiceHandler(exchange)); err != nil {
+			return err
+		}
 		return rpc.Mount(s, userv1connect.NewUserServiceHandler, userv1connect.UserServiceHandler(user.NewService(f.store, logger)))
 	}, rpc.WithTokenVerifier(f.verifier))
 	return f
+}
+
+func (f *authFixture) tokens(t *testing.T, as *certs.Issued) tokenv1connect.TokenServiceClient {
+	t.Helper()
+	c, err := rpc.NewClient(tokenv1connect.NewTokenServiceClient, f.srv.URL, f.ca.Source(as))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
 
 func (f *authFixture) auth(t *testing.T, as *certs.Issued) userv1connect.AuthServiceClient {
@@ -248,7 +266,7 @@ func TestExchangeToken(t *testing.T) {
 	}
 	subject := login.GetAccessToken()
 
-	res, err := f.auth(t, f.order).ExchangeToken(ctx, &userv1.ExchangeTokenRequest{SubjectToken: subject})
+	res, err := f.tokens(t, f.order).ExchangeToken(ctx, &tokenv1.ExchangeTokenRequest{SubjectToken: subject})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -292,12 +310,12 @@ func TestExchangeToken(t *testing.T) {
 		"garbage":                     {f.order, "not.a.token", connect.CodeUnauthenticated},
 		"workload not allowed":        {f.cli, subject, connect.CodePermissionDenied},
 	} {
-		_, err := f.auth(t, c.as).ExchangeToken(ctx, &userv1.ExchangeTokenRequest{SubjectToken: c.subject})
+		_, err := f.tokens(t, c.as).ExchangeToken(ctx, &tokenv1.ExchangeTokenRequest{SubjectToken: c.subject})
 		if connect.CodeOf(err) != c.code {
 			t.Errorf("%s: %v, want %v", name, err, c.code)
 		}
 	}
-	if _, err := f.auth(t, f.cli).ExchangeToken(ctx, &userv1.ExchangeTokenRequest{SubjectToken: subject}); err == nil ||
+	if _, err := f.tokens(t, f.cli).ExchangeToken(ctx, &tokenv1.ExchangeTokenRequest{SubjectToken: subject}); err == nil ||
 		!strings.Contains(err.Error(), "may not call") {
 		t.Errorf("cli exchanging: %v", err)
 	}

@@ -62,6 +62,7 @@ type Service struct {
 	store     *Store
 	log       *slog.Logger
 	heartbeat time.Duration
+	reads     sharedReads // watch.go
 }
 
 var _ userv1connect.UserServiceHandler = (*Service)(nil)

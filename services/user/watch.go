@@ -3,6 +3,7 @@ package user
 import (
 	"context"
 	"log/slog"
+	"sync"
 	"time"
 
 	"connectrpc.com/connect"
@@ -56,10 +57,13 @@ func WithHeartbeatInterval(d time.Duration) ServiceOption {
 //
 // The stream reads from the store, never from a buffer that writers fill:
 // a slow subscriber costs at most one page of changes in memory and never
-// delays a writer. Changes committed by another replica sharing a
-// PostgreSQL database wake the stream through the store's listener; and
-// whatever the listener misses, each heartbeat follows a read of the
-// table, so a change is sent within a heartbeat interval at worst.
+// delays a writer. Streams at the same position share the reads a change
+// wakes them for (see sharedReads): a change committed wakes a thousand
+// subscribers for a few queries, not a thousand. Changes committed by
+// another replica sharing a PostgreSQL database wake the stream through
+// the store's listener; and whatever the listener misses, each heartbeat
+// follows a read of the table, so a change is sent within a heartbeat
+// interval at worst.
 func (s *Service) WatchUserChanges(ctx context.Context, req *userv1.WatchUserChangesRequest, stream *connect.ServerStream[userv1.WatchUserChangesResponse]) error {
 	pos := req.GetAfterSequence()
 	if pos < 0 {
@@ -104,9 +108,17 @@ func (w *watch) run() error {
 	var lastBeat time.Time
 	timer := time.NewTimer(0)
 	defer timer.Stop()
+	// share says whether this pass may take another stream's read: not the
+	// first, nor one the heartbeat timer started (see sharedReads).
+	share := false
 	for {
 		signal := w.s.store.ChangeSignal()
-		changes, err := w.s.store.Changes(w.ctx, w.pos, watchPageSize)
+		var changes []*userv1.UserChange
+		if share {
+			changes, err = w.s.reads.changes(w.ctx, w.s.store, w.pos, signal)
+		} else {
+			changes, err = w.s.store.Changes(w.ctx, w.pos, watchPageSize)
+		}
 		if err != nil {
 			return w.s.storeError(w.ctx, "WatchUserChanges", "", err)
 		}
@@ -128,6 +140,7 @@ func (w *watch) run() error {
 			w.sent++
 		}
 		if len(changes) == watchPageSize {
+			share = true
 			continue // there may be more to read
 		}
 		// Caught up with everything committed before the read.
@@ -143,7 +156,9 @@ func (w *watch) run() error {
 		case <-w.ctx.Done():
 			return rpc.StreamEnded(w.ctx)
 		case <-signal:
+			share = true
 		case <-timer.C:
+			share = false
 		}
 	}
 }
@@ -157,4 +172,85 @@ func (w *watch) reset(oldest, latest int64) error {
 	err := w.stream.Send(&userv1.WatchUserChangesResponse{Event: &userv1.WatchUserChangesResponse_Reset_{Reset_: &userv1.WatchReset{OldestSequence: oldest, LatestSequence: latest}}})
 	w.pos = max(oldest-1, 0)
 	return err
+}
+
+// sharedReads lets WatchUserChanges streams at the same position share a
+// read of the history. When a change commits, every caught-up stream wakes
+// at the same position to read the same page: the first to get there
+// reads, the others take its result.
+//
+// A stream takes the change signal, then reads; it must not miss a change
+// whose notification came before it took the signal (a later one closes
+// the signal, and it reads again). A read that began while the same signal
+// was current began after every such notification, so after the changes
+// were committed: it is as good as the stream's own. So a read is kept
+// with the signal current when it began, and a stream takes it only if
+// that is the signal the stream took.
+//
+// Changes a notification never announced (a PostgreSQL listener that lost
+// its connection) are found by the reads a stream makes on its own: when
+// it opens, and when its heartbeat timer fires — which is what bounds how
+// late such a change arrives (one heartbeat interval), as before.
+//
+// At most maxSharedReads reads are kept, those of the current signal
+// first; a stream that finds no room reads on its own. The changes of a
+// read are shared by the streams that send them, read only.
+type sharedReads struct {
+	mu    sync.Mutex
+	reads map[int64]*sharedRead // the latest read after each position
+}
+
+// maxSharedReads bounds the reads kept, and so the memory they hold (a
+// page each): enough for subscribers a few positions apart.
+const maxSharedReads = 16
+
+// sharedRead is a read of the page of changes after a position.
+type sharedRead struct {
+	signal  <-chan struct{} // the change signal when the read began
+	done    chan struct{}   // closed once changes and err are set
+	changes []*userv1.UserChange
+	err     error
+}
+
+// changes returns the page of changes after pos, read after signal, the
+// store's change signal the caller took, became current: by the caller,
+// or by another stream. A shared read that failed is retried as the
+// caller's own: the failure may be its reader's (its context ended).
+func (r *sharedReads) changes(ctx context.Context, store *Store, pos int64, signal <-chan struct{}) ([]*userv1.UserChange, error) {
+	r.mu.Lock()
+	if rd := r.reads[pos]; rd != nil && rd.signal == signal {
+		r.mu.Unlock()
+		select {
+		case <-rd.done:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		if rd.err == nil {
+			return rd.changes, nil
+		}
+		return store.Changes(ctx, pos, watchPageSize)
+	}
+	current := store.ChangeSignal()
+	if r.reads == nil {
+		r.reads = map[int64]*sharedRead{}
+	}
+	if _, ok := r.reads[pos]; !ok && len(r.reads) >= maxSharedReads {
+		// Make room: a read of an earlier signal is of no use to a stream
+		// that takes the current one.
+		for p, rd := range r.reads {
+			if rd.signal != current {
+				delete(r.reads, p)
+			}
+		}
+	}
+	if _, ok := r.reads[pos]; !ok && len(r.reads) >= maxSharedReads {
+		r.mu.Unlock()
+		return store.Changes(ctx, pos, watchPageSize)
+	}
+	rd := &sharedRead{signal: current, done: make(chan struct{})}
+	r.reads[pos] = rd
+	r.mu.Unlock()
+	rd.changes, rd.err = store.Changes(ctx, pos, watchPageSize)
+	close(rd.done)
+	return rd.changes, rd.err
 }

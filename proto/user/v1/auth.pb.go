@@ -25,7 +25,8 @@ const (
 type LoginRequest struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Username string                 `protobuf:"bytes,1,opt,name=username,proto3" json:"username,omitempty"`
-	// password may be empty (that login fails like any wrong password).
+	// password may be empty (that login fails like any wrong password). It is
+	// marked debug_redact: decision logs leave it out (authz.InputMask).
 	Password string `protobuf:"bytes,2,opt,name=password,proto3" json:"password,omitempty"`
 	// ttl_seconds asks for a shorter lifetime than the default; 0 means the
 	// default, and so does anything longer than it.
@@ -147,149 +148,25 @@ func (x *LoginResponse) GetTokenType() string {
 	return ""
 }
 
-type ExchangeTokenRequest struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// subject_token is the user's access token (at most 8 KiB, like any token).
-	SubjectToken string `protobuf:"bytes,1,opt,name=subject_token,json=subjectToken,proto3" json:"subject_token,omitempty"`
-	// audience is the service the new token is for; empty means the user service.
-	Audience      string `protobuf:"bytes,2,opt,name=audience,proto3" json:"audience,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *ExchangeTokenRequest) Reset() {
-	*x = ExchangeTokenRequest{}
-	mi := &file_user_v1_auth_proto_msgTypes[2]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *ExchangeTokenRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*ExchangeTokenRequest) ProtoMessage() {}
-
-func (x *ExchangeTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_user_v1_auth_proto_msgTypes[2]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use ExchangeTokenRequest.ProtoReflect.Descriptor instead.
-func (*ExchangeTokenRequest) Descriptor() ([]byte, []int) {
-	return file_user_v1_auth_proto_rawDescGZIP(), []int{2}
-}
-
-func (x *ExchangeTokenRequest) GetSubjectToken() string {
-	if x != nil {
-		return x.SubjectToken
-	}
-	return ""
-}
-
-func (x *ExchangeTokenRequest) GetAudience() string {
-	if x != nil {
-		return x.Audience
-	}
-	return ""
-}
-
-type ExchangeTokenResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	AccessToken   string                 `protobuf:"bytes,1,opt,name=access_token,json=accessToken,proto3" json:"access_token,omitempty"`
-	ExpiresIn     int64                  `protobuf:"varint,2,opt,name=expires_in,json=expiresIn,proto3" json:"expires_in,omitempty"`
-	TokenType     string                 `protobuf:"bytes,3,opt,name=token_type,json=tokenType,proto3" json:"token_type,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *ExchangeTokenResponse) Reset() {
-	*x = ExchangeTokenResponse{}
-	mi := &file_user_v1_auth_proto_msgTypes[3]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *ExchangeTokenResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*ExchangeTokenResponse) ProtoMessage() {}
-
-func (x *ExchangeTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_user_v1_auth_proto_msgTypes[3]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use ExchangeTokenResponse.ProtoReflect.Descriptor instead.
-func (*ExchangeTokenResponse) Descriptor() ([]byte, []int) {
-	return file_user_v1_auth_proto_rawDescGZIP(), []int{3}
-}
-
-func (x *ExchangeTokenResponse) GetAccessToken() string {
-	if x != nil {
-		return x.AccessToken
-	}
-	return ""
-}
-
-func (x *ExchangeTokenResponse) GetExpiresIn() int64 {
-	if x != nil {
-		return x.ExpiresIn
-	}
-	return 0
-}
-
-func (x *ExchangeTokenResponse) GetTokenType() string {
-	if x != nil {
-		return x.TokenType
-	}
-	return ""
-}
-
 var File_user_v1_auth_proto protoreflect.FileDescriptor
 
 const file_user_v1_auth_proto_rawDesc = "" +
 	"\n" +
-	"\x12user/v1/auth.proto\x12\auser.v1\x1a\x1bbuf/validate/validate.proto\"\x86\x01\n" +
+	"\x12user/v1/auth.proto\x12\auser.v1\x1a\x1bbuf/validate/validate.proto\"\x89\x01\n" +
 	"\fLoginRequest\x12&\n" +
 	"\busername\x18\x01 \x01(\tB\n" +
-	"\xbaH\a\xc8\x01\x01r\x02(@R\busername\x12$\n" +
-	"\bpassword\x18\x02 \x01(\tB\b\xbaH\x05r\x03(\x80\bR\bpassword\x12(\n" +
+	"\xbaH\a\xc8\x01\x01r\x02(@R\busername\x12'\n" +
+	"\bpassword\x18\x02 \x01(\tB\v\xbaH\x05r\x03(\x80\b\x80\x01\x01R\bpassword\x12(\n" +
 	"\vttl_seconds\x18\x03 \x01(\x03B\a\xbaH\x04\"\x02(\x00R\n" +
-	"ttlSeconds\"p\n" +
-	"\rLoginResponse\x12!\n" +
-	"\faccess_token\x18\x01 \x01(\tR\vaccessToken\x12\x1d\n" +
+	"ttlSeconds\"u\n" +
+	"\rLoginResponse\x12&\n" +
+	"\faccess_token\x18\x01 \x01(\tB\x03\x80\x01\x01R\vaccessToken\x12\x1d\n" +
 	"\n" +
 	"expires_in\x18\x02 \x01(\x03R\texpiresIn\x12\x1d\n" +
 	"\n" +
-	"token_type\x18\x03 \x01(\tR\ttokenType\"n\n" +
-	"\x14ExchangeTokenRequest\x120\n" +
-	"\rsubject_token\x18\x01 \x01(\tB\v\xbaH\b\xc8\x01\x01r\x03(\x80@R\fsubjectToken\x12$\n" +
-	"\baudience\x18\x02 \x01(\tB\b\xbaH\x05r\x03(\x80\x10R\baudience\"x\n" +
-	"\x15ExchangeTokenResponse\x12!\n" +
-	"\faccess_token\x18\x01 \x01(\tR\vaccessToken\x12\x1d\n" +
-	"\n" +
-	"expires_in\x18\x02 \x01(\x03R\texpiresIn\x12\x1d\n" +
-	"\n" +
-	"token_type\x18\x03 \x01(\tR\ttokenType2\x95\x01\n" +
+	"token_type\x18\x03 \x01(\tR\ttokenType2E\n" +
 	"\vAuthService\x126\n" +
-	"\x05Login\x12\x15.user.v1.LoginRequest\x1a\x16.user.v1.LoginResponse\x12N\n" +
-	"\rExchangeToken\x12\x1d.user.v1.ExchangeTokenRequest\x1a\x1e.user.v1.ExchangeTokenResponseB\x8c\x01\n" +
+	"\x05Login\x12\x15.user.v1.LoginRequest\x1a\x16.user.v1.LoginResponseB\x8c\x01\n" +
 	"\vcom.user.v1B\tAuthProtoP\x01Z5github.com/palisade-rpc/palisade/proto/user/v1;userv1\xa2\x02\x03UXX\xaa\x02\aUser.V1\xca\x02\aUser\\V1\xe2\x02\x13User\\V1\\GPBMetadata\xea\x02\bUser::V1b\x06proto3"
 
 var (
@@ -304,20 +181,16 @@ func file_user_v1_auth_proto_rawDescGZIP() []byte {
 	return file_user_v1_auth_proto_rawDescData
 }
 
-var file_user_v1_auth_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_user_v1_auth_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
 var file_user_v1_auth_proto_goTypes = []any{
-	(*LoginRequest)(nil),          // 0: user.v1.LoginRequest
-	(*LoginResponse)(nil),         // 1: user.v1.LoginResponse
-	(*ExchangeTokenRequest)(nil),  // 2: user.v1.ExchangeTokenRequest
-	(*ExchangeTokenResponse)(nil), // 3: user.v1.ExchangeTokenResponse
+	(*LoginRequest)(nil),  // 0: user.v1.LoginRequest
+	(*LoginResponse)(nil), // 1: user.v1.LoginResponse
 }
 var file_user_v1_auth_proto_depIdxs = []int32{
 	0, // 0: user.v1.AuthService.Login:input_type -> user.v1.LoginRequest
-	2, // 1: user.v1.AuthService.ExchangeToken:input_type -> user.v1.ExchangeTokenRequest
-	1, // 2: user.v1.AuthService.Login:output_type -> user.v1.LoginResponse
-	3, // 3: user.v1.AuthService.ExchangeToken:output_type -> user.v1.ExchangeTokenResponse
-	2, // [2:4] is the sub-list for method output_type
-	0, // [0:2] is the sub-list for method input_type
+	1, // 1: user.v1.AuthService.Login:output_type -> user.v1.LoginResponse
+	1, // [1:2] is the sub-list for method output_type
+	0, // [0:1] is the sub-list for method input_type
 	0, // [0:0] is the sub-list for extension type_name
 	0, // [0:0] is the sub-list for extension extendee
 	0, // [0:0] is the sub-list for field type_name
@@ -334,7 +207,7 @@ func file_user_v1_auth_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_user_v1_auth_proto_rawDesc), len(file_user_v1_auth_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   2,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

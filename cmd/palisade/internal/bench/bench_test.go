@@ -75,6 +75,7 @@ func TestRun(t *testing.T) {
 		"grpcgo-mtls/grpc/connect-go", "grpcgo-mtls/grpc/grpc-go",
 		"grpcgo-mtls+jwt+opa/grpc/grpc-go",
 		"grpcgo-mtls+jwt+opa+cache/grpc/connect-go", "grpcgo-mtls+jwt+opa+cache/grpc/grpc-go",
+		"grpcgo-mtls+palisade/grpc/connect-go", "grpcgo-mtls+palisade/grpc/grpc-go",
 	}
 	if !slices.Equal(got, want) {
 		t.Fatalf("rows %v, want %v", got, want)
@@ -145,6 +146,7 @@ func TestRun(t *testing.T) {
 		ConfigGRPCGoMTLS:     {noCert},
 		ConfigGRPCGo:         {forged, binding, denied, noCert},
 		ConfigGRPCGoCache:    {forged, binding, denied, noCert},
+		ConfigGRPCGoPalisade: {forged, binding, denied, noCert},
 	}
 	if len(rep.Preflight) != len(want) {
 		t.Fatalf("preflight lines: %q", rep.Preflight)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/open-policy-agent/opa/v1/rego"
+	"github.com/open-policy-agent/opa/v1/storage/inmem"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -27,6 +28,7 @@ import (
 
 	"github.com/palisade-rpc/palisade/authz"
 	"github.com/palisade-rpc/palisade/policy"
+	"github.com/palisade-rpc/palisade/services/user"
 )
 
 // The chains a grpc-go user would write without Palisade, in a unary
@@ -46,11 +48,15 @@ type opaChain struct {
 }
 
 func newOPAChain(ctx context.Context, sf *serverFixture, now func() time.Time) (opaChain, error) {
-	bundle, err := policy.DefaultBundle()
+	layer, err := policy.LoadFS(user.Policy(), "services/user/policy")
 	if err != nil {
 		return opaChain{}, fmt.Errorf("bench: %w", err)
 	}
-	opts := []func(*rego.Rego){rego.Query(policy.Query)}
+	bundle, err := policy.Merge(policy.Base(), layer)
+	if err != nil {
+		return opaChain{}, fmt.Errorf("bench: %w", err)
+	}
+	opts := []func(*rego.Rego){rego.Query(policy.Query), rego.Store(inmem.NewFromObject(bundle.Data))}
 	for name, src := range bundle.Modules {
 		if !policy.IsTestFile(name) {
 			opts = append(opts, rego.Module(name, src))

@@ -47,6 +47,10 @@ const (
 	// hash of their input, each bounded and expiring with the token. The
 	// reference of the report's second ratio columns.
 	ConfigGRPCGoCache = "grpcgo-mtls+jwt+opa+cache"
+	// ConfigGRPCGoPalisade is grpc-go with mTLS and Palisade's own parts of
+	// the chain in a unary interceptor: what serving gRPC on grpc-go's
+	// transport would cost (a prototype for measurement, grpcgopalisade.go).
+	ConfigGRPCGoPalisade = "grpcgo-mtls+palisade"
 )
 
 // Protocols the configurations are measured with (the grpc-go
@@ -58,7 +62,7 @@ const (
 
 // Clients the calls are made with. Each configuration is driven by the
 // client of its own stack; the cross configurations (mtls, mtls+jwt+opa,
-// grpcgo-mtls, grpcgo-mtls+jwt+opa+cache) also by the other stack's
+// grpcgo-mtls, grpcgo-mtls+jwt+opa+cache, grpcgo-mtls+palisade) also by the other stack's
 // client over gRPC, which separates a stack's client cost from its
 // server's.
 const (
@@ -125,6 +129,7 @@ var configSpecs = []configSpec{
 	{name: ConfigGRPCGoMTLS, stack: stackGRPCGo, tls: true, clientCert: true, cross: true},
 	{name: ConfigGRPCGo, stack: stackGRPCGo, tls: true, clientCert: true, tokens: true, verifies: true, authz: authzOPA},
 	{name: ConfigGRPCGoCache, stack: stackGRPCGo, tls: true, clientCert: true, tokens: true, verifies: true, authz: authzOPA, cross: true},
+	{name: ConfigGRPCGoPalisade, stack: stackGRPCGo, tls: true, clientCert: true, tokens: true, verifies: true, authz: authzOPA, cross: true},
 }
 
 // specOf returns the claims of a configuration (the zero spec for an
@@ -315,7 +320,7 @@ func (o Options) validate() error {
 	}
 	if len(errs) == 0 && len(o.pairs()) == 0 {
 		errs = append(errs, errors.New("nothing to measure: no selected configuration speaks a selected protocol with a selected client "+
-			"(the grpc-go configurations speak only grpc; only mtls, mtls+jwt+opa, grpcgo-mtls and grpcgo-mtls+jwt+opa+cache are driven by the other stack's client)"))
+			"(the grpc-go configurations speak only grpc; only mtls, mtls+jwt+opa, grpcgo-mtls, grpcgo-mtls+jwt+opa+cache and grpcgo-mtls+palisade are driven by the other stack's client)"))
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("bench: %w", errors.Join(errs...))

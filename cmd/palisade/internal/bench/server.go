@@ -18,6 +18,7 @@ import (
 	"github.com/palisade-rpc/palisade/policy"
 	"github.com/palisade-rpc/palisade/proto/user/v1/userv1connect"
 	"github.com/palisade-rpc/palisade/rpc"
+	"github.com/palisade-rpc/palisade/services/user"
 )
 
 // server is one configuration serving on 127.0.0.1.
@@ -38,6 +39,12 @@ func startServer(ctx context.Context, sf *serverFixture, config, serverLog strin
 		switch config {
 		case ConfigGRPCGo:
 			chain, err := newNaiveChain(ctx, sf, time.Now)
+			if err != nil {
+				return nil, err
+			}
+			intercept = chain.intercept
+		case ConfigGRPCGoPalisade:
+			chain, err := newPalisadeOnGRPC(sf)
 			if err != nil {
 				return nil, err
 			}
@@ -142,7 +149,7 @@ func startPalisade(s *server, sf *serverFixture, ln net.Listener, serverLog stri
 		return authz.Decision{Allow: true, Revision: "allow-all"}, nil
 	})
 	if s.config == ConfigFull {
-		bundle, err := policy.DefaultBundle()
+		bundle, err := policy.LoadFS(user.Policy(), "services/user/policy")
 		if err != nil {
 			return fmt.Errorf("bench: %w", err)
 		}

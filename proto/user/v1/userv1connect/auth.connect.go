@@ -35,9 +35,6 @@ const (
 const (
 	// AuthServiceLoginProcedure is the fully-qualified name of the AuthService's Login RPC.
 	AuthServiceLoginProcedure = "/user.v1.AuthService/Login"
-	// AuthServiceExchangeTokenProcedure is the fully-qualified name of the AuthService's ExchangeToken
-	// RPC.
-	AuthServiceExchangeTokenProcedure = "/user.v1.AuthService/ExchangeToken"
 )
 
 // AuthServiceClient is a client for the user.v1.AuthService service.
@@ -46,11 +43,6 @@ type AuthServiceClient interface {
 	// to the client certificate of the connection (RFC 8705). Repeated
 	// failures are throttled per username and per calling workload.
 	Login(context.Context, *v1.LoginRequest) (*v1.LoginResponse, error)
-	// ExchangeToken trades a user's access token, presented by a workload that
-	// received it, for a short-lived token that lets that workload act for the
-	// user (RFC 8693): sub is the user, act.sub the workload, and the token is
-	// bound to the workload's certificate.
-	ExchangeToken(context.Context, *v1.ExchangeTokenRequest) (*v1.ExchangeTokenResponse, error)
 }
 
 // NewAuthServiceClient constructs a client for the user.v1.AuthService service. By default, it uses
@@ -70,33 +62,17 @@ func NewAuthServiceClient(httpClient connect.HTTPClient, baseURL string, opts ..
 			connect.WithSchema(authServiceMethods.ByName("Login")),
 			connect.WithClientOptions(opts...),
 		),
-		exchangeToken: connect.NewClient[v1.ExchangeTokenRequest, v1.ExchangeTokenResponse](
-			httpClient,
-			baseURL+AuthServiceExchangeTokenProcedure,
-			connect.WithSchema(authServiceMethods.ByName("ExchangeToken")),
-			connect.WithClientOptions(opts...),
-		),
 	}
 }
 
 // authServiceClient implements AuthServiceClient.
 type authServiceClient struct {
-	login         *connect.Client[v1.LoginRequest, v1.LoginResponse]
-	exchangeToken *connect.Client[v1.ExchangeTokenRequest, v1.ExchangeTokenResponse]
+	login *connect.Client[v1.LoginRequest, v1.LoginResponse]
 }
 
 // Login calls user.v1.AuthService.Login.
 func (c *authServiceClient) Login(ctx context.Context, req *v1.LoginRequest) (*v1.LoginResponse, error) {
 	response, err := c.login.CallUnary(ctx, connect.NewRequest(req))
-	if response != nil {
-		return response.Msg, err
-	}
-	return nil, err
-}
-
-// ExchangeToken calls user.v1.AuthService.ExchangeToken.
-func (c *authServiceClient) ExchangeToken(ctx context.Context, req *v1.ExchangeTokenRequest) (*v1.ExchangeTokenResponse, error) {
-	response, err := c.exchangeToken.CallUnary(ctx, connect.NewRequest(req))
 	if response != nil {
 		return response.Msg, err
 	}
@@ -109,11 +85,6 @@ type AuthServiceHandler interface {
 	// to the client certificate of the connection (RFC 8705). Repeated
 	// failures are throttled per username and per calling workload.
 	Login(context.Context, *v1.LoginRequest) (*v1.LoginResponse, error)
-	// ExchangeToken trades a user's access token, presented by a workload that
-	// received it, for a short-lived token that lets that workload act for the
-	// user (RFC 8693): sub is the user, act.sub the workload, and the token is
-	// bound to the workload's certificate.
-	ExchangeToken(context.Context, *v1.ExchangeTokenRequest) (*v1.ExchangeTokenResponse, error)
 }
 
 // NewAuthServiceHandler builds an HTTP handler from the service implementation. It returns the path
@@ -129,18 +100,10 @@ func NewAuthServiceHandler(svc AuthServiceHandler, opts ...connect.HandlerOption
 		connect.WithSchema(authServiceMethods.ByName("Login")),
 		connect.WithHandlerOptions(opts...),
 	)
-	authServiceExchangeTokenHandler := connect.NewUnaryHandlerSimple(
-		AuthServiceExchangeTokenProcedure,
-		svc.ExchangeToken,
-		connect.WithSchema(authServiceMethods.ByName("ExchangeToken")),
-		connect.WithHandlerOptions(opts...),
-	)
 	return "/user.v1.AuthService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case AuthServiceLoginProcedure:
 			authServiceLoginHandler.ServeHTTP(w, r)
-		case AuthServiceExchangeTokenProcedure:
-			authServiceExchangeTokenHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -152,8 +115,4 @@ type UnimplementedAuthServiceHandler struct{}
 
 func (UnimplementedAuthServiceHandler) Login(context.Context, *v1.LoginRequest) (*v1.LoginResponse, error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("user.v1.AuthService.Login is not implemented"))
-}
-
-func (UnimplementedAuthServiceHandler) ExchangeToken(context.Context, *v1.ExchangeTokenRequest) (*v1.ExchangeTokenResponse, error) {
-	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("user.v1.AuthService.ExchangeToken is not implemented"))
 }

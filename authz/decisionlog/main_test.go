@@ -1,0 +1,13 @@
+package decisionlog_test
+
+import (
+	"testing"
+
+	"go.uber.org/goleak"
+)
+
+// TestMain fails the package's tests if any goroutine is left running after
+// they end: Run, its uploads and their connections must all stop.
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}

@@ -30,6 +30,7 @@ import (
 	"github.com/palisade-rpc/palisade/policy"
 	"github.com/palisade-rpc/palisade/security"
 	"github.com/palisade-rpc/palisade/security/token"
+	"github.com/palisade-rpc/palisade/services/user"
 )
 
 // palisadeOnGRPC is ConfigGRPCGoPalisade's interceptor.
@@ -46,7 +47,7 @@ func newPalisadeOnGRPC(sf *serverFixture) (*palisadeOnGRPC, error) {
 	if err != nil {
 		return nil, err
 	}
-	bundle, err := policy.DefaultBundle()
+	bundle, err := policy.LoadFS(user.Policy(), "services/user/policy")
 	if err != nil {
 		return nil, fmt.Errorf("bench: %w", err)
 	}

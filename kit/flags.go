@@ -27,6 +27,8 @@ type flags struct {
 	spiffeSocket       string
 
 	policyDir, policyBundle, policyData string
+	// A bundle server's bundles (--policy-bundle https://…).
+	bundlePersistDir, bundleKey, bundleKeyID string
 	policyInterval                      time.Duration
 	policyAllowUntested                 bool
 
@@ -72,6 +74,9 @@ func (f *flags) define(fs *flag.FlagSet, cfg *config) {
 
 	fs.StringVar(&f.policyDir, "policy-dir", "", "`directory` of rego policies (and their *_test.rego tests) replacing the service's own layer of the policy (the framework's base stays); watched, and a changed policy is swapped in only if it compiles and its tests pass")
 	fs.StringVar(&f.policyBundle, "policy-bundle", "", "OPA bundle (tar.gz) `path or URL` replacing the service's own layer of the policy, polled with the same tests-before-swap rule; an https URL is fetched over mTLS with this service's certificate by OPA's downloader (ETag, long polling)")
+	fs.StringVar(&f.bundlePersistDir, "policy-bundle-persist-dir", "", "`directory` keeping the last bundle from the bundle server (--policy-bundle https://…) that passed the tests, so that the service starts from it when the server is down at start (verified and tested again); without it, it cannot")
+	fs.StringVar(&f.bundleKey, "policy-bundle-signing-key", "", "PEM `file` of the public key bundles from the bundle server must be signed with (OPA bundle signatures); an unsigned or tampered bundle is then refused and the last good policy keeps deciding")
+	fs.StringVar(&f.bundleKeyID, "policy-bundle-signing-key-id", "default", "key `id` the bundles' signatures name for --policy-bundle-signing-key (OPA's default: default)")
 	fs.StringVar(&f.policyData, "policy-data", "", "JSON `file` laid over the policy layer's data.json, read at start: the deployment's configuration of the rules, e.g. {\"palisade\": {\"config\": {\"delegates\": [...]}}}; objects are merged key by key, any other value replaces the layer's; data.palisade.config.trust_domain is this service's trust domain unless the file says otherwise")
 	fs.DurationVar(&f.policyInterval, "policy-reload-interval", 2*time.Second, "how often to check --policy-dir or --policy-bundle for changes (`duration`); a source that cannot be read, or a version refused, is tried again after a delay that doubles from it up to 2m")
 	fs.BoolVar(&f.policyAllowUntested, "policy-allow-untested", false, "UNSAFE: load a policy version even if it carries no rego test (*_test.rego), logging a warning each time; by default such a version is refused (at start-up the service does not start)")
@@ -106,6 +111,9 @@ func (f *flags) validate(fs *flag.FlagSet) error {
 		if len(given) > 0 {
 			return fmt.Errorf("--spiffe-socket takes the certificate and trust bundle from the Workload API: %s cannot be used with it", strings.Join(given, ", "))
 		}
+	}
+	if (f.bundlePersistDir != "" || f.bundleKey != "") && !strings.HasPrefix(f.policyBundle, "https://") {
+		return errors.New("--policy-bundle-persist-dir and --policy-bundle-signing-key are for a bundle server: they need --policy-bundle https://…")
 	}
 	if f.policyDir != "" && f.policyBundle != "" {
 		return errors.New("--policy-dir and --policy-bundle are exclusive: each replaces the service's layer of the policy")

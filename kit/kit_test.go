@@ -254,6 +254,9 @@ func TestFlagErrors(t *testing.T) {
 		"unknown flag":             {f.args("--no-such-flag"), "flag provided but not defined"},
 		"issuer not a SPIFFE ID":   {f.args("--token-issuer", "spiffe://Palisade.local/svc/user", "--jwks-url", "https://127.0.0.1:1/jwks"), "--token-issuer"},
 		"missing certificate file": {[]string{"--cert", "/nonexistent/kit.pem"}, "palisade certs init"},
+		"persist without a server": {f.args("--policy-bundle-persist-dir", "d"), "need --policy-bundle https://"},
+		"signing key for a file":   {f.args("--policy-bundle", "b.tar.gz", "--policy-bundle-signing-key", "k.pem"), "need --policy-bundle https://"},
+		"unreadable signing key":   {f.args("--policy-bundle", "https://127.0.0.1:1/b.tar.gz", "--policy-bundle-signing-key", "/nonexistent/k.pem"), "--policy-bundle-signing-key"},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {

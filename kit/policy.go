@@ -89,7 +89,18 @@ func (r *runner) bundleServer(ctx context.Context, opts []policy.EngineOption) (
 	}
 	r.httpClients = append(r.httpClients, client)
 	delay := max(r.f.policyInterval, time.Second)
-	bundles, err := policy.NewBundleSource(r.f.policyBundle, client, policy.WithLogger(r.log), policy.WithPollingDelay(delay, 2*delay))
+	bopts := []policy.BundleOption{policy.WithLogger(r.log), policy.WithPollingDelay(delay, 2*delay)}
+	if r.f.bundlePersistDir != "" {
+		bopts = append(bopts, policy.WithPersistDir(r.f.bundlePersistDir))
+	}
+	if r.f.bundleKey != "" {
+		pem, err := os.ReadFile(r.f.bundleKey)
+		if err != nil {
+			return nil, fmt.Errorf("--policy-bundle-signing-key: %w", err)
+		}
+		bopts = append(bopts, policy.WithSigningKey(r.f.bundleKeyID, "", pem))
+	}
+	bundles, err := policy.NewBundleSource(r.f.policyBundle, client, bopts...)
 	if err != nil {
 		return nil, fmt.Errorf("--policy-bundle: %w", err)
 	}

@@ -37,6 +37,9 @@ func commands() map[string]command {
 			"eval": {summary: "evaluate a decision for an input document and explain it", run: policyEval},
 			"test": {summary: "run a policy layer's rego tests (on the base policy) with coverage", run: policyTest},
 		}},
+		"new": {summary: "start a new service in its own module", sub: map[string]command{
+			"service": {summary: "write a service's module (proto, generated code, handlers, policy, main.go on the kit, Makefile)", run: newService},
+		}},
 		"token": {summary: "print an access token for a user (logs in over mTLS)", run: tokenCmd},
 		"load":  {summary: "drive calls through the full chain and report errors, calls/s, latency; --soak checks memory", run: loadCmd},
 

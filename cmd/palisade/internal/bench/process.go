@@ -1,18 +1,18 @@
 package bench
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"runtime"
 	"runtime/pprof"
 	"sync"
 	"time"
+
+	"github.com/palisade-rpc/palisade/cmd/palisade/internal/child"
 )
 
 // The servers run in a process of their own, so that what each side costs
@@ -161,15 +161,10 @@ func Serve(ctx context.Context, in io.Reader, out io.Writer) error {
 	}
 }
 
-// serverProcess is the parent's end of a server process.
+// serverProcess is the parent's end of a server process (see Serve).
 type serverProcess struct {
-	cmd    *exec.Cmd
-	stdin  io.WriteCloser
-	enc    *json.Encoder
-	dec    *json.Decoder
-	stderr *stderrTail
-	addrs  map[string]string
-	done   chan error
+	*child.Process
+	addrs map[string]string
 }
 
 // startServerProcess starts o.ServerCommand and has it serve configs.
@@ -178,32 +173,19 @@ func startServerProcess(ctx context.Context, o Options, sf *serverFixture, confi
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.CommandContext(ctx, o.ServerCommand[0], o.ServerCommand[1:]...)
-	p := &serverProcess{cmd: cmd, stderr: &stderrTail{forward: o.Progress}, done: make(chan error, 1)}
-	cmd.Stderr = p.stderr
-	if p.stdin, err = cmd.StdinPipe(); err != nil {
-		return nil, fmt.Errorf("bench: server process: %w", err)
-	}
-	stdout, err := cmd.StdoutPipe()
+	proc, err := child.Start(ctx, "bench", o.ServerCommand, o.Progress)
 	if err != nil {
-		return nil, fmt.Errorf("bench: server process: %w", err)
+		return nil, err
 	}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("bench: start the server process %q: %w", o.ServerCommand, err)
-	}
-	go func() { p.done <- cmd.Wait() }()
-	p.enc, p.dec = json.NewEncoder(p.stdin), json.NewDecoder(stdout)
+	p := &serverProcess{Process: proc}
 	var hello serverHello
-	err = p.enc.Encode(serverSpec{Configs: configs, ServerLog: o.ServerLog, Fixture: msg, CPUProfile: o.ServerCPUProfile})
-	if err == nil {
-		err = p.dec.Decode(&hello)
-	}
+	err = p.Call(serverSpec{Configs: configs, ServerLog: o.ServerLog, Fixture: msg, CPUProfile: o.ServerCPUProfile}, &hello)
 	if err == nil && hello.Err != "" {
 		err = errors.New(hello.Err)
 	}
 	if err != nil {
 		_ = p.close()
-		return nil, p.failure("start", err)
+		return nil, p.Failure("start", err)
 	}
 	p.addrs = hello.Addrs
 	return p, nil
@@ -213,12 +195,8 @@ func (p *serverProcess) addr(config string) string { return p.addrs[config] }
 
 func (p *serverProcess) sample(gc bool) (serverSample, error) {
 	var s serverSample
-	err := p.enc.Encode(serverRequest{Op: "sample", GC: gc})
-	if err == nil {
-		err = p.dec.Decode(&s)
-	}
-	if err != nil {
-		return s, p.failure("sample", err)
+	if err := p.Call(serverRequest{Op: "sample", GC: gc}, &s); err != nil {
+		return s, p.Failure("sample", err)
 	}
 	return s, nil
 }
@@ -227,67 +205,5 @@ func (p *serverProcess) sample(gc bool) (serverSample, error) {
 // has not exited within 30 seconds.
 func (p *serverProcess) close() error {
 	var s serverSample
-	err := p.enc.Encode(serverRequest{Op: "stop"})
-	if err == nil {
-		err = p.dec.Decode(&s)
-	}
-	_ = p.stdin.Close()
-	select {
-	case werr := <-p.done:
-		err = errors.Join(err, werr)
-	case <-time.After(30 * time.Second):
-		_ = p.cmd.Process.Kill()
-		err = errors.Join(err, errors.New("did not exit within 30s after stop; killed"), <-p.done)
-	}
-	if err != nil {
-		return p.failure("stop", err)
-	}
-	return nil
-}
-
-// failure describes err with the end of the server process's standard
-// error, where a crash says why.
-func (p *serverProcess) failure(what string, err error) error {
-	if tail := p.stderr.String(); tail != "" {
-		return fmt.Errorf("bench: server process: %s: %w; its standard error ends with:\n%s", what, err, tail)
-	}
-	return fmt.Errorf("bench: server process: %s: %w", what, err)
-}
-
-// stderrTail keeps the last 4 KiB written to it, and forwards every
-// complete line, prefixed with "server process: ", to forward (if set).
-type stderrTail struct {
-	mu      sync.Mutex
-	forward io.Writer
-	tail    []byte
-	line    []byte
-}
-
-const stderrTailBytes = 4 << 10
-
-func (t *stderrTail) Write(b []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.tail = append(t.tail, b...)
-	if len(t.tail) > stderrTailBytes {
-		t.tail = append(t.tail[:0], t.tail[len(t.tail)-stderrTailBytes:]...)
-	}
-	if t.forward != nil {
-		t.line = append(t.line, b...)
-		for {
-			i := bytes.IndexByte(t.line, '\n')
-			if i < 0 {
-				break
-			}
-			fmt.Fprintf(t.forward, "server process: %s\n", t.line[:i])
-			t.line = t.line[i+1:]
-		}
-	}
-	return len(b), nil
-}
-
-func (t *stderrTail) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return string(bytes.TrimSpace(t.tail))
+	return p.Stop(serverRequest{Op: "stop"}, &s, nil)
 }

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/palisade-rpc/palisade/cmd/palisade/internal/child"
 	"github.com/palisade-rpc/palisade/internal/pemfile"
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
 )
@@ -48,7 +49,7 @@ var redisUsers = []struct{ name, rules string }{
 type redisFeed struct {
 	cmd     *exec.Cmd
 	done    chan error
-	output  *stderrTail
+	output  *child.Tail
 	dir     string
 	addr    string
 	fx      *fixture
@@ -158,7 +159,7 @@ func (r *redisFeed) start(ctx context.Context, program string) error {
 		return fmt.Errorf("fanout: redis: %w", err)
 	}
 	r.addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	r.output = &stderrTail{}
+	r.output = &child.Tail{}
 	r.cmd = exec.Command(program, conf)
 	r.cmd.Stdout, r.cmd.Stderr = r.output, r.output
 	if err := r.cmd.Start(); err != nil {

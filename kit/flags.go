@@ -29,8 +29,8 @@ type flags struct {
 	policyDir, policyBundle, policyData string
 	// A bundle server's bundles (--policy-bundle https://…).
 	bundlePersistDir, bundleKey, bundleKeyID string
-	policyInterval                      time.Duration
-	policyAllowUntested                 bool
+	policyInterval                           time.Duration
+	policyAllowUntested                      bool
 
 	adminAddr        string
 	adminAllowRemote bool

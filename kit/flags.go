@@ -37,6 +37,7 @@ type flags struct {
 	traceStdout      bool
 	otlpEndpoint     string
 	decisionLogURL   string
+	decisionLogInput bool
 
 	rateLimit float64
 	rateBurst int
@@ -85,6 +86,7 @@ func (f *flags) define(fs *flag.FlagSet, cfg *config) {
 	fs.BoolVar(&f.adminAllowRemote, "admin-allow-remote", false, "let --admin-addr bind a non-loopback address (\":9090\" in a pod, for Prometheus and the kubelet's probes); it is plain HTTP without authentication, so restrict who reaches it (a NetworkPolicy)")
 	fs.BoolVar(&f.traceStdout, "trace-stdout", false, "write every trace span to stdout, one JSON object per line (OpenTelemetry stdout exporter)")
 	fs.StringVar(&f.otlpEndpoint, "otlp-endpoint", "", "export trace spans to an OpenTelemetry collector at this https `URL`, over mutual TLS with this service's certificate: OTLP/gRPC without a path (https://otel-collector:4317), OTLP/HTTP to the path otherwise (https://otel-collector:4318/v1/traces)")
+	fs.BoolVar(&f.decisionLogInput, "decision-log-input", false, "add the input document the policy decided on to each local decision log line (\"input\"; request fields marked debug_redact erased, listed under \"erased\"), so that `palisade policy eval --input LINE` replays a decision; off by default, as a request can hold personal data")
 	fs.StringVar(&f.decisionLogURL, "decision-log-url", "", "ship every authorization decision, as OPA's decision log events, to this https `URL` (POSTed in gzipped batches over mutual TLS with this service's certificate), beside the local decision log line; bounded buffer, never in the way of a call")
 
 	fs.Float64Var(&f.rateLimit, "rate-limit", 0, "calls per second each principal (the token's user, else the workload) may make on average; past it, resource_exhausted (429) with Retry-After (`rate`; 0 = no limit)")

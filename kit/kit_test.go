@@ -619,3 +619,29 @@ func TestPolicyAllowUntested(t *testing.T) {
 		t.Fatalf("GetUser under the --policy-dir layer, which allows everyone: %v", err)
 	}
 }
+
+// TestDecisionLogInput: with --decision-log-input the local decision log
+// line carries the input the policy decided on, request included, so that
+// `palisade policy eval --input` can replay it; without it, no input.
+func TestDecisionLogInput(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	for _, withInput := range []bool{false, true} {
+		args := f.args("--log-format", "json")
+		if withInput {
+			args = f.args("--log-format", "json", "--decision-log-input")
+		}
+		r := start(t, args, nil)
+		if _, _, err := getUser(context.Background(), f.client(t, r.URL, "/client/reader")); err != nil {
+			t.Fatal(err)
+		}
+		line := r.logs.WaitForLog(t, `"msg":"decision"`, `"procedure":"/user.v1.UserService/GetUser"`)
+		has := strings.Contains(line, `"input":{`) && strings.Contains(line, `"request":{"id":"alice"}`)
+		if has != withInput {
+			t.Errorf("--decision-log-input %v: decision line %s", withInput, line)
+		}
+		if err := r.stop(t); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

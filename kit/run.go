@@ -76,6 +76,9 @@ func run(ctx context.Context, cfg *config, args []string, setup func(*Service) e
 		opts = append(opts, rpc.WithTrustDomain(f.trustDomain))
 	}
 	opts = append(opts, r.tel.ServerOptions()...)
+	if f.decisionLogInput {
+		opts = append(opts, rpc.WithAuthorizationOptions(authz.WithDecisionLogInput(nil)))
+	}
 	if hook, err := r.decisionLog(); err != nil {
 		return err
 	} else if hook != nil {

@@ -30,7 +30,8 @@ func policyEval(args []string) error {
 decision, its reasons and the rules that fired, for a person debugging a
 denial. The input is the document the services build for every call (see
 DESIGN.md, "Policy input", which shows one for each kind of caller); copy one
-from a service's decision log (authz.WithDecisionLogInput) or write it by hand:
+from a service's decision log line (a kit service with --decision-log-input;
+authz.WithDecisionLogInput in Go) or write it by hand:
 
   {"procedure": "/user.v1.UserService/GetUser", "service": "user.v1.UserService",
    "method": "GetUser", "stream_type": "unary",

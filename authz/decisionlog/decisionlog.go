@@ -455,6 +455,9 @@ func (s *Shipper) Run(ctx context.Context) error {
 func (s *Shipper) flush(ctx context.Context, failures int, once bool) int {
 	var body bytes.Buffer
 	for {
+		if ctx.Err() != nil {
+			return failures // stopped: drain or Run's end decides
+		}
 		n, size := s.next(&body)
 		if n == 0 {
 			return failures
@@ -565,7 +568,19 @@ func (s *Shipper) release(n, size int) {
 // upload POSTs one gzipped batch. It returns the response status (0 when
 // there was none) and an error unless the sink took the batch (2xx).
 func (s *Shipper) upload(ctx context.Context, body []byte) (int, error) {
-	ctx, cancel := context.WithTimeout(ctx, uploadTimeout)
+	// An upload in flight when ctx ends may still finish, for up to
+	// drainTimeout: canceled, a batch the sink had already taken would be
+	// sent again by drain, and arrive twice.
+	base, cancelBase := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelBase()
+	if d, ok := ctx.Deadline(); ok {
+		var cancelDeadline context.CancelFunc
+		base, cancelDeadline = context.WithDeadline(base, d)
+		defer cancelDeadline()
+	}
+	stop := context.AfterFunc(ctx, func() { time.AfterFunc(drainTimeout, cancelBase) })
+	defer stop()
+	ctx, cancel := context.WithTimeout(base, uploadTimeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.url, bytes.NewReader(body))
 	if err != nil {

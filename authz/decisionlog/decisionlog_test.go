@@ -39,8 +39,13 @@ import (
 	"github.com/palisade-rpc/palisade/telemetry"
 )
 
-// hang is the sink status that holds requests (see sink).
-const hang = 1
+// hang and hold are sink statuses that hold requests until release (see
+// sink): hang then answers 503; hold takes the batch at once and holds
+// its answer (200).
+const (
+	hang = 1
+	hold = 2
+)
 
 const (
 	sinkID    = "spiffe://palisade.local/svc/decision-logs"
@@ -135,7 +140,8 @@ func (s *sink) handle(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "down", http.StatusServiceUnavailable)
 		return
 	}
-	if st := s.status.Load(); st != 0 {
+	held := s.status.Load() == hold
+	if st := s.status.Load(); st != 0 && !held {
 		http.Error(w, "down", int(st))
 		return
 	}
@@ -162,6 +168,12 @@ func (s *sink) handle(w http.ResponseWriter, r *http.Request) {
 	s.events = append(s.events, batch...)
 	s.bodies = append(s.bodies, string(body))
 	s.mu.Unlock()
+	if held { // taken, but the answer waits
+		select {
+		case <-s.release:
+		case <-r.Context().Done():
+		}
+	}
 }
 
 // ids returns the decision ids received, and how many times each.
@@ -735,5 +747,32 @@ func TestSecretsNeverShipped(t *testing.T) {
 		if !slices.Equal(e.Erased, w) || e.Input["request"] == nil {
 			t.Errorf("event %s: erased %v, want %v, and the rest of the request", raw, e.Erased, w)
 		}
+	}
+}
+
+// TestStopLetsAnUploadFinish: an upload in flight when Run's context ends
+// is let finish, not canceled and sent again by the drain — the sink had
+// taken that batch, and would get it twice.
+func TestStopLetsAnUploadFinish(t *testing.T) {
+	t.Parallel()
+	ca := certstest.NewCA(t)
+	sk := startSink(t, ca.Source(ca.Server("/svc/decision-logs")))
+	sk.status.Store(hold)
+	src := ca.Source(ca.Server("/svc/user"))
+	sh, err := decisionlog.New(sk.URL, src, decisionlog.WithLogger(slog.New(slog.DiscardHandler)),
+		decisionlog.WithFlushInterval(10*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sh.Hook(context.Background(), input("held", 10), authz.Decision{Allow: true}, nil)
+	stop := run(t, sh)
+	rpctest.WaitFor(t, "the upload at the sink", func() bool { return len(sk.attemptTimes()) > 0 })
+	stopped := make(chan struct{})
+	go func() { stop(); close(stopped) }()
+	time.Sleep(100 * time.Millisecond) // Run's context has ended; the sink has the batch, its answer is held
+	close(sk.release)
+	<-stopped
+	if n := sk.ids()["held"]; n != 1 {
+		t.Errorf("the decision held at the sink during the stop arrived %d times, want once", n)
 	}
 }

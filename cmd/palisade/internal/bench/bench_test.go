@@ -70,6 +70,7 @@ func TestRun(t *testing.T) {
 		"mtls/connect/connect-go", "mtls/grpc/connect-go", "mtls/grpc/grpc-go",
 		"mtls+bearer/connect/connect-go", "mtls+bearer/grpc/connect-go",
 		"connect-default-mtls/connect/connect-go", "connect-default-mtls/grpc/connect-go",
+		"nethttp-mtls/grpc/connect-go", "nethttp-mtls/grpc/grpc-go",
 		"mtls+jwt/connect/connect-go", "mtls+jwt/grpc/connect-go",
 		"mtls+jwt+opa/connect/connect-go", "mtls+jwt+opa/grpc/connect-go", "mtls+jwt+opa/grpc/grpc-go",
 		"grpcgo-mtls/grpc/connect-go", "grpcgo-mtls/grpc/grpc-go",
@@ -141,6 +142,7 @@ func TestRun(t *testing.T) {
 		ConfigMTLS:           {noCert},
 		ConfigMTLSBearer:     {noCert},
 		ConfigConnectDefault: {noCert},
+		ConfigNetHTTPMTLS:    {noCert},
 		ConfigMTLSJWT:        {forged, binding, allowed, noCert},
 		ConfigFull:           {forged, binding, denied, noCert},
 		ConfigGRPCGoMTLS:     {noCert},
@@ -452,6 +454,7 @@ func TestOptionsRefused(t *testing.T) {
 		"unknown log mode":          {Options{ServerLog: "stdout"}, `server log "stdout"`},
 		"grpc-go without gRPC":      {Options{Configs: []string{ConfigGRPCGo}, Protocols: []string{ProtocolConnect}, InProcess: true}, "nothing to measure"},
 		"h2c with grpc-go":          {Options{Configs: []string{ConfigH2C}, Clients: []string{ClientGRPCGo}, InProcess: true}, "nothing to measure"},
+		"nethttp without gRPC":      {Options{Configs: []string{ConfigNetHTTPMTLS}, Protocols: []string{ProtocolConnect}, InProcess: true}, "nothing to measure"},
 		"no server command":         {Options{}, "no server command"},
 		"server profile in-process": {Options{InProcess: true, ServerCPUProfile: "cpu.prof"}, "a server CPU profile needs a server process"},
 		"several problems at once":  {Options{Rounds: -1, Users: -1}, "users must be at least 1"},
@@ -573,6 +576,7 @@ func TestRatioColumns(t *testing.T) {
 		{ConfigGRPCGoMTLS, ProtocolGRPC, ClientConnect}:     mk(100, 100, 100),
 		{ConfigGRPCGo, ProtocolGRPC, ClientGRPCGo}:          mk(40, 40, 40),
 		{ConfigConnectDefault, ProtocolGRPC, ClientConnect}: mk(70, 70, 70),
+		{ConfigNetHTTPMTLS, ProtocolGRPC, ClientGRPCGo}:     mk(300, 300, 300),
 	}
 	var pairs []pair
 	for p := range acc {
@@ -586,6 +590,7 @@ func TestRatioColumns(t *testing.T) {
 		"grpcgo-mtls+jwt+opa+cache/grpc[connect-go]": {0.5, 0.5}, // 0.5 / 0.5, 0.25, 0.5
 		"grpcgo-mtls+jwt+opa/grpc":                   {0.1, 0.4}, // 0.1 / 0.4, 0.2, 0.4
 		"connect-default-mtls/grpc":                  {0.7, 0.7}, // 0.7 / 0.7, 0.35, 0.7
+		"nethttp-mtls/grpc[grpc-go]":                 {1.5, 3},   // against mtls's: 1.5 / 3, 1.5, 3
 	}
 	for i := range rs {
 		r := &rs[i]

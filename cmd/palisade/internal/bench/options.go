@@ -29,6 +29,12 @@ const (
 	// among them, every reply the client accepts gzip for is gzipped,
 	// however small.
 	ConfigConnectDefault = "connect-default-mtls"
+	// ConfigNetHTTPMTLS is ConfigMTLS's net/http server and TLS with a
+	// hand-written gRPC handler instead of connect-go's (nethttp.go): the
+	// floor of net/http's HTTP/2 transport without connect-go, a
+	// diagnostic row. It speaks gRPC only; like the bare Connect rows it
+	// lacks a Palisade server's write coalescing.
+	ConfigNetHTTPMTLS = "nethttp-mtls"
 	// ConfigMTLSJWT is Palisade's server (rpc.NewServer) with a token
 	// verifier and an authorizer that allows everything.
 	ConfigMTLSJWT = "mtls+jwt"
@@ -61,9 +67,10 @@ const (
 )
 
 // Clients the calls are made with. Each configuration is driven by the
-// client of its own stack; the cross configurations (mtls, mtls+jwt+opa,
-// grpcgo-mtls, grpcgo-mtls+jwt+opa+cache, grpcgo-mtls+palisade) also by the other stack's
-// client over gRPC, which separates a stack's client cost from its
+// client of its own stack (connect-go for net/http's); the cross
+// configurations (mtls, nethttp-mtls, mtls+jwt+opa, grpcgo-mtls,
+// grpcgo-mtls+jwt+opa+cache, grpcgo-mtls+palisade) also by the other
+// stack's client over gRPC, which separates a stack's client cost from its
 // server's.
 const (
 	// ClientConnect is connect-go's generated-style client on Palisade's
@@ -92,6 +99,9 @@ func Clients() []string { return []string{ClientConnect, ClientGRPCGo} }
 const (
 	stackConnect = "connect" // net/http and connect-go (Palisade's stack)
 	stackGRPCGo  = "grpcgo"  // grpc-go
+	// stackNetHTTP is net/http with a hand-written gRPC handler: gRPC only,
+	// driven by the connect-go client, compared with mtls.
+	stackNetHTTP = "nethttp"
 )
 
 // Authorization a configuration claims.
@@ -124,6 +134,7 @@ var configSpecs = []configSpec{
 	{name: ConfigMTLS, stack: stackConnect, tls: true, clientCert: true, cross: true},
 	{name: ConfigMTLSBearer, stack: stackConnect, tls: true, clientCert: true, tokens: true},
 	{name: ConfigConnectDefault, stack: stackConnect, tls: true, clientCert: true},
+	{name: ConfigNetHTTPMTLS, stack: stackNetHTTP, tls: true, clientCert: true, cross: true},
 	{name: ConfigMTLSJWT, stack: stackConnect, tls: true, clientCert: true, tokens: true, verifies: true, authz: authzAllowAll},
 	{name: ConfigFull, stack: stackConnect, tls: true, clientCert: true, tokens: true, verifies: true, authz: authzOPA, cross: true},
 	{name: ConfigGRPCGoMTLS, stack: stackGRPCGo, tls: true, clientCert: true, cross: true},
@@ -143,7 +154,9 @@ func specOf(config string) configSpec {
 	return configSpec{name: config}
 }
 
-// nativeClient is the client of the configuration's own stack.
+// nativeClient is the client of the configuration's own stack: grpc-go's
+// for grpc-go, connect-go's for net/http (with or without connect-go on the
+// server).
 func (c configSpec) nativeClient() string {
 	if c.stack == stackGRPCGo {
 		return ClientGRPCGo
@@ -152,8 +165,9 @@ func (c configSpec) nativeClient() string {
 }
 
 // drives says whether client speaks protocol to c: c's own client over
-// every protocol its server speaks, the other stack's over gRPC when c is
-// a cross configuration.
+// every protocol its server speaks (Connect and gRPC for connect-go's
+// stack, gRPC for the others), the other stack's over gRPC when c is a
+// cross configuration.
 func (c configSpec) drives(client, protocol string) bool {
 	if client == c.nativeClient() {
 		return c.stack == stackConnect || protocol == ProtocolGRPC
@@ -162,7 +176,9 @@ func (c configSpec) drives(client, protocol string) bool {
 }
 
 // bare is the bare mTLS configuration of c's stack: the baseline of its
-// ratio columns.
+// ratio columns. nethttp-mtls's is mtls, the same net/http server with
+// connect-go's handler, so its ×bare columns say what connect-go's
+// per-call work costs in throughput and latency.
 func (c configSpec) bare() string {
 	if c.stack == stackGRPCGo {
 		return ConfigGRPCGoMTLS
@@ -320,7 +336,7 @@ func (o Options) validate() error {
 	}
 	if len(errs) == 0 && len(o.pairs()) == 0 {
 		errs = append(errs, errors.New("nothing to measure: no selected configuration speaks a selected protocol with a selected client "+
-			"(the grpc-go configurations speak only grpc; only mtls, mtls+jwt+opa, grpcgo-mtls, grpcgo-mtls+jwt+opa+cache and grpcgo-mtls+palisade are driven by the other stack's client)"))
+			"(the grpc-go configurations and nethttp-mtls speak only grpc; only mtls, nethttp-mtls, mtls+jwt+opa, grpcgo-mtls, grpcgo-mtls+jwt+opa+cache and grpcgo-mtls+palisade are driven by the other stack's client)"))
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("bench: %w", errors.Join(errs...))

@@ -82,10 +82,11 @@ func startServer(ctx context.Context, sf *serverFixture, config, serverLog strin
 			s.serve(func() error { return hs.Serve(ln) }, func() { _ = hs.Close() })
 			break
 		}
-		hs.Protocols.SetHTTP1(true)
-		hs.Protocols.SetHTTP2(true)
-		hs.TLSConfig = sf.serverTLS(spec.clientCert, "h2", "http/1.1")
-		s.serve(func() error { return hs.ServeTLS(ln, "", "") }, func() { _ = hs.Close() })
+		s.serveBareTLS(sf, hs, ln)
+	case ConfigNetHTTPMTLS:
+		// mtls's server, TLS and routing, with a hand-written gRPC
+		// handler in connect-go's place.
+		s.serveBareTLS(sf, bareHTTPServer(netHTTPGRPCMux(rpc.DefaultReadMaxBytes)), ln)
 	case ConfigMTLSJWT, ConfigFull:
 		if err := startPalisade(s, sf, ln, serverLog); err != nil {
 			_ = ln.Close()
@@ -96,6 +97,16 @@ func startServer(ctx context.Context, sf *serverFixture, config, serverLog strin
 		return nil, fmt.Errorf("bench: unknown configuration %q", config)
 	}
 	return s, nil
+}
+
+// serveBareTLS serves hs on ln over TLS 1.3, HTTP/2 and HTTP/1.1, as the
+// bare configurations do: the client certificate required and verified
+// when s's configuration claims it, no write coalescing.
+func (s *server) serveBareTLS(sf *serverFixture, hs *http.Server, ln net.Listener) {
+	hs.Protocols.SetHTTP1(true)
+	hs.Protocols.SetHTTP2(true)
+	hs.TLSConfig = sf.serverTLS(specOf(s.config).clientCert, "h2", "http/1.1")
+	s.serve(func() error { return hs.ServeTLS(ln, "", "") }, func() { _ = hs.Close() })
 }
 
 // listen listens on a free port of 127.0.0.1, counting accepted

@@ -24,7 +24,7 @@ func benchCmd(args []string) error {
 		return bench.Serve(context.Background(), os.Stdin, os.Stdout)
 	}
 	fs := newFlagSet("palisade bench", `Measure what security costs. Serves, on 127.0.0.1, the same unary call
-(user.v1.UserService/GetUser, a small request and response) in eleven
+(user.v1.UserService/GetUser, a small request and response) in twelve
 configurations:
 
   h2c                        bare Connect over cleartext HTTP/2, no security
@@ -32,6 +32,10 @@ configurations:
   mtls                       bare Connect, TLS 1.3, client certificate required (the Connect baseline)
   mtls+bearer                mtls with each call carrying its token, unchecked (the token's wire cost)
   connect-default-mtls       mtls with connect-go's handler defaults: every reply gzipped
+  nethttp-mtls               mtls's net/http server and TLS with a hand-written gRPC
+                             handler instead of connect-go's, gRPC only: the floor of
+                             net/http's transport without connect-go (a diagnostic;
+                             its ratios are against mtls)
   mtls+jwt                   Palisade's server: token verification, authorizer allows all
   mtls+jwt+opa               Palisade's whole chain: tokens and OPA on the default policy
   grpcgo-mtls                bare grpc-go, mTLS (the grpc-go baseline)
@@ -46,10 +50,11 @@ configurations:
 checks that each one's security is in place (forged token and token from
 another certificate unauthenticated, another user's record denied, no client
 certificate refused, as each claims), then drives each over the Connect and
-gRPC protocols (grpc-go: gRPC) with its own stack's client, and mtls,
-mtls+jwt+opa and the grpc-go configurations but the naive one also with the other
-stack's client over gRPC (rows marked [grpc-go] or [connect-go]), which
-separates client from server cost. --concurrency callers over --connections
+gRPC protocols (grpc-go and nethttp-mtls: gRPC) with its own stack's client
+(connect-go for net/http's), and mtls, nethttp-mtls, mtls+jwt+opa and the
+grpc-go configurations but the naive one also with the other stack's client
+over gRPC (rows marked [grpc-go] or [connect-go]), which separates client
+from server cost. --concurrency callers over --connections
 connections, --duration per row after a --warmup, in --rounds rounds of
 alternating direction; each call by one of --users users picked at random,
 with that user's token, for that user's own record.

@@ -58,8 +58,8 @@ type Row struct {
 	ServerCPUusPerCall  *float64 `json:"server_cpu_us_per_call"`
 	ClientCPUusPerCall  *float64 `json:"client_cpu_us_per_call"`
 	// RPSvsMTLS and P99vsMTLS compare the row with the bare mTLS row of
-	// its server's stack (mtls for Connect and Palisade, grpcgo-mtls for
-	// grpc-go) over the same protocol with the same client:
+	// its server's stack (mtls for Connect, Palisade and nethttp-mtls,
+	// grpcgo-mtls for grpc-go) over the same protocol with the same client:
 	// RPSvsGRPCGoCache and P99vsGRPCGoCache with
 	// grpcgo-mtls+jwt+opa+cache/grpc. Each is the median of the rounds'
 	// ratios (a round measures every row once, so its two windows are close
@@ -282,7 +282,7 @@ func (rep *Report) WriteMarkdown(w io.Writer) error {
 		"a row driven by the other stack's client is marked [client]\n")
 	fmt.Fprintf(&b, "- rps: successful calls / measured time, all rounds; p50_us, p99_us: over every call of every round, seen by the client (log-linear histogram, ±0.4%%)\n")
 	fmt.Fprintf(&b, "- cpu and allocations per call: %s\n", rep.Sides())
-	fmt.Fprintf(&b, "- ×bare: against the bare mTLS row of the same server stack (mtls, or grpcgo-mtls for grpc-go), protocol and client; "+
+	fmt.Fprintf(&b, "- ×bare: against the bare mTLS row of the same server stack (mtls, also for nethttp-mtls; grpcgo-mtls for grpc-go), protocol and client; "+
 		"×cache: against grpcgo-mtls+jwt+opa+cache/grpc; each the median of the rounds' ratios\n")
 	fmt.Fprintf(&b, "- Palisade server logs: %s\n", o.ServerLog)
 	fmt.Fprintf(&b, "- machine: %s %s/%s, %d CPUs, GOMAXPROCS %d, load average %s at start, %s at end\n\n",

@@ -1,8 +1,10 @@
 // Package bench measures what Palisade's security costs: it serves the same
 // unary call (user.v1.UserService/GetUser, a small request and response)
 // through bare Connect without security, with TLS, with mTLS, through
-// Palisade's chain with and without OPA, and through grpc-go bare and with
-// the chain a user would build without Palisade (with and without caches),
+// net/http with mTLS and a hand-written gRPC handler (no connect-go),
+// through Palisade's chain with and without OPA, and through grpc-go bare
+// and with the chain a user would build without Palisade (with and without
+// caches),
 // on 127.0.0.1, and drives each with the same concurrent callers for the
 // same time, in alternating rounds. The servers run in a child process, the
 // clients in this one, so that each side's CPU time and allocations are

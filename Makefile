@@ -14,9 +14,9 @@ TEST_DEMO_CLUSTER_ENV := CLUSTER_USER_ADDR=127.0.0.1:18543 CLUSTER_ORDER_ADDR=12
 # package's testdata/fuzz/<target>/ (and added in the tests). `make test`
 # runs each for TEST_FUZZTIME, `make fuzz` for FUZZTIME (FUZZTIME=1m make fuzz).
 FUZZ_TARGETS := ./security/token:FuzzVerify ./security/spiffeid:FuzzParse \
-	./security/password:FuzzVerify ./rpc:FuzzBearer \
-	./security/spiffeid:FuzzFromCertificate ./policy:FuzzMessageValue \
-	./security/token:FuzzParseJWKS ./rpc:FuzzRequestID
+	./security/password:FuzzVerify ./rpc/internal/header:FuzzBearer \
+	./security/spiffeid:FuzzFromCertificate ./policy/internal/protovalue:FuzzMessageValue \
+	./security/token:FuzzParseJWKS ./rpc/internal/header:FuzzRequestID
 FUZZTIME ?= 30s
 TEST_FUZZTIME ?= 3s
 # `make bench` flags beyond the issue's defaults, e.g. BENCH_FLAGS="--duration 10s --rounds 6".

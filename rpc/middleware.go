@@ -4,10 +4,10 @@ import (
 	"context"
 	"errors"
 	"net/http"
-	"strings"
 
 	"connectrpc.com/connect"
 
+	"github.com/palisade-rpc/palisade/rpc/internal/header"
 	"github.com/palisade-rpc/palisade/security"
 	"github.com/palisade-rpc/palisade/security/token"
 )
@@ -20,7 +20,7 @@ type TokenVerifier interface {
 
 // MaxAuthorizationBytes caps the Authorization header; a longer one is
 // refused before it is parsed.
-const MaxAuthorizationBytes = 8 << 10
+const MaxAuthorizationBytes = header.MaxAuthorizationBytes
 
 // WWWAuthenticateInvalidToken is the challenge sent with a refused token (RFC 6750).
 const WWWAuthenticateInvalidToken = `Bearer error="invalid_token"`
@@ -45,7 +45,7 @@ func (s *Server) authenticate(ctx context.Context, w http.ResponseWriter, r *htt
 	p := &security.Principal{Workload: workload}
 	rec.workload = &p.Workload
 	if values := r.Header.Values("Authorization"); len(values) > 0 {
-		raw, err := bearer(values)
+		raw, err := header.Bearer(values)
 		reason := FailureAuthorizationHeader
 		if err == nil && s.cfg.tokens == nil {
 			err, reason = errors.New("this server accepts no tokens (no verifier configured)"), FailureNoVerifier
@@ -67,44 +67,6 @@ func (s *Server) authenticate(ctx context.Context, w http.ResponseWriter, r *htt
 	}
 	return p, true
 }
-
-// bearer extracts the token from the Authorization header values: exactly
-// one header, scheme Bearer, within MaxAuthorizationBytes, token68 syntax.
-func bearer(values []string) (string, error) {
-	if len(values) != 1 {
-		return "", errors.New("more than one Authorization header")
-	}
-	v := values[0]
-	if len(v) > MaxAuthorizationBytes {
-		return "", errors.New("Authorization header too large")
-	}
-	scheme, raw, ok := strings.Cut(v, " ")
-	if !ok || !strings.EqualFold(scheme, "Bearer") || raw == "" {
-		return "", errors.New("Authorization is not a Bearer token")
-	}
-	for i := 0; i < len(raw); i++ {
-		if !tokenChar[raw[i]] {
-			return "", errors.New("bearer token has characters outside base64url and '.'")
-		}
-	}
-	return raw, nil
-}
-
-// tokenChar marks the bytes a bearer token may hold: base64url and '.'. A
-// table lookup per byte, on every call's token.
-var tokenChar = func() (t [256]bool) {
-	for c := 'a'; c <= 'z'; c++ {
-		t[c] = true
-	}
-	for c := 'A'; c <= 'Z'; c++ {
-		t[c] = true
-	}
-	for c := '0'; c <= '9'; c++ {
-		t[c] = true
-	}
-	t['-'], t['_'], t['.'] = true, true, true
-	return t
-}()
 
 // Reasons authentication refuses a request, besides the token verifier's
 // (token.ReasonExpired, token.ReasonBinding, …): the "reason" label of the

@@ -7,30 +7,21 @@ import (
 	"log/slog"
 	"strconv"
 	"sync/atomic"
+
+	"github.com/palisade-rpc/palisade/rpc/internal/header"
 )
 
 // RequestIDHeader carries a call's request id, in requests and responses.
 const RequestIDHeader = "X-Request-Id"
 
 // MaxRequestIDLen is the longest request id the server accepts from a client.
-const MaxRequestIDLen = 64
+const MaxRequestIDLen = header.MaxRequestIDLen
 
 // ValidRequestID reports whether id is a request id the server accepts from
 // a client: 1 to MaxRequestIDLen characters of [A-Za-z0-9._-]. Anything else
 // (empty, longer, spaces, quotes, control characters) is replaced by a
 // generated id, so an id can be logged and echoed without escaping.
-func ValidRequestID(id string) bool {
-	if id == "" || len(id) > MaxRequestIDLen {
-		return false
-	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
-			return false
-		}
-	}
-	return true
-}
+func ValidRequestID(id string) bool { return header.ValidRequestID(id) }
 
 type requestIDKey struct{}
 

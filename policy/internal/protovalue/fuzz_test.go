@@ -1,4 +1,4 @@
-package policy_test
+package protovalue_test
 
 import (
 	"bytes"
@@ -12,7 +12,7 @@ import (
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/palisade-rpc/palisade/policy"
+	"github.com/palisade-rpc/palisade/policy/internal/protovalue"
 	orderv1 "github.com/palisade-rpc/palisade/proto/order/v1"
 	userv1 "github.com/palisade-rpc/palisade/proto/user/v1"
 )
@@ -37,7 +37,7 @@ func sampleMessages(tb testing.TB) []protoreflect.MessageType {
 
 // FuzzMessageValue builds the policy input's request document from
 // arbitrary bytes unmarshalled into each sample message type (the first
-// argument picks the type). MessageValue must not panic, and the document
+// argument picks the type). Message must not panic, and the document
 // must survive the trip through JSON that a decision log or `opa eval` input
 // takes: ast.JSON, json.Marshal, and back with ast to an equal value.
 func FuzzMessageValue(f *testing.F) {
@@ -70,7 +70,7 @@ func FuzzMessageValue(f *testing.F) {
 		if err := proto.Unmarshal(data, m); err != nil {
 			return
 		}
-		v := policy.MessageValue(m.ProtoReflect())
+		v := protovalue.Message(m.ProtoReflect())
 		if _, ok := v.(ast.Object); !ok {
 			t.Fatalf("%s: request document is a %T, want an object", mt.Descriptor().FullName(), v)
 		}

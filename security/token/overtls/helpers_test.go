@@ -1,4 +1,4 @@
-package token_test
+package overtls_test
 
 import (
 	"errors"

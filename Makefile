@@ -39,7 +39,7 @@ SPIRE_BIN ?= bin/spire
 # Extra flags for `make load` and `make soak` (bin/palisade load --help).
 LOAD_FLAGS ?=
 
-.PHONY: help generate check-generate build deps test test-go test-deploy test-demo test-demo-cluster test-fuzz fuzz vet demo demo-cluster up down bench bench-micro conformance load soak
+.PHONY: help generate check-generate build deps test test-rest test-go test-deploy test-demo test-demo-cluster test-fuzz fuzz vet demo demo-cluster up down bench bench-micro conformance load soak
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z0-9-]+:.*## / {printf "  \033[1m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -67,8 +67,19 @@ vet: ## go vet and a gofmt check
 deps: ## install what the tests need beyond Go: PostgreSQL (store tests), redis-server (fan-out bench and its test); quiet when present
 	@scripts/install-deps.sh
 
-test: deps vet check-generate test-go test-deploy test-fuzz test-demo test-demo-cluster conformance ## the whole suite: vet, generated-code check, go test -race, the Kubernetes manifests, short fuzzing, the demos, the conformance suite
+test: deps ## the whole suite: go test -race beside the rest (generated-code check, short fuzzing, vet, the Kubernetes manifests, the demos, the conformance suite)
+	@$(MAKE) --no-print-directory -j2 --output-sync=target test-go test-rest
 	@echo "make test: all passed"
+
+# The part of `make test` that runs beside test-go, one target after the
+# other: test-go's tests spend much of their time waiting (timeouts, servers
+# starting, slow clients on purpose) and these targets are mostly
+# compilation, so on two cores the two streams together take far less than
+# one after the other (on a fresh clone, with empty build and module caches,
+# the whole suite is mostly compilation). check-generate comes first because
+# test-go's adopter test runs buf too: once it is built, both use it.
+test-rest:
+	@$(MAKE) --no-print-directory -j1 check-generate test-fuzz vet test-deploy test-demo test-demo-cluster conformance
 
 test-go: ## go test -race ./...
 	$(GO) test -race -count=1 ./...

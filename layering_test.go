@@ -28,20 +28,22 @@ type layer struct {
 // here, so that the table stays the whole story. (A directory of tests
 // alone is no package anything imports, and needs no row.)
 var layers = map[string]layer{
-	"internal/poll":             {},
-	"internal/pemfile":          {},
-	"security/spiffeid":         {},
-	"security/password":         {},
-	"security/throttle":         {},
-	"security":                  {imports: []string{"security/spiffeid"}},
-	"security/mtls":             {imports: []string{"security/spiffeid", "internal/pemfile", "internal/poll"}},
-	"security/mtls/workloadapi": {imports: []string{"security/mtls", "security/spiffeid"}, grpc: true},
-	"security/token":            {imports: []string{"security", "security/spiffeid", "internal/pemfile", "internal/poll", "proto/palisade/..."}},
-	"authz":                     {imports: []string{"security", "security/spiffeid"}},
-	"authz/decisionlog":         {imports: []string{"authz", "rpc", "security/mtls"}},
-	"policy":                    {imports: []string{"authz", "security", "security/spiffeid", "internal/poll"}, opa: true},
-	"rpc":                       {imports: []string{"authz", "security", "security/spiffeid", "security/mtls", "security/token", "security/throttle", "proto/palisade/..."}}, // proto/palisade: WithDelegation calls the TokenService
-	"rpc/rpctest":               {imports: []string{"rpc", "authz", "security/mtls"}, grpc: true},
+	"internal/poll":              {},
+	"internal/pemfile":           {},
+	"security/spiffeid":          {},
+	"security/password":          {},
+	"security/throttle":          {},
+	"security":                   {imports: []string{"security/spiffeid"}},
+	"security/mtls":              {imports: []string{"security/spiffeid", "internal/pemfile", "internal/poll"}},
+	"security/mtls/workloadapi":  {imports: []string{"security/mtls", "security/spiffeid"}, grpc: true},
+	"security/token":             {imports: []string{"security", "security/spiffeid", "internal/pemfile", "internal/poll", "proto/palisade/..."}},
+	"authz":                      {imports: []string{"security", "security/spiffeid"}},
+	"authz/decisionlog":          {imports: []string{"authz", "rpc", "security/mtls"}},
+	"policy":                     {imports: []string{"authz", "security", "security/spiffeid", "internal/poll", "policy/internal/protovalue"}, opa: true},
+	"policy/internal/protovalue": {opa: true},                                                                                                                                                        // OPA's ast only: its fuzz target builds little
+	"rpc":                        {imports: []string{"authz", "security", "security/spiffeid", "security/mtls", "security/token", "security/throttle", "proto/palisade/...", "rpc/internal/header"}}, // proto/palisade: WithDelegation calls the TokenService
+	"rpc/internal/header":        {},
+	"rpc/rpctest":                {imports: []string{"rpc", "authz", "security/mtls"}, grpc: true},
 	// The OTLP trace exporter (--otlp-endpoint) is otlptracegrpc: telemetry,
 	// and so every server with telemetry, links grpc-go.
 	"telemetry":          {imports: []string{"rpc", "security/mtls", "security/spiffeid"}, grpc: true},

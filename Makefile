@@ -80,10 +80,12 @@ test: deps ## the whole suite: go test -race beside the rest (generated-code che
 # starting, slow clients on purpose) and these targets are mostly
 # compilation, so on two cores the two streams together take far less than
 # one after the other (on a fresh clone, with empty build and module caches,
-# the whole suite is mostly compilation). check-generate comes first because
-# test-go's adopter test runs buf too: once it is built, both use it.
+# the whole suite is mostly compilation). check-generate and build come
+# first because test-go's adopter test runs buf and builds the packages
+# without -race as well: once they are built, both use them.
+REST_TARGETS := check-generate build test-fuzz vet test-deploy test-demo test-demo-cluster conformance
 test-rest:
-	@$(MAKE) --no-print-directory -j1 check-generate test-fuzz vet test-deploy test-demo test-demo-cluster conformance
+	@for t in $(REST_TARGETS); do $(MAKE) --no-print-directory $$t || exit 1; done
 
 test-go: ## go test -race ./...
 	$(GO) test -race -count=1 ./...

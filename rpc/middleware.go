@@ -18,8 +18,8 @@ type TokenVerifier interface {
 	Verify(ctx context.Context, token string, presenter security.Workload) (*security.User, error)
 }
 
-// MaxAuthorizationBytes caps the Authorization header; a longer one is
-// refused before it is parsed.
+// MaxAuthorizationBytes caps the Authorization header (8 KiB); a longer one
+// is refused before it is parsed.
 const MaxAuthorizationBytes = header.MaxAuthorizationBytes
 
 // WWWAuthenticateInvalidToken is the challenge sent with a refused token (RFC 6750).

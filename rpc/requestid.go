@@ -14,7 +14,8 @@ import (
 // RequestIDHeader carries a call's request id, in requests and responses.
 const RequestIDHeader = "X-Request-Id"
 
-// MaxRequestIDLen is the longest request id the server accepts from a client.
+// MaxRequestIDLen is the longest request id the server accepts from a
+// client (64 bytes).
 const MaxRequestIDLen = header.MaxRequestIDLen
 
 // ValidRequestID reports whether id is a request id the server accepts from

@@ -79,23 +79,15 @@ func userValue(u *security.User) ast.Value {
 	}
 	return ast.NewObject(
 		ast.Item(keySub, ast.StringTerm(u.Subject)),
-		ast.Item(keyRoles, stringsTerm(u.Roles)),
+		ast.Item(keyRoles, protovalue.Strings(u.Roles)),
 		ast.Item(keyScope, ast.StringTerm(u.Scope)),
-		ast.Item(keyAud, stringsTerm(u.Audience)),
+		ast.Item(keyAud, protovalue.Strings(u.Audience)),
 		ast.Item(keyIss, ast.StringTerm(u.Issuer)),
 		ast.Item(keyJTI, ast.StringTerm(u.TokenID)),
 		ast.Item(keyExp, ast.IntNumberTerm(int(u.ExpiresAt.Unix()))),
 		ast.Item(keyAct, act),
 		ast.Item(keyBound, ast.BooleanTerm(u.CertBound)),
 	)
-}
-
-func stringsTerm(ss []string) *ast.Term {
-	terms := make([]*ast.Term, len(ss))
-	for i, s := range ss {
-		terms[i] = ast.StringTerm(s)
-	}
-	return ast.ArrayTerm(terms...)
 }
 
 // MessageValue converts a protobuf message to an OPA object keyed by proto

@@ -35,7 +35,7 @@ func Message(m protoreflect.Message) ast.Value {
 		}
 	case "google.protobuf.FieldMask":
 		if fm, ok := m.Interface().(*fieldmaskpb.FieldMask); ok {
-			return stringsTerm(fm.GetPaths()).Value
+			return Strings(fm.GetPaths()).Value
 		}
 	}
 	if m.Descriptor().FullName().Parent() == "google.protobuf" {
@@ -106,7 +106,8 @@ func scalarValue(fd protoreflect.FieldDescriptor, v protoreflect.Value) ast.Valu
 	return ast.Null{}
 }
 
-func stringsTerm(ss []string) *ast.Term {
+// Strings is ss as an OPA array of strings.
+func Strings(ss []string) *ast.Term {
 	terms := make([]*ast.Term, len(ss))
 	for i, s := range ss {
 		terms[i] = ast.StringTerm(s)
